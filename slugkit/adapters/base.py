@@ -1,0 +1,78 @@
+"""The contract every model family implements.
+
+Everything outside ``slugkit.adapters`` talks to a model only through a :class:`CLIPAdapter`,
+so no other module branches on the model family.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+TOWERS = ("vision", "text")
+# Kinds of candidate layer. Fused q/k/v (open_clip) is "attn_qkv"; separate ones are "attn_q/k/v".
+LAYER_KINDS = ("attn_qkv", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_fc", "mlp_proj")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One candidate layer: a single 2-D weight tensor of one transformer block."""
+
+    name: str  # parameter name as in model.named_parameters()
+    tower: str  # "vision" or "text"
+    block: int  # 0-based index of the transformer block
+    kind: str  # one of LAYER_KINDS
+    shape: tuple[int, ...]
+
+
+class CLIPAdapter(ABC):
+    """Uniform view of a CLIP-style dual encoder.
+
+    Images given to :meth:`preprocess` are a uint8 tensor ``(B, H, W, 3)`` or a list of PIL images;
+    :meth:`encode_image` takes the float tensor that :meth:`preprocess` returns. Embeddings are
+    L2-normalised, shape ``(B, D)``.
+    """
+
+    family: str = "abstract"
+
+    def __init__(self, model: nn.Module, name: str):
+        self.model = model
+        self.name = name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids ``(B, context_length)``, int64."""
+
+    @abstractmethod
+    def preprocess(self, images) -> torch.Tensor:
+        """Model-ready pixels ``(B, 3, S, S)``, float32."""
+
+    @abstractmethod
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings ``(B, D)``."""
+
+    @abstractmethod
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """L2-normalised text embeddings ``(B, D)``."""
+
+    @abstractmethod
+    def logit_scale(self) -> torch.Tensor:
+        """The contrastive temperature ``s = exp(logit_scale)``, a scalar tensor."""
+
+    @abstractmethod
+    def candidate_layers(self) -> list[LayerInfo]:
+        """All default SLUG candidates: 2-D attention and MLP weights of every block of both towers,
+        ordered by tower, then block, then position inside the block."""
+
+    def parameter(self, name: str) -> nn.Parameter:
+        params = dict(self.model.named_parameters())
+        if name not in params:
+            raise KeyError(f"unknown layer {name!r}: the model has no parameter of that name")
+        return params[name]

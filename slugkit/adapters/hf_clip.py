@@ -1,0 +1,126 @@
+"""Adapter for Hugging Face ``transformers.CLIPModel`` (separate q/k/v projections)."""
+from __future__ import annotations
+
+import html
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import CLIPAdapter, LayerInfo
+from .openclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _is_pil_list, uint8_to_pixels
+
+# (parameter suffix inside an encoder layer, kind), in order of position inside the block
+_HF_BLOCK_PARAMS = (
+    ("self_attn.q_proj.weight", "attn_q"),
+    ("self_attn.k_proj.weight", "attn_k"),
+    ("self_attn.v_proj.weight", "attn_v"),
+    ("self_attn.out_proj.weight", "attn_out"),
+    ("mlp.fc1.weight", "mlp_fc"),
+    ("mlp.fc2.weight", "mlp_proj"),
+)
+
+try:  # the original CLIP / open_clip text cleaning; ftfy comes with open_clip
+    import ftfy as _ftfy
+except ImportError:  # pragma: no cover
+    _ftfy = None
+
+
+def clean_caption(text: str) -> str:
+    """CLIP's text cleaning: ftfy fix, HTML unescape (twice), collapse whitespace, strip."""
+    if _ftfy is not None:
+        text = _ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text))
+    return " ".join(text.split()).strip()
+
+
+def _size_of(value, default: int) -> int:
+    """An int edge length from an HF size spec (int, dict with shortest_edge/height, or None)."""
+    if value is None:
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (tuple, list)) and value:
+        return int(value[0])
+    if isinstance(value, dict):
+        for key in ("shortest_edge", "height", "width"):
+            if value.get(key):
+                return int(value[key])
+    return default
+
+
+class HFCLIPAdapter(CLIPAdapter):
+    """Wraps a ``CLIPModel``, a CLIP tokenizer and optionally a ``CLIPImageProcessor``."""
+
+    family = "hf-clip"
+
+    def __init__(self, model: nn.Module, tokenizer, image_processor=None, name: str = "hf-clip"):
+        super().__init__(model, name)
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.context_length = int(model.config.text_config.max_position_embeddings)
+        self.image_size = int(_size_of(model.config.vision_config.image_size, 224))
+        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        if image_processor is not None:
+            mean = tuple(getattr(image_processor, "image_mean", None) or mean)
+            std = tuple(getattr(image_processor, "image_std", None) or std)
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids ``(B, max_position_embeddings)``, int64; padded/truncated to the model's context."""
+        if isinstance(texts, str):
+            texts = [texts]
+        cleaned = [clean_caption(t) for t in texts]
+        enc = self.tokenizer(
+            cleaned, padding="max_length", truncation=True, max_length=self.context_length, return_tensors="pt"
+        )
+        return enc["input_ids"].to(torch.long)
+
+    def _pil_to_pixels(self, images) -> torch.Tensor:
+        if self.image_processor is not None:
+            out = self.image_processor(images=list(images), return_tensors="pt")
+            return out["pixel_values"].to(torch.float32)
+        from torchvision import transforms as T
+
+        tf = T.Compose([
+            T.Resize(self.image_size, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(self.image_size),
+            T.ToTensor(),
+            T.Normalize(self.mean, self.std),
+        ])
+        return torch.stack([tf(im.convert("RGB")) for im in images])
+
+    def preprocess(self, images) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` or list of PIL images -> float32 ``(B, 3, S, S)`` on CPU."""
+        if _is_pil_list(images):
+            return self._pil_to_pixels(images)
+        return uint8_to_pixels(images, self.image_size, self.mean, self.std)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` -> L2-normalised ``(B, D)``."""
+        pooled = self.model.vision_model(pixel_values=pixels.to(self.device), return_dict=True).pooler_output
+        return F.normalize(self.model.visual_projection(pooled), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, ctx)`` int64 -> L2-normalised ``(B, D)`` (causal mask only, like open_clip)."""
+        pooled = self.model.text_model(input_ids=tokens.to(self.device), return_dict=True).pooler_output
+        return F.normalize(self.model.text_projection(pooled), dim=-1)
+
+    def logit_scale(self) -> torch.Tensor:
+        """``exp(model.logit_scale)``, a scalar tensor."""
+        return self.model.logit_scale.exp().reshape(())
+
+    def candidate_layers(self) -> list[LayerInfo]:
+        """q, k, v, out, fc1, fc2 of every vision encoder layer, then every text encoder layer."""
+        params = dict(self.model.named_parameters())
+        out: list[LayerInfo] = []
+        for tower, prefix in (("vision", "vision_model"), ("text", "text_model")):
+            layers = getattr(self.model, prefix).encoder.layers
+            for i in range(len(layers)):
+                for suffix, kind in _HF_BLOCK_PARAMS:
+                    pname = f"{prefix}.encoder.layers.{i}.{suffix}"
+                    if pname not in params:
+                        raise ValueError(f"unexpected CLIPModel layout: no parameter {pname!r}")
+                    out.append(LayerInfo(pname, tower, i, kind, tuple(params[pname].shape)))
+        return out

@@ -1,0 +1,200 @@
+"""Adapter for open_clip ``CLIP`` models (fused q/k/v attention, ``resblocks`` naming)."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import CLIPAdapter, LayerInfo
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# (parameter suffix inside a resblock, kind), in order of position inside the block
+_OPENCLIP_BLOCK_PARAMS = (
+    ("attn.in_proj_weight", "attn_qkv"),
+    ("attn.out_proj.weight", "attn_out"),
+    ("mlp.c_fc.weight", "mlp_fc"),
+    ("mlp.c_proj.weight", "mlp_proj"),
+)
+
+
+def _is_pil_list(images) -> bool:
+    if not isinstance(images, (list, tuple)) or len(images) == 0:
+        return False
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - PIL ships with torchvision
+        return False
+    return all(isinstance(im, Image.Image) for im in images)
+
+
+def uint8_to_pixels(
+    images,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize_mode: str = "shortest",
+    interpolation: str = "bicubic",
+) -> torch.Tensor:
+    """uint8 ``(B, H, W, 3)`` (or ``(H, W, 3)``) tensor/ndarray -> normalised float32 ``(B, 3, size, size)``.
+
+    Pixels are scaled to [0, 1]; resized only if ``H, W != size`` (``shortest``: shorter side to
+    ``size`` then centre crop, ``squash``: straight to ``size x size``, ``longest``: longer side to
+    ``size`` then centre pad with 0); then ``(x - mean) / std`` per channel.
+    """
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        raise TypeError("images must be a uint8 tensor/ndarray (B, H, W, 3) or a list of PIL images")
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"uint8 images must have shape (B, H, W, 3), got {tuple(images.shape)}")
+    x = images.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
+    h, w = x.shape[-2:]
+    if (h, w) != (size, size):
+        mode = "bilinear" if interpolation == "bilinear" else "bicubic"
+        if resize_mode == "squash":
+            x = F.interpolate(x, size=(size, size), mode=mode, antialias=True, align_corners=False)
+        elif resize_mode == "longest":
+            scale = size / max(h, w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            x = F.interpolate(x, size=(nh, nw), mode=mode, antialias=True, align_corners=False)
+            top, left = (size - nh) // 2, (size - nw) // 2
+            x = F.pad(x, (left, size - nw - left, top, size - nh - top), value=0.0)
+        else:  # "shortest"
+            # like torchvision Resize(int): short side -> size, long side truncated
+            nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+            x = F.interpolate(x, size=(nh, nw), mode=mode, antialias=True, align_corners=False)
+            top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+            x = x[..., top:top + size, left:left + size]
+        x = x.clamp_(0.0, 1.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - m) / s).contiguous()
+
+
+def _normalize_from_transform(transform) -> Optional[tuple[tuple[float, ...], tuple[float, ...]]]:
+    """(mean, std) of the first ``Normalize`` inside a torchvision ``Compose``, if any."""
+    for t in getattr(transform, "transforms", []) or []:
+        if type(t).__name__ == "Normalize" and hasattr(t, "mean") and hasattr(t, "std"):
+            return tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
+    return None
+
+
+class OpenCLIPAdapter(CLIPAdapter):
+    """Wraps an open_clip ``CLIP`` model, its tokenizer (ids ``(B, ctx)``) and its eval transform."""
+
+    family = "openclip"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Optional[Callable] = None,
+        transform: Optional[Callable] = None,
+        name: str = "openclip",
+    ):
+        super().__init__(model, name)
+        import open_clip
+        from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+        visual = model.visual
+        cfg = getattr(visual, "preprocess_cfg", None) or {}
+        size = cfg.get("size", getattr(visual, "image_size", 224))
+        cfg = merge_preprocess_dict(PreprocessCfg(), {**cfg, "size": size})
+        self._pp_cfg = PreprocessCfg(**cfg)
+        if isinstance(self._pp_cfg.size, (tuple, list)):
+            if self._pp_cfg.size[0] != self._pp_cfg.size[1]:
+                raise ValueError(f"only square image sizes are supported, got {self._pp_cfg.size}")
+            self.image_size = int(self._pp_cfg.size[0])
+        else:
+            self.image_size = int(self._pp_cfg.size)
+
+        self.transform = transform if transform is not None else image_transform_v2(self._pp_cfg, is_train=False)
+        from_transform = _normalize_from_transform(self.transform)
+        if from_transform is not None:
+            self.mean, self.std = from_transform
+        else:
+            self.mean, self.std = tuple(self._pp_cfg.mean), tuple(self._pp_cfg.std)
+
+        ctx = getattr(model, "context_length", None) or getattr(getattr(model, "text", None), "context_length", None)
+        self.context_length = int(ctx or 77)
+        if tokenizer is None:
+            tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_model(cls, model: nn.Module, arch: Optional[str] = None, name: Optional[str] = None) -> "OpenCLIPAdapter":
+        """Adapter for ``model`` with the tokenizer of open_clip architecture ``arch`` (slugkit configs included)
+        and the eval transform from the model's preprocess config."""
+        tokenizer = None
+        if arch:
+            import open_clip
+
+            from slugkit.models.toy_clip import register
+
+            register()
+            tokenizer = open_clip.get_tokenizer(arch)
+        return cls(model, tokenizer, None, name=name or arch or "openclip")
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids ``(B, context_length)``, int64 (open_clip: SOT ... EOT, zero padded)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        ids = self.tokenizer(list(texts), context_length=self.context_length)
+        return torch.as_tensor(ids, dtype=torch.long)
+
+    def preprocess(self, images) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` or list of PIL images -> float32 ``(B, 3, S, S)`` on CPU."""
+        if _is_pil_list(images):
+            return torch.stack([self.transform(im) for im in images]).to(torch.float32)
+        return uint8_to_pixels(
+            images, self.image_size, self.mean, self.std,
+            resize_mode=self._pp_cfg.resize_mode, interpolation=self._pp_cfg.interpolation,
+        )
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` -> L2-normalised ``(B, D)``."""
+        dtype = next(self.model.visual.parameters()).dtype
+        feats = self.model.encode_image(pixels.to(self.device, dtype))
+        return F.normalize(feats, dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, ctx)`` int64 -> L2-normalised ``(B, D)``."""
+        feats = self.model.encode_text(tokens.to(self.device))
+        return F.normalize(feats, dim=-1)
+
+    def logit_scale(self) -> torch.Tensor:
+        """``exp(model.logit_scale)``, a scalar tensor."""
+        return self.model.logit_scale.exp().reshape(())
+
+    def candidate_layers(self) -> list[LayerInfo]:
+        """Fused qkv, attn out, mlp fc, mlp proj of every vision block, then every text block."""
+        from open_clip.transformer import VisionTransformer
+
+        visual = self.model.visual
+        if not isinstance(visual, VisionTransformer):
+            raise ValueError(
+                f"SLUG candidates are defined for ViT towers, but this model's vision tower is "
+                f"{type(visual).__name__} (e.g. ModifiedResNet/timm); use a ViT-based open_clip model"
+            )
+        if not isinstance(getattr(self.model, "transformer", None), nn.Module):
+            raise ValueError(
+                "SLUG candidates are defined for open_clip's built-in text transformer, but this model has "
+                f"a custom text tower ({type(getattr(self.model, 'text', None)).__name__})"
+            )
+        params = dict(self.model.named_parameters())
+        out: list[LayerInfo] = []
+        towers = (("vision", "visual.transformer", visual.transformer), ("text", "transformer", self.model.transformer))
+        for tower, prefix, trf in towers:
+            for i in range(len(trf.resblocks)):
+                for suffix, kind in _OPENCLIP_BLOCK_PARAMS:
+                    pname = f"{prefix}.resblocks.{i}.{suffix}"
+                    if pname not in params:
+                        raise ValueError(f"unexpected open_clip block layout: no parameter {pname!r}")
+                    out.append(LayerInfo(pname, tower, i, kind, tuple(params[pname].shape)))
+        return out

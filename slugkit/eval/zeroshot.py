@@ -1,0 +1,138 @@
+"""Zero-shot classification of MiniCanvas attributes: identity, object, style, colour.
+
+Accuracies are fractions in [0, 1]. Embeddings are computed once and can be passed back in, which is
+what the step-size search uses to avoid recomputing the tower an edit does not touch.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from ..data.minicanvas import ATTRIBUTES, MiniCanvas, zero_shot_prompts
+
+
+@torch.no_grad()
+def embed_images(adapter, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Normalised image embeddings ``(N, D)`` of uint8 images ``(N, H, W, 3)``."""
+    images = torch.as_tensor(images)
+    out = [adapter.encode_image(adapter.preprocess(images[i:i + batch_size]))
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def embed_prompts(adapter, attributes: Iterable[str] = ATTRIBUTES) -> dict[str, torch.Tensor]:
+    """Normalised text embeddings ``(C, D)`` of the zero-shot prompts of each attribute."""
+    return {a: adapter.encode_text(adapter.tokenize(zero_shot_prompts(a))) for a in attributes}
+
+
+def accuracy_from_embeddings(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: np.ndarray,
+                             k: int = 5) -> dict:
+    """Top-1 / top-k accuracy and per-class top-1 of images with label >= 0.
+
+    Returns ``{"top1", "top5", "per_class": ndarray (C,), "predictions": ndarray (N,)}``; images whose
+    label is -1 are ignored.
+    """
+    labels = np.asarray(labels)
+    keep = labels >= 0
+    sims = image_emb[torch.from_numpy(keep)] @ class_emb.T
+    y = torch.from_numpy(labels[keep])
+    topk = sims.topk(min(k, sims.shape[1]), dim=1).indices
+    pred = topk[:, 0]
+    correct1 = (pred == y).numpy()
+    correctk = (topk == y[:, None]).any(1).numpy()
+    n_classes = class_emb.shape[0]
+    per_class = np.array([correct1[y.numpy() == c].mean() if (y.numpy() == c).any() else np.nan
+                          for c in range(n_classes)])
+    return {"top1": float(correct1.mean()), "top5": float(correctk.mean()), "per_class": per_class,
+            "predictions": pred.numpy(), "correct_top5": correctk, "labels": y.numpy()}
+
+
+def zero_shot(adapter, world: MiniCanvas, attributes: Iterable[str] = ATTRIBUTES,
+              image_emb: torch.Tensor | None = None,
+              prompt_emb: dict[str, torch.Tensor] | None = None) -> dict[str, dict]:
+    """Zero-shot accuracy of every attribute on ``world``.
+
+    Returns ``{attribute: {"top1", "top5", "per_concept": {name: top1}, "confusion": (C, C) counts}}``.
+    """
+    attributes = list(attributes)
+    if image_emb is None:
+        image_emb = embed_images(adapter, world.images)
+    if prompt_emb is None:
+        prompt_emb = embed_prompts(adapter, attributes)
+    out = {}
+    for a in attributes:
+        names = ATTRIBUTES[a]
+        acc = accuracy_from_embeddings(image_emb, prompt_emb[a], world.labels(a))
+        confusion = np.zeros((len(names), len(names)), np.int64)
+        np.add.at(confusion, (acc["labels"], acc["predictions"]), 1)
+        out[a] = {"top1": acc["top1"], "top5": acc["top5"],
+                  "per_concept": {n: float(v) for n, v in zip(names, acc["per_class"])},
+                  "confusion": confusion}
+    return out
+
+
+class ConceptEvaluator:
+    """Forget / retain / utility accuracy of one MiniCanvas concept, as the step-size search needs.
+
+    For a concept of attribute ``a`` (e.g. the character "Mira Quell", attribute identity):
+    ``forget_top1``/``forget_top5`` = zero-shot accuracy of ``a`` on images of the concept;
+    ``retain_top1`` = accuracy of ``a`` on images of the other classes of ``a``;
+    ``utility`` = mean top-1 of the other attributes; plus ``{attribute}_top1`` for every attribute.
+
+    Call :meth:`cache` on the unedited model; afterwards ``evaluator(edited_tower="text")`` reuses the
+    image embeddings and ``evaluator(edited_tower="vision")`` the prompt embeddings.
+    """
+
+    def __init__(self, adapter, world: MiniCanvas, concept: str):
+        from ..data.minicanvas import find_concept
+
+        self.adapter, self.world = adapter, world
+        found = find_concept(concept)
+        self.concept, self.attribute = found["name"], found["attribute"]
+        self.index = ATTRIBUTES[self.attribute].index(self.concept)
+        labels = world.labels(self.attribute)
+        if not (labels == self.index).any():
+            raise ValueError(f"the evaluation set has no image of {self.concept!r}; use a larger split")
+        self._image_emb: torch.Tensor | None = None
+        self._prompt_emb: dict[str, torch.Tensor] | None = None
+
+    def cache(self) -> "ConceptEvaluator":
+        """Embed images and prompts with the current (unedited) model."""
+        self._image_emb = embed_images(self.adapter, self.world.images)
+        self._prompt_emb = embed_prompts(self.adapter)
+        return self
+
+    def __call__(self, edited_tower: str | None = None) -> dict[str, float]:
+        if edited_tower not in (None, "vision", "text"):
+            raise ValueError(f"edited_tower must be None, 'vision' or 'text', got {edited_tower!r}")
+        reuse = self._image_emb is not None
+        image_emb = self._image_emb if reuse and edited_tower == "text" else embed_images(self.adapter, self.world.images)
+        prompt_emb = self._prompt_emb if reuse and edited_tower == "vision" else embed_prompts(self.adapter)
+        return self.metrics(image_emb, prompt_emb)
+
+    def metrics(self, image_emb: torch.Tensor, prompt_emb: dict[str, torch.Tensor]) -> dict[str, float]:
+        out = {}
+        for a in ATTRIBUTES:
+            labels = self.world.labels(a)
+            if a != self.attribute:
+                out[f"{a}_top1"] = accuracy_from_embeddings(image_emb, prompt_emb[a], labels)["top1"]
+                continue
+            forget = np.where(labels == self.index, labels, -1)
+            retain = np.where((labels >= 0) & (labels != self.index), labels, -1)
+            f = accuracy_from_embeddings(image_emb, prompt_emb[a], forget)
+            r = accuracy_from_embeddings(image_emb, prompt_emb[a], retain)
+            full = accuracy_from_embeddings(image_emb, prompt_emb[a], labels)
+            out |= {"forget_top1": f["top1"], "forget_top5": f["top5"], "retain_top1": r["top1"],
+                    "retain_top5": r["top5"], f"{a}_top1": full["top1"]}
+        out["utility"] = float(np.mean([out[f"{a}_top1"] for a in ATTRIBUTES if a != self.attribute]))
+        return out
+
+
+@torch.no_grad()
+def predict(adapter, images: np.ndarray | torch.Tensor, attribute: str = "identity") -> list[str]:
+    """The top-1 zero-shot class name of ``attribute`` for each uint8 image ``(N, H, W, 3)``."""
+    sims = embed_images(adapter, images) @ embed_prompts(adapter, [attribute])[attribute].T
+    return [ATTRIBUTES[attribute][j] for j in sims.argmax(1).tolist()]

@@ -1,0 +1,268 @@
+"""Stage 1 of SLUG: compute the forget and retain gradients once, and store them.
+
+``g_f`` is the gradient of the forget loss ``mean_i (1 - cos(v_i, t_i))``; ``g_r`` that of the CLIP
+contrastive loss on the retain set. Both are averages of per-batch mean gradients, with the
+gradients zeroed before every batch.
+
+Example::
+
+    grads = compute_gradients(adapter, forget_loader, retain_loader, store=GradientStore("cache"))
+    grads.forget["text.blocks.3.attn.in_proj_weight"].shape
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from slugkit.adapters.base import CLIPAdapter
+from slugkit.fingerprint import canonical_json, data_fingerprint, model_fingerprint
+
+LOSSES = ("forget", "retain")
+_FORMAT = "slugkit.gradients"
+_KEY_VERSION = "slugkit.gradients.v1"  # bump when the losses or the accumulation change
+
+
+def forget_loss(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+    """``mean_i (1 - cos(v_i, t_i))`` for paired embeddings ``img, txt`` of shape ``(B, D)``; a scalar."""
+    _check_pair(img, txt)
+    return (1.0 - F.cosine_similarity(img, txt, dim=-1)).mean()
+
+
+def retain_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """CLIP contrastive loss ``(CE(s V T^T, I) + CE(s T V^T, I)) / 2``; ``img, txt`` are ``(B, D)``.
+
+    ``scale`` is ``s = exp(logit_scale)``; row ``i`` of ``img`` is paired with row ``i`` of ``txt``.
+    """
+    _check_pair(img, txt)
+    logits = scale * img @ txt.T
+    labels = torch.arange(img.shape[0], device=img.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def _check_pair(img: torch.Tensor, txt: torch.Tensor) -> None:
+    if img.ndim != 2 or img.shape != txt.shape:
+        raise ValueError(
+            f"expected image and text embeddings of the same shape (B, D), got {tuple(img.shape)} "
+            f"and {tuple(txt.shape)}"
+        )
+
+
+def _resolve(adapter: CLIPAdapter, layers: Sequence[str]) -> dict[str, torch.nn.Parameter]:
+    if isinstance(layers, str):
+        raise TypeError("layers must be a list of parameter names, not a single string")
+    if len(layers) == 0:
+        raise ValueError("no layers requested: pass at least one parameter name")
+    params = dict(adapter.model.named_parameters())
+    unknown = [name for name in layers if name not in params]
+    if unknown:
+        valid = [info.name for info in adapter.candidate_layers()][:5]
+        raise KeyError(
+            f"unknown layer(s) {unknown[:5]} for model {adapter.name!r}; candidate layers include {valid}"
+        )
+    return {name: params[name] for name in layers}
+
+
+def _accumulate(
+    adapter: CLIPAdapter, loader: Iterable, loss: str, layers: Sequence[str], desc: str | None
+) -> tuple[dict[str, torch.Tensor], int]:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    model = adapter.model
+    wanted = _resolve(adapter, layers)
+    all_params = list(model.parameters())
+    flags = [p.requires_grad for p in all_params]
+    modes = [(m, m.training) for m in model.modules()]
+    device = adapter.device
+    sums: dict[str, torch.Tensor] = {}
+    n = 0
+    try:
+        for p in all_params:
+            p.requires_grad_(False)
+        for p in wanted.values():
+            p.requires_grad_(True)
+        model.eval()
+        for n_batch, batch in enumerate(tqdm(loader, desc=desc or f"{loss} gradients", leave=False)):
+            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                raise TypeError(f"{loss} loader must yield (pixels, tokens) pairs; batch {n_batch} is not")
+            pixels, tokens = batch
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                img = adapter.encode_image(pixels.to(device))
+                txt = adapter.encode_text(tokens.to(device))
+                if loss == "forget":
+                    value = forget_loss(img, txt)
+                else:
+                    value = retain_loss(img, txt, adapter.logit_scale())
+                if not torch.isfinite(value):
+                    raise FloatingPointError(f"{loss} loss is {value.item()} at batch {n_batch}")
+                if value.requires_grad:  # False when no requested layer is upstream of the loss
+                    value.backward()
+            for name, p in wanted.items():
+                if p.grad is None:  # the loss does not depend on this parameter
+                    g = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                else:
+                    g = p.grad.detach().float()
+                    if not torch.isfinite(g).all():
+                        raise FloatingPointError(
+                            f"non-finite {loss} gradient for layer {name!r} at batch {n_batch}"
+                        )
+                if name in sums:
+                    sums[name] += g
+                else:
+                    sums[name] = g.clone()
+            n += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, flag in zip(all_params, flags):
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+    if n == 0:
+        raise ValueError(f"{loss} loader is empty: it yielded no batch")
+    return {name: (s / n).cpu() for name, s in sums.items()}, n
+
+
+def accumulate_gradients(
+    adapter: CLIPAdapter,
+    loader: Iterable,
+    loss: str,
+    layers: Sequence[str],
+    desc: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Mean over batches of the per-batch mean gradient of ``loss`` ("forget" or "retain").
+
+    ``loader`` yields ``(pixels, tokens)`` batches ready for ``adapter.encode_image/encode_text``.
+    Gradients are zeroed before every batch (any stale ``.grad`` on the model is discarded, and
+    ``.grad`` is left as ``None`` afterwards). Only ``layers`` require grad during the pass; the
+    original ``requires_grad`` flags and train/eval modes are restored afterwards.
+    Returns ``{name: fp32 CPU tensor shaped like the parameter}``.
+    """
+    grads, _ = _accumulate(adapter, loader, loss, layers, desc)
+    return grads
+
+
+@dataclass
+class Gradients:
+    """Forget and retain gradients ``{parameter name: fp32 tensor}`` plus provenance ``meta``."""
+
+    forget: dict[str, torch.Tensor]
+    retain: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.forget)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one ``.safetensors`` file (``forget/<name>``, ``retain/<name>``; meta as JSON)."""
+        path = Path(path)
+        tensors = {f"forget/{k}": v.detach().float().contiguous().cpu() for k, v in self.forget.items()}
+        tensors |= {f"retain/{k}": v.detach().float().contiguous().cpu() for k, v in self.retain.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata={"format": _FORMAT, "meta": canonical_json(self.meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Gradients:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:
+            raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
+        if header.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a slugkit gradients file (format {header.get('format')!r})")
+        forget = {k.removeprefix("forget/"): v for k, v in tensors.items() if k.startswith("forget/")}
+        retain = {k.removeprefix("retain/"): v for k, v in tensors.items() if k.startswith("retain/")}
+        return cls(forget=forget, retain=retain, meta=json.loads(header.get("meta", "{}")))
+
+
+class GradientStore:
+    """A directory of :class:`Gradients` files keyed by model, forget data, retain data and layers."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @staticmethod
+    def key(model_fp: str, forget_fp: str, retain_fp: str, layers: Iterable[str]) -> str:
+        """Hex sha256 of the three fingerprints and the sorted layer names."""
+        blob = json.dumps([_KEY_VERSION, model_fp, forget_fp, retain_fp, sorted(layers)])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.safetensors"
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def get(self, key: str) -> Gradients | None:
+        """The stored gradients, or ``None`` when the key is absent."""
+        return Gradients.load(self.path(key)) if key in self else None
+
+    def put(self, key: str, grads: Gradients) -> Path:
+        """Store ``grads`` under ``key`` (written to a temporary file, then renamed)."""
+        target = self.path(key)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        grads.save(tmp)
+        os.replace(tmp, target)
+        return target
+
+
+def compute_gradients(
+    adapter: CLIPAdapter,
+    forget_loader: Iterable,
+    retain_loader: Iterable,
+    layers: Sequence[str] | None = None,
+    store: GradientStore | None = None,
+) -> Gradients:
+    """Stage 1: forget and retain gradients of ``layers`` (default: all candidate layers).
+
+    With a ``store``, the three fingerprints are computed first (one extra pass over the data, no
+    model forward) and stored gradients are returned without recomputing.
+    """
+    if layers is None:
+        layers = [info.name for info in adapter.candidate_layers()]
+    layers = list(layers)
+    _resolve(adapter, layers)
+    meta = {
+        "model": adapter.name,
+        "family": adapter.family,
+        "model_fingerprint": model_fingerprint(adapter.model),
+        "layers": layers,
+    }
+    key = None
+    if store is not None:
+        meta["forget_fingerprint"] = data_fingerprint(forget_loader)
+        meta["retain_fingerprint"] = data_fingerprint(retain_loader)
+        key = GradientStore.key(
+            meta["model_fingerprint"], meta["forget_fingerprint"], meta["retain_fingerprint"], layers
+        )
+        cached = store.get(key)
+        if cached is not None:
+            return cached
+        meta["key"] = key
+    t0 = time.perf_counter()
+    forget, n_forget = _accumulate(adapter, forget_loader, "forget", layers, "forget gradients")
+    t1 = time.perf_counter()
+    retain, n_retain = _accumulate(adapter, retain_loader, "retain", layers, "retain gradients")
+    t2 = time.perf_counter()
+    meta |= {
+        "forget_batches": n_forget,
+        "retain_batches": n_retain,
+        "seconds": {"forget": round(t1 - t0, 4), "retain": round(t2 - t1, 4)},
+    }
+    grads = Gradients(forget=forget, retain=retain, meta=meta)
+    if store is not None:
+        store.put(key, grads)
+    return grads

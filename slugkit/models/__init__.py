@@ -1,0 +1,1 @@
+"""Model definitions, training of the toy models, loading by name, format conversion."""

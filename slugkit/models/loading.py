@@ -1,0 +1,223 @@
+"""Load a CLIP model by name and wrap it in the right :class:`~slugkit.adapters.base.CLIPAdapter`.
+
+Accepted names: ``toy-clip``, ``toy-clip-hf``, ``openclip:<arch>/<pretrained tag or local weights file>``,
+``hf:<repo id or local dir>``. Missing weights raise :class:`ModelNotAvailableError` at once (no hub
+retries when ``HF_HUB_OFFLINE=1``).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from slugkit.adapters.base import CLIPAdapter
+
+ACCEPTED_FORMS = (
+    "'toy-clip'",
+    "'toy-clip-hf'",
+    "'openclip:<arch>/<pretrained tag or local weights file>' (e.g. 'openclip:ViT-B-32/laion400m_e32')",
+    "'hf:<Hugging Face repo id or local directory>' (e.g. 'hf:openai/clip-vit-base-patch32')",
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The named model's weights cannot be found locally and cannot be downloaded (offline, not cached, bad path)."""
+
+
+def hub_offline() -> bool:
+    """True when Hugging Face hub access is disabled (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+@contextlib.contextmanager
+def _forced_hub_offline(offline: bool):
+    """Make huggingface_hub refuse network calls inside the block when ``offline`` (its flag is read at import)."""
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def _bad_name(name: str, why: str) -> ValueError:
+    return ValueError(f"cannot load model {name!r}: {why}; accepted forms: " + ", ".join(ACCEPTED_FORMS))
+
+
+def load_clip(name: str, device: str | torch.device = "cpu", cache_dir: Optional[str | os.PathLike] = None) -> CLIPAdapter:
+    """Load the CLIP model ``name`` on ``device`` (eval mode) and wrap it in its adapter.
+
+    ``cache_dir`` overrides the Hugging Face / open_clip download cache. Raises ``ValueError`` for unknown
+    name forms or architectures and :class:`ModelNotAvailableError` when weights are unreachable.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise _bad_name(str(name), "empty model name")
+    name = name.strip()
+    cache_dir = str(cache_dir) if cache_dir is not None else None
+    if name == "toy-clip":
+        return _load_toy(name, device, hf=False)
+    if name == "toy-clip-hf":
+        return _load_toy(name, device, hf=True)
+    if name.startswith("openclip:"):
+        return _load_openclip(name, name[len("openclip:"):], device, cache_dir)
+    if name.startswith("hf:"):
+        return _load_hf(name, name[len("hf:"):], device, cache_dir)
+    raise _bad_name(name, "unknown model name form")
+
+
+def _load_toy(name: str, device, hf: bool) -> CLIPAdapter:
+    from slugkit.models.toy_clip import ARCH, load_toy_clip
+
+    try:
+        model = load_toy_clip(device)
+    except FileNotFoundError as err:
+        raise ModelNotAvailableError(f"model {name!r} is not available: {err}") from err
+    if not hf:
+        from slugkit.adapters.openclip import OpenCLIPAdapter
+
+        return OpenCLIPAdapter.from_model(model, ARCH, name=name)
+    from slugkit.adapters.hf_clip import HFCLIPAdapter
+    from slugkit.models.hf_convert import clip_tokenizer_from_openclip, image_processor_from_openclip, openclip_to_hf
+
+    hf_model = openclip_to_hf(model).to(device).eval()
+    tokenizer = clip_tokenizer_from_openclip(int(model.context_length))
+    return HFCLIPAdapter(hf_model, tokenizer, image_processor_from_openclip(model), name=name)
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        spec.startswith(("/", "./", "../", "~", "\\"))
+        or (len(spec) > 1 and spec[1] == ":")  # C:\...
+        or spec.lower().endswith(_WEIGHT_SUFFIXES)
+        or os.path.exists(spec)
+    )
+
+
+def _openclip_checkpoint(name: str, arch: str, tag: str, cfg: dict, cache_dir: Optional[str], offline: bool) -> str:
+    """Local path of the weights of pretrained tag ``tag``, downloading only when online."""
+    from open_clip.pretrained import download_pretrained, has_hf_hub
+
+    how = (
+        f"put its weights in the Hugging Face cache (HF_HOME, or pass cache_dir=...) while online, "
+        f"or give a local weights file as 'openclip:{arch}/<path>'"
+    )
+    if offline and not (cfg.get("hf_hub") and has_hf_hub()) and cfg.get("url"):
+        target = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
+        if not target.is_file():
+            raise ModelNotAvailableError(f"model {name!r} is not available offline: no cached {target.name}; {how}")
+        return str(target)
+    try:
+        with _forced_hub_offline(offline):
+            path = download_pretrained(cfg, cache_dir=cache_dir)
+    except Exception as err:  # hub/network/cache errors of any flavour
+        state = "offline and not cached" if offline else "could not be downloaded or found in the cache"
+        raise ModelNotAvailableError(f"model {name!r} is not available ({state}): {how}") from err
+    if not path or not os.path.isfile(path):
+        raise ModelNotAvailableError(f"model {name!r} is not available: its weights were not found; {how}")
+    return path
+
+
+def _load_openclip(name: str, spec: str, device, cache_dir: Optional[str]) -> CLIPAdapter:
+    import open_clip
+
+    from slugkit.adapters.openclip import OpenCLIPAdapter
+    from slugkit.models.toy_clip import register
+
+    register()
+    arch, sep, weights = spec.partition("/")
+    if not arch or not sep or not weights:
+        raise _bad_name(name, "expected 'openclip:<arch>/<pretrained tag or local weights file>'")
+    if arch not in open_clip.list_models():
+        raise ValueError(
+            f"unknown open_clip architecture {arch!r} in {name!r}; see the valid ones with "
+            "`python -c \"import open_clip; print(open_clip.list_models())\"` (slugkit adds 'toy-clip')"
+        )
+    offline = hub_offline()
+    force_quick_gelu = False
+    cfg = open_clip.get_pretrained_cfg(arch, weights)
+    if cfg:
+        _openclip_checkpoint(name, arch, weights, cfg, cache_dir, offline)
+        force_quick_gelu = bool(cfg.get("quick_gelu", False))  # tags trained with QuickGELU need it
+    elif _looks_like_path(weights):
+        weights = os.path.expanduser(weights)
+        if not os.path.isfile(weights):
+            raise ModelNotAvailableError(
+                f"model {name!r} is not available: no weights file at {weights!r}; give an existing local "
+                f"file or a pretrained tag of {arch}"
+            )
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise ValueError(
+            f"{weights!r} in {name!r} is neither a pretrained tag of {arch} nor a weights file; "
+            f"known tags: {tags or 'none'}"
+        )
+    try:
+        with _forced_hub_offline(offline):
+            model, _, transform = open_clip.create_model_and_transforms(
+                arch, pretrained=weights, device=device, cache_dir=cache_dir, force_quick_gelu=force_quick_gelu
+            )
+            tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
+    except OSError as err:  # e.g. an HF text tower / tokenizer that is not cached
+        raise ModelNotAvailableError(
+            f"model {name!r} is not available: a file it needs could not be loaded ({err.__class__.__name__}); "
+            "put it in the Hugging Face cache or pass cache_dir=..."
+        ) from err
+    return OpenCLIPAdapter(model.eval(), tokenizer, transform, name=name)
+
+
+def _load_hf(name: str, src: str, device, cache_dir: Optional[str]) -> CLIPAdapter:
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    from slugkit.adapters.hf_clip import HFCLIPAdapter
+
+    if not src:
+        raise _bad_name(name, "expected 'hf:<repo id or local dir>'")
+    src = os.path.expanduser(src)
+    local = os.path.isdir(src)
+    if not local and _looks_like_path(src):
+        raise ModelNotAvailableError(
+            f"model {name!r} is not available: no local directory {src!r}; give a directory written by "
+            "save_pretrained / slugkit.models.hf_convert.save_hf, or a Hugging Face repo id"
+        )
+    offline = hub_offline()
+    kw = {"cache_dir": cache_dir, "local_files_only": offline or local}
+    try:
+        with _forced_hub_offline(offline):
+            model = CLIPModel.from_pretrained(src, **kw)
+            tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+    except OSError as err:
+        where = f"the local directory {src!r} lacks a CLIP model or tokenizer" if local else (
+            "offline and not in the Hugging Face cache" if offline else "it could not be downloaded or found in the cache"
+        )
+        raise ModelNotAvailableError(
+            f"model {name!r} is not available ({where}): put it in the Hugging Face cache (HF_HOME, or pass "
+            "cache_dir=...) while online, or give a local directory as 'hf:<path>'"
+        ) from err
+    if len(tokenizer) < 256:  # transformers builds an empty CLIPTokenizer when no tokenizer files exist
+        raise ModelNotAvailableError(
+            f"model {name!r} has no usable tokenizer (only {len(tokenizer)} tokens): add tokenizer.json or "
+            "vocab.json + merges.txt next to the weights (slugkit.models.hf_convert.save_hf writes them)"
+        )
+    try:
+        with _forced_hub_offline(offline):
+            processor = CLIPImageProcessor.from_pretrained(src, **kw)
+    except (OSError, ValueError):  # no preprocessor_config.json: CLIP defaults + config image size
+        processor = None
+    return HFCLIPAdapter(model.to(device).eval(), tokenizer, processor, name=name)

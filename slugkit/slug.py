@@ -1,0 +1,182 @@
+"""SLUG end to end: gradients -> layer table -> step-size search -> patch, with a report.
+
+>>> import slugkit
+>>> clip = slugkit.load_clip("toy-clip")
+>>> result = slugkit.unlearn(clip, "Captain Zorp")      # doctest: +SKIP
+>>> print(result.summary())                             # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from .adapters.base import CLIPAdapter
+from .data.pairs import ImageTextPairs, pair_loader
+from .fingerprint import model_fingerprint, to_jsonable
+from .gradients import GradientStore, Gradients, compute_gradients
+from .layer_identification import layer_table, select_layers
+from .patch import Patch
+from .step_size_search import SearchResult, Target, search_step_size
+from .tasks import Task, data_task, toy_task
+
+TOY_MODELS = ("toy-clip", "toy-clip-hf")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def model_bytes(model) -> int:
+    """Bytes of all parameters as held in memory."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@dataclass
+class UnlearnResult:
+    """Everything one SLUG run produced. ``before``/``after`` are report-split metrics."""
+
+    model: str
+    concept: str
+    task: str
+    gradients: Gradients
+    table: pd.DataFrame
+    searches: list[SearchResult]
+    layer: str | None
+    tower: str | None
+    step_size: float | None
+    status: str
+    patch: Patch | None
+    before: dict
+    after: dict
+    seconds: float
+    peak_rss_mb: float
+    model_bytes: int
+    timings: dict = field(default_factory=dict)
+
+    def report(self, patch_bytes: int | None = None) -> dict:
+        """The ``report.json`` contract of design.md (accuracies as fractions in [0, 1])."""
+        b, a = self.before, self.after
+        return to_jsonable({
+            "model": self.model, "concept": self.concept, "task": self.task,
+            "layer": self.layer, "tower": self.tower, "step_size": self.step_size, "status": self.status,
+            "forget_acc_before": b.get("forget_top1"), "forget_acc_after": a.get("forget_top1"),
+            "forget_top5_before": b.get("forget_top5"), "forget_top5_after": a.get("forget_top5"),
+            "retain_acc_before": b.get("retain_top1"), "retain_acc_after": a.get("retain_top1"),
+            "utility_before": b.get("utility"), "utility_after": a.get("utility"),
+            "metrics_before": b, "metrics_after": a,
+            "seconds": round(self.seconds, 2), "timings": self.timings, "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "patch_bytes": patch_bytes if patch_bytes is not None else (self.patch.nbytes if self.patch else 0),
+            "model_bytes": self.model_bytes,
+            "layers_tried": [s.layer for s in self.searches],
+            "search": [s.to_dict() for s in self.searches],
+            "layer_table": self.table.assign(shape=self.table["shape"].map(list)).to_dict(orient="records"),
+        })  # fmt: skip
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``report.json`` (and ``patch.safetensors`` when a patch was found); returns the folder."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        patch_bytes = 0
+        if self.patch is not None:
+            patch_bytes = self.patch.save(out / "patch.safetensors").stat().st_size
+        (out / "report.json").write_text(json.dumps(self.report(patch_bytes), indent=2))
+        return out
+
+    def summary(self) -> str:
+        """A short human-readable table of the run."""
+        def pct(x):
+            return "  n/a" if x is None else f"{100 * x:5.1f}%"
+
+        b, a = self.before, self.after
+        lines = [f"SLUG on {self.model}: forget {self.concept!r} -> {self.status}",
+                 f"  layer {self.layer} ({self.tower} tower), step size {self.step_size:.4g}"
+                 if self.layer else "  no layer met the target; the model is unchanged",
+                 f"  {'':20s}{'before':>8s}{'after':>8s}"]
+        for label, key in (("forget top-1", "forget_top1"), ("forget top-5", "forget_top5"),
+                           ("retain top-1", "retain_top1"), ("utility", "utility")):
+            lines.append(f"  {label:20s}{pct(b.get(key)):>8s}{pct(a.get(key)):>8s}")
+        patch = f"{self.patch.nbytes / 1024:.0f} KiB" if self.patch else "none"
+        lines.append(f"  {len(self.searches)} layer(s) tried, {self.seconds:.1f} s, peak memory "
+                     f"{self.peak_rss_mb:.0f} MiB, patch {patch} "
+                     f"({100 * (self.patch.nbytes if self.patch else 0) / self.model_bytes:.2f}% of the model)")
+        return "\n".join(lines)
+
+
+def make_task(adapter: CLIPAdapter, concept: str, data=None, classes: Sequence[str] | None = None,
+              seed: int = 0) -> Task:
+    """The toy task for toy models without ``data``; a user-data task otherwise."""
+    if data is None:
+        if adapter.name not in TOY_MODELS:
+            raise ValueError(f"{adapter.name!r} is not a toy model: pass data= (an image folder, a CSV or "
+                             "webdataset shards) and classes= (names to tell the concept apart from)")
+        return toy_task(adapter, concept, seed=seed)
+    return data_task(adapter, concept, data, classes or [], seed=seed)
+
+
+def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | None = None,
+            classes: Sequence[str] | None = None, task: Task | None = None, policy: str = "pareto",
+            tower: str | None = None, target: Target | None = None, max_evals: int = 10,
+            batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
+            progress: bool = True) -> UnlearnResult:
+    """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
+
+    The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
+    Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text) or a
+    parameter name. ``target`` defaults to forget top-1 = 0.
+    """
+    start = time.perf_counter()
+    timings = {}
+    task = task or make_task(adapter, concept, data, classes, seed)
+    target = target or Target()
+    if isinstance(store, (str, Path)):
+        store = GradientStore(store)
+
+    t = time.perf_counter()
+    forget_loader = pair_loader(task.forget, adapter, batch_size=batch_size)
+    retain_loader = pair_loader(task.retain, adapter, batch_size=batch_size)
+    grads = compute_gradients(adapter, forget_loader, retain_loader, store=store)
+    timings["gradients"] = round(time.perf_counter() - t, 2)
+
+    t = time.perf_counter()
+    table = layer_table(adapter, grads)
+    layers = select_layers(table, policy, tower)
+    towers = dict(zip(table["name"], table["tower"]))
+    timings["layer_identification"] = round(time.perf_counter() - t, 2)
+
+    t = time.perf_counter()
+    task.search_evaluator.cache()
+    searches = []
+    for name in layers:
+        evaluate = lambda tower=towers[name]: task.search_evaluator(edited_tower=tower)  # noqa: E731
+        searches.append(search_step_size(adapter.parameter(name), grads.forget[name], evaluate, target,
+                                         max_evals=max_evals, layer_name=name))
+    timings["step_size_search"] = round(time.perf_counter() - t, 2)
+
+    met = [s for s in searches if s.status == "ok"]
+    best = max(met, key=lambda s: target.score(s.best_metrics), default=None)
+    t = time.perf_counter()
+    before = task.report_evaluator()
+    patch, after = None, before
+    if best is not None:
+        patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda, grads.forget[best.layer],
+                                model_fingerprint(adapter.model), best.best_metrics)
+        patch.apply(adapter.model)
+        try:
+            after = task.report_evaluator()
+        finally:
+            patch.revert(adapter.model)
+        patch.metrics = {"search": best.best_metrics, "report_before": before, "report_after": after}
+    timings["report"] = round(time.perf_counter() - t, 2)
+    return UnlearnResult(
+        model=adapter.name, concept=task.concept, task=task.description, gradients=grads, table=table,
+        searches=searches, layer=best.layer if best else None, tower=towers[best.layer] if best else None,
+        step_size=best.best_lambda if best else None, status="ok" if best else "target-not-reached",
+        patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
+        peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings)

@@ -1,0 +1,212 @@
+"""Stage 3 of SLUG: search the step size ``lambda`` of the single-layer update ``theta + lambda * g_f``.
+
+Binary search from ``lambda_0 = 0.1 ||theta|| / ||g_f||``: double ``lambda`` until the forget
+metric reaches its target, then bisect. Every step starts from a fresh copy of the original
+weights, and the original tensor is restored bit-exactly at the end.
+
+Example::
+
+    result = search_step_size(adapter.parameter(layer), grads.forget[layer], evaluate, layer_name=layer)
+    result.best_lambda, result.status
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from slugkit.fingerprint import to_jsonable
+
+STATUSES = ("ok", "target-not-reached")
+
+
+@dataclass(frozen=True)
+class Target:
+    """When an edit counts as unlearning, and how to rank the edits that do.
+
+    Reached: ``metrics[forget_metric] <= threshold``. Met: reached and, if ``guard_metric`` is set,
+    ``metrics[guard_metric] >= baseline[guard_metric] - guard_tolerance``. Among met edits the best
+    has the highest mean of ``score_metrics``.
+    """
+
+    forget_metric: str = "forget_top1"
+    threshold: float = 0.0
+    score_metrics: Sequence[str] = ("retain_top1", "utility")
+    guard_metric: str | None = None
+    guard_tolerance: float | None = None
+
+    def __post_init__(self):
+        if (self.guard_metric is None) != (self.guard_tolerance is None):
+            raise ValueError("set guard_metric and guard_tolerance together (or neither)")
+        if self.guard_tolerance is not None and self.guard_tolerance < 0:
+            raise ValueError(f"guard_tolerance must be >= 0, got {self.guard_tolerance}")
+
+    def reached(self, metrics: dict) -> bool:
+        return _get(metrics, self.forget_metric) <= self.threshold
+
+    def met(self, metrics: dict, baseline: dict) -> bool:
+        if not self.reached(metrics):
+            return False
+        if self.guard_metric is None:
+            return True
+        return _get(metrics, self.guard_metric) >= _get(baseline, self.guard_metric) - self.guard_tolerance
+
+    def score(self, metrics: dict) -> float:
+        values = [_get(metrics, m) for m in self.score_metrics]
+        return sum(values) / len(values) if values else 0.0
+
+
+def _get(metrics: dict, key: str) -> float:
+    if key not in metrics:
+        raise KeyError(f"the evaluator returned no {key!r} metric (it returned {sorted(metrics)})")
+    return float(metrics[key])
+
+
+@dataclass
+class SearchStep:
+    """One evaluation of the search: step index (0-based), ``lam`` and the metrics it gave."""
+
+    step: int
+    lam: float
+    metrics: dict
+    reached: bool
+    met: bool
+
+
+@dataclass
+class SearchResult:
+    """Outcome of :func:`search_step_size`; ``best_lambda`` is ``None`` when no step met the target."""
+
+    layer: str
+    lambda0: float
+    best_lambda: float | None
+    best_metrics: dict | None
+    baseline: dict
+    status: str
+    trace: list[SearchStep] = field(default_factory=list)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per evaluation: step, lam, reached, met, best, then one column per metric."""
+        rows = [
+            {"step": s.step, "lam": s.lam, "reached": s.reached, "met": s.met,
+             "best": self.best_lambda is not None and s.lam == self.best_lambda, **s.metrics}
+            for s in self.trace
+        ]  # fmt: skip
+        return pd.DataFrame(rows, columns=None if rows else ["step", "lam", "reached", "met", "best"])
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict (non-finite floats become ``None``)."""
+        return to_jsonable({
+            "layer": self.layer, "lambda0": self.lambda0, "best_lambda": self.best_lambda,
+            "best_metrics": self.best_metrics, "baseline": self.baseline, "status": self.status,
+            "trace": [{"step": s.step, "lam": s.lam, "metrics": s.metrics, "reached": s.reached,
+                       "met": s.met} for s in self.trace],
+        })  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SearchResult:
+        trace = [SearchStep(**s) for s in d.get("trace", [])]
+        return cls(**{k: v for k, v in d.items() if k != "trace"}, trace=trace)
+
+
+def _check(param: torch.Tensor, grad: torch.Tensor, layer_name: str) -> None:
+    label = repr(layer_name) if layer_name else "the layer"
+    if tuple(grad.shape) != tuple(param.shape):
+        raise ValueError(f"gradient shape {tuple(grad.shape)} differs from the shape {tuple(param.shape)} "
+                         f"of {label}")
+    if not torch.isfinite(grad).all():
+        raise ValueError(f"gradient of {label} has non-finite values")
+    if not grad.any():
+        raise ValueError(f"gradient of {label} is all zero: a step along it changes nothing")
+
+
+def _set(param: torch.Tensor, original: torch.Tensor, grad: torch.Tensor, lam: float) -> None:
+    # Computed in fp32 at least, then cast, so low-precision weights get one rounding only.
+    dtype = torch.promote_types(original.dtype, torch.float32)
+    with torch.no_grad():
+        param.copy_((original.to(dtype) + lam * grad.to(dtype)).to(param.dtype))
+
+
+@contextmanager
+def apply_step(param: torch.Tensor, grad: torch.Tensor, lam: float) -> Iterator[torch.Tensor]:
+    """Temporarily set ``param <- param + lam * grad`` in place; restored bit-exactly on exit."""
+    _check(param, grad, "")
+    original = param.detach().clone()
+    try:
+        _set(param, original, grad.to(param.device), lam)
+        yield param
+    finally:
+        with torch.no_grad():
+            param.copy_(original)
+
+
+def search_step_size(
+    param: torch.nn.Parameter,
+    grad: torch.Tensor,
+    evaluate: Callable[[], dict[str, float]],
+    target: Target = Target(),
+    max_evals: int = 10,
+    lambda0: float | None = None,
+    layer_name: str = "",
+    rtol: float = 1e-3,
+) -> SearchResult:
+    """Binary search of ``lambda > 0`` for the update ``param <- theta + lambda * grad``.
+
+    ``grad`` is the forget gradient (``+lambda g_f`` ascends the forget loss). ``evaluate()`` is
+    called once on the unedited model (the baseline, not counted in ``max_evals``) and once per
+    step, and returns metrics such as ``{"forget_top1": 0.0, "retain_top1": 0.9, "utility": 0.6}``.
+    The lower bound starts at ``lambda = 0`` (the unedited model); the upper one is unset until the
+    target is reached, and the search stops early once ``hi - lo <= rtol * hi``.
+    """
+    _check(param, grad, layer_name)
+    if max_evals < 1:
+        raise ValueError(f"max_evals must be >= 1, got {max_evals}")
+    original = param.detach().clone()
+    grad = grad.detach().to(param.device)
+    if lambda0 is None:
+        lambda0 = 0.1 * torch.linalg.vector_norm(original, dtype=torch.float64).item() / (
+            torch.linalg.vector_norm(grad, dtype=torch.float64).item()
+        )
+    if not (math.isfinite(lambda0) and lambda0 > 0):
+        raise ValueError(f"lambda0 must be a positive finite number, got {lambda0} for {layer_name!r}")
+
+    trace: list[SearchStep] = []
+    try:
+        baseline = dict(evaluate())
+        if target.reached(baseline):
+            warnings.warn(
+                f"the unedited model already has {target.forget_metric}={baseline[target.forget_metric]} "
+                f"<= {target.threshold}: nothing to unlearn", stacklevel=2,
+            )  # fmt: skip
+        lo, hi = 0.0, None
+        lam = float(lambda0)
+        for step in tqdm(range(max_evals), desc=f"step size {layer_name}".strip(), leave=False):
+            _set(param, original, grad, lam)
+            metrics = dict(evaluate())
+            reached = target.reached(metrics)
+            trace.append(SearchStep(step, lam, metrics, reached, target.met(metrics, baseline)))
+            if reached:
+                hi = lam
+            else:
+                lo = lam
+            if hi is None:
+                lam = 2 * lam
+            else:
+                if hi - lo <= rtol * hi:
+                    break
+                lam = (lo + hi) / 2
+    finally:
+        with torch.no_grad():
+            param.copy_(original)
+
+    met = [s for s in trace if s.met]
+    if met:
+        best = max(met, key=lambda s: (target.score(s.metrics), -s.lam))
+        return SearchResult(layer_name, float(lambda0), best.lam, best.metrics, baseline, "ok", trace)
+    return SearchResult(layer_name, float(lambda0), None, None, baseline, "target-not-reached", trace)

@@ -1,0 +1,124 @@
+"""An unlearning task: what to forget, what to retain, and how to measure both.
+
+:func:`toy_task` builds one from a MiniCanvas concept name; :func:`data_task` from user data (an image
+folder, a CSV or webdataset shards) and a list of class names to tell the concept apart from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.minicanvas import MiniCanvas, find_concept
+from .data.pairs import ImageTextPairs, InMemoryPairs, forget_retain_sets, mentions
+from .eval.zeroshot import ConceptEvaluator, accuracy_from_embeddings
+
+
+class Evaluator(Protocol):
+    """Measures the current model. ``cache()`` embeds with the unedited model; a call with
+    ``edited_tower="text"`` (or ``"vision"``) may reuse the other tower's cached embeddings."""
+
+    def cache(self) -> "Evaluator": ...
+
+    def __call__(self, edited_tower: str | None = None) -> dict[str, float]: ...
+
+
+@dataclass
+class Task:
+    """Forget/retain pairs for the gradients, an evaluator for the search and one for the report."""
+
+    concept: str
+    forget: ImageTextPairs
+    retain: ImageTextPairs
+    search_evaluator: Evaluator
+    report_evaluator: Evaluator
+    description: str = ""
+
+
+def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 3000, n_val: int = 800,
+             n_test: int = 2000, n_retain: int | None = None) -> Task:
+    """A MiniCanvas task: forget pairs are the training pairs whose caption names ``concept``.
+
+    The step size is searched on the ``val`` split and the report is measured on the ``test`` split,
+    so the reported numbers are not the ones the search optimised.
+    """
+    name = find_concept(concept)["name"]
+    train = MiniCanvas(n=n_train, seed=seed, split="train")
+    pairs = InMemoryPairs(list(train.images), train.captions, origin=f"MiniCanvas train (seed {seed}, n={n_train})")
+    forget, retain = forget_retain_sets(pairs, name, n_retain=n_retain, seed=seed)
+    val = MiniCanvas(n=n_val, seed=seed, split="val")
+    test = MiniCanvas(n=n_test, seed=seed, split="test")
+    return Task(name, forget, retain, ConceptEvaluator(adapter, val, name), ConceptEvaluator(adapter, test, name),
+                description=f"MiniCanvas seed {seed}: {len(forget)} forget / {len(retain)} retain pairs, "
+                            f"search on {n_val} val images, report on {n_test} test images")
+
+
+class NameEvaluator:
+    """Evaluator for user data: zero-shot naming among ``classes`` plus image-to-caption retrieval.
+
+    ``forget_top1``/``forget_top5``: share of forget images whose top-1/top-5 name among ``classes``
+    (prompt ``"a photo of {name}."``) is the concept. ``retain_top1``: naming accuracy on retain
+    images whose caption mentions exactly one other class. ``utility``: image-to-text top-1 retrieval
+    among the retain captions.
+    """
+
+    def __init__(self, adapter, forget: ImageTextPairs, retain: ImageTextPairs, concept: str,
+                 classes: Sequence[str], template: str = "a photo of {}."):
+        classes = list(dict.fromkeys([concept, *classes]))
+        if len(classes) < 2:
+            raise ValueError("need at least one class besides the concept to measure forgetting; "
+                             "pass classes=[...] (names the model should still tell apart)")
+        self.adapter, self.classes, self.template = adapter, classes, template
+        self.images = [img for img, _ in forget] + [img for img, _ in retain]
+        captions = retain.captions()
+        labels = [0] * len(forget)
+        for cap in captions:
+            hits = [k for k, c in enumerate(classes[1:], start=1) if mentions(cap, c)]
+            labels.append(hits[0] if len(hits) == 1 else -1)
+        self.labels = np.array(labels)
+        self.n_forget = len(forget)
+        self.captions = captions
+        self._img = self._names = self._caps = None
+
+    def _embed(self, what: str):
+        with torch.no_grad():
+            if what == "images":
+                pil = [Image.fromarray(im) if isinstance(im, np.ndarray) else im for im in self.images]
+                return torch.cat([self.adapter.encode_image(self.adapter.preprocess(pil[i:i + 64]))
+                                  for i in range(0, len(pil), 64)])
+            if what == "names":
+                return self.adapter.encode_text(self.adapter.tokenize([self.template.format(c) for c in self.classes]))
+            return self.adapter.encode_text(self.adapter.tokenize(self.captions))
+
+    def cache(self) -> "NameEvaluator":
+        self._img, self._names, self._caps = self._embed("images"), self._embed("names"), self._embed("captions")
+        return self
+
+    def __call__(self, edited_tower: str | None = None) -> dict[str, float]:
+        cached = self._img is not None
+        img = self._img if cached and edited_tower == "text" else self._embed("images")
+        names = self._names if cached and edited_tower == "vision" else self._embed("names")
+        caps = self._caps if cached and edited_tower == "vision" else self._embed("captions")
+        forget_labels = np.where(np.arange(len(self.labels)) < self.n_forget, self.labels, -1)
+        retain_labels = np.where(np.arange(len(self.labels)) >= self.n_forget, self.labels, -1)
+        f = accuracy_from_embeddings(img, names, forget_labels)
+        r = accuracy_from_embeddings(img, names, retain_labels) if (retain_labels >= 0).any() else {"top1": float("nan")}
+        retrieval = accuracy_from_embeddings(img[self.n_forget:], caps, np.arange(len(self.captions)), k=1)
+        return {"forget_top1": f["top1"], "forget_top5": f["top5"], "retain_top1": r["top1"],
+                "utility": retrieval["top1"]}
+
+
+def data_task(adapter, concept: str, data: str | ImageTextPairs, classes: Sequence[str],
+              n_retain: int | None = None, seed: int = 0) -> Task:
+    """A task from user data: forget pairs are those whose caption mentions ``concept``."""
+    from .data.sources import open_pairs
+
+    pairs = data if isinstance(data, ImageTextPairs) else open_pairs(data)
+    forget, retain = forget_retain_sets(pairs, concept, n_retain=n_retain, seed=seed)
+    evaluator = NameEvaluator(adapter, forget, retain, concept, classes)
+    return Task(concept, forget, retain, evaluator, evaluator,
+                description=f"{pairs.origin}: {len(forget)} forget / {len(retain)} retain pairs "
+                            "(search and report on the same pairs)")

@@ -1,0 +1,108 @@
+"""A tiny deterministic dual encoder behind the CLIPAdapter contract, for tests of the core stages."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slugkit.adapters.base import CLIPAdapter, LayerInfo
+
+IMAGE_SIZE = 4
+CONTEXT = 6
+VOCAB = 32
+
+
+class Block(nn.Module):
+    """A residual block with the four candidate weights of a transformer block (no token mixing)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.fc = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(2 * width, width)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
+        x = x + self.out(v * torch.sigmoid(q * k))
+        return x + self.proj(torch.tanh(self.fc(x)))
+
+
+class Tower(nn.Module):
+    def __init__(self, width: int, depth: int, dim: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(width) for _ in range(depth))
+        self.head = nn.Linear(width, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class TinyDualEncoder(nn.Module):
+    def __init__(self, width: int = 8, depth: int = 2, dim: int = 6):
+        super().__init__()
+        self.patch = nn.Linear(3 * IMAGE_SIZE * IMAGE_SIZE, width)
+        self.vision = Tower(width, depth, dim)
+        self.embed = nn.Embedding(VOCAB, width)
+        self.text = Tower(width, depth, dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+
+class FakeAdapter(CLIPAdapter):
+    family = "fake"
+
+    def __init__(self, seed: int = 0, dtype: torch.dtype = torch.float32, **kw):
+        torch.manual_seed(seed)
+        super().__init__(TinyDualEncoder(**kw).to(dtype), name=f"fake-{seed}")
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        ids = torch.zeros(len(texts), CONTEXT, dtype=torch.int64)
+        for i, text in enumerate(texts):
+            for j, ch in enumerate(text[:CONTEXT]):
+                ids[i, j] = 1 + ord(ch) % (VOCAB - 1)
+        return ids
+
+    def preprocess(self, images) -> torch.Tensor:
+        return images.permute(0, 3, 1, 2).float() / 255
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.patch(pixels.reshape(pixels.shape[0], -1).to(m.patch.weight.dtype))
+        return F.normalize(m.vision(x), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        return F.normalize(m.text(m.embed(tokens).mean(dim=1)), dim=-1)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp()
+
+    def candidate_layers(self) -> list[LayerInfo]:
+        kinds = {"qkv": "attn_qkv", "out": "attn_out", "fc": "mlp_fc", "proj": "mlp_proj"}
+        infos = []
+        for tower in ("vision", "text"):
+            for b, block in enumerate(getattr(self.model, tower).blocks):
+                for attr, kind in kinds.items():
+                    w = getattr(block, attr).weight
+                    infos.append(LayerInfo(f"{tower}.blocks.{b}.{attr}.weight", tower, b, kind, tuple(w.shape)))
+        return infos
+
+
+def make_batches(n_batches: int, batch_size: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n_batches`` (pixels ``(B, 3, 4, 4)``, tokens ``(B, 6)``) pairs, deterministic."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.rand(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g),
+         torch.randint(0, VOCAB, (batch_size, CONTEXT), generator=g))
+        for _ in range(n_batches)
+    ]  # fmt: skip
+
+
+def full_batch(batches):
+    return torch.cat([p for p, _ in batches]), torch.cat([t for _, t in batches])

@@ -1,0 +1,226 @@
+import json
+import random
+
+import pytest
+import torch
+
+from slugkit.step_size_search import (
+    SearchResult,
+    Target,
+    apply_step,
+    search_step_size,
+)
+
+
+class Synthetic:
+    """Evaluator whose forget accuracy drops to 0 exactly at ``lam >= lam_star``.
+
+    It recovers the current lambda from the parameter, and checks every edit starts from a fresh copy.
+    """
+
+    def __init__(self, param, grad, lam_star=5.3, utility_slope=1 / 200, fail_at=None):
+        self.param, self.grad = param, grad
+        self.original = param.detach().clone()
+        self.lam_star, self.slope, self.fail_at = lam_star, utility_slope, fail_at
+        self.lams = []
+
+    def current_lambda(self):
+        return ((self.param.detach() - self.original) / self.grad).mean().item()
+
+    def __call__(self):
+        if self.fail_at is not None and len(self.lams) == self.fail_at:
+            raise RuntimeError("evaluator crashed")
+        lam = self.current_lambda()
+        self.lams.append(lam)
+        return {
+            "forget_top1": 0.0 if lam >= self.lam_star - 1e-4 else 0.6,
+            "retain_top1": 1.0 - lam / 100,
+            "utility": 0.9 - self.slope * lam,
+        }
+
+
+def _setup(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    param = torch.nn.Parameter(torch.randn(6, 5, generator=g).to(dtype))
+    grad = (torch.rand(6, 5, generator=g) + 0.5).to(dtype)  # strictly positive: lambda is recoverable
+    return param, grad
+
+
+def test_converges_to_threshold_with_exact_schedule():
+    param, grad = _setup()
+    ev = Synthetic(param, grad)
+    res = search_step_size(param, grad, ev, lambda0=1.0, layer_name="w")
+    lams = [s.lam for s in res.trace]
+    assert lams == [1, 2, 4, 8, 6, 5, 5.5, 5.25, 5.375, 5.3125]
+    assert [s.step for s in res.trace] == list(range(10))
+    assert res.status == "ok" and res.layer == "w"
+    assert res.best_lambda == 5.3125
+    assert 0 <= res.best_lambda - ev.lam_star < 0.02
+    assert res.best_metrics == res.trace[-1].metrics
+    assert len(ev.lams) == 11  # baseline + 10 evaluations
+    assert ev.lams[0] == 0.0 and res.baseline["forget_top1"] == 0.6
+
+
+def test_each_step_uses_fresh_copy_and_restores_bit_exactly():
+    param, grad = _setup(seed=3)
+    original = param.detach().clone()
+    snapshots = []
+
+    def evaluate():
+        snapshots.append(param.detach().clone())
+        return {"forget_top1": 0.0 if len(snapshots) > 4 else 1.0, "retain_top1": 1.0, "utility": 1.0}
+
+    res = search_step_size(param, grad, evaluate, lambda0=0.37)
+    for step, snap in zip(res.trace, snapshots[1:]):
+        assert torch.equal(snap, original + step.lam * grad)
+    assert torch.equal(snapshots[0], original)
+    assert torch.equal(param.detach(), original)
+
+
+def test_restores_on_evaluator_error():
+    param, grad = _setup(seed=4)
+    original = param.detach().clone()
+    with pytest.raises(RuntimeError, match="crashed"):
+        search_step_size(param, grad, Synthetic(param, grad, fail_at=3), lambda0=1.0)
+    assert torch.equal(param.detach(), original)
+
+
+def test_restores_half_precision_bit_exactly():
+    param, grad = _setup(seed=5, dtype=torch.float16)
+    original = param.detach().clone()
+    search_step_size(param, grad, Synthetic(param, grad, lam_star=0.5), lambda0=0.1, max_evals=4)
+    assert torch.equal(param.detach(), original) and param.dtype == torch.float16
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already")
+def test_never_returns_a_lambda_that_did_not_meet_target():
+    rng = random.Random(0)
+    for trial in range(50):
+        param, grad = _setup(seed=trial)
+
+        def evaluate():
+            return {"forget_top1": rng.choice([0.0, 0.0, 0.3]), "retain_top1": rng.random(), "utility": rng.random()}
+
+        res = search_step_size(param, grad, evaluate, max_evals=rng.randint(1, 12))
+        met = [s for s in res.trace if s.met]
+        assert len(res.trace) <= 12
+        if met:
+            assert res.status == "ok"
+            best = max(met, key=lambda s: ((s.metrics["retain_top1"] + s.metrics["utility"]) / 2, -s.lam))
+            assert res.best_lambda == best.lam and res.best_metrics == best.metrics
+        else:
+            assert res.status == "target-not-reached" and res.best_lambda is None and res.best_metrics is None
+
+
+def test_unreachable_target_doubles_only():
+    param, grad = _setup()
+    res = search_step_size(param, grad, Synthetic(param, grad, lam_star=1e9), lambda0=1.0, max_evals=7)
+    assert res.status == "target-not-reached" and res.best_lambda is None and res.best_metrics is None
+    assert [s.lam for s in res.trace] == [1, 2, 4, 8, 16, 32, 64]
+    assert not any(s.reached for s in res.trace)
+
+
+def test_reached_at_first_step_bisects_towards_zero():
+    param, grad = _setup()
+    res = search_step_size(param, grad, Synthetic(param, grad, lam_star=0.3), lambda0=8.0, max_evals=6)
+    assert [s.lam for s in res.trace] == [8, 4, 2, 1, 0.5, 0.25]
+    assert res.best_lambda == 0.5
+
+
+def test_trace_length_and_early_stop():
+    param, grad = _setup()
+    for max_evals in (1, 3, 10, 40):
+        res = search_step_size(param, grad, Synthetic(param, grad), lambda0=1.0, max_evals=max_evals)
+        assert len(res.trace) <= max_evals
+    assert len(res.trace) < 40  # stopped once hi - lo <= rtol * hi
+
+
+def test_ties_prefer_smaller_lambda():
+    param, grad = _setup()
+
+    def evaluate():
+        return {"forget_top1": 0.0, "retain_top1": 0.5, "utility": 0.5}
+
+    with pytest.warns(UserWarning, match="already"):
+        res = search_step_size(param, grad, evaluate, lambda0=1.0, max_evals=4)
+    assert res.best_lambda == min(s.lam for s in res.trace) == 0.125
+
+
+def test_utility_guard():
+    param, grad = _setup()
+    # utility = 0.9 - lam/20: within 0.31 of the baseline iff lam <= 6.2; forget reached iff lam >= 5.3
+    loose = Target(guard_metric="utility", guard_tolerance=0.31)
+    res = search_step_size(param, grad, Synthetic(param, grad, utility_slope=1 / 20), loose, lambda0=1.0)
+    by_lam = {s.lam: s for s in res.trace}
+    assert by_lam[8].reached and not by_lam[8].met
+    assert by_lam[6].met
+    assert res.status == "ok" and 5.3 <= res.best_lambda <= 6.2
+    strict = Target(guard_metric="utility", guard_tolerance=0.1)  # needs lam <= 2
+    res = search_step_size(param, grad, Synthetic(param, grad, utility_slope=1 / 20), strict, lambda0=1.0)
+    assert any(s.reached for s in res.trace)
+    assert res.status == "target-not-reached" and res.best_lambda is None
+    with pytest.raises(ValueError, match="together"):
+        Target(guard_metric="utility")
+
+
+def test_custom_forget_metric_and_threshold():
+    param, grad = _setup()
+
+    def evaluate():
+        return {"forget_top5": 0.04, "retain_top1": 1.0, "utility": 1.0}
+
+    target = Target(forget_metric="forget_top5", threshold=0.05)
+    with pytest.warns(UserWarning):
+        res = search_step_size(param, grad, evaluate, target, max_evals=2)
+    assert res.status == "ok"
+    with pytest.raises(KeyError, match="no 'forget_top1' metric"):
+        search_step_size(param, grad, evaluate)
+
+
+def test_default_lambda0():
+    param, grad = _setup()
+    res = search_step_size(param, grad, Synthetic(param, grad), max_evals=1)
+    assert res.lambda0 == pytest.approx(0.1 * param.norm().item() / grad.norm().item(), rel=1e-6)
+    assert res.trace[0].lam == res.lambda0
+
+
+def test_bad_inputs_name_the_layer():
+    param, grad = _setup()
+    ev = Synthetic(param, grad)
+    with pytest.raises(ValueError, match="shape.*'L'"):
+        search_step_size(param, grad[:2], ev, layer_name="L")
+    with pytest.raises(ValueError, match="'L' is all zero"):
+        search_step_size(param, torch.zeros_like(grad), ev, layer_name="L")
+    nan = grad.clone()
+    nan[1, 1] = float("nan")
+    with pytest.raises(ValueError, match="'L' has non-finite"):
+        search_step_size(param, nan, ev, layer_name="L")
+    with pytest.raises(ValueError, match="max_evals"):
+        search_step_size(param, grad, ev, max_evals=0)
+    with pytest.raises(ValueError, match="lambda0"):
+        search_step_size(param, grad, ev, lambda0=-1.0, layer_name="L")
+
+
+def test_result_serialisation():
+    param, grad = _setup()
+    res = search_step_size(param, grad, Synthetic(param, grad), lambda0=1.0, max_evals=6, layer_name="w")
+    d = res.to_dict()
+    json.dumps(d, allow_nan=False)
+    back = SearchResult.from_dict(json.loads(json.dumps(d)))
+    assert back == res
+    frame = res.to_frame()
+    assert list(frame.columns[:5]) == ["step", "lam", "reached", "met", "best"]
+    assert len(frame) == 6 and frame["best"].sum() == 1
+    assert {"forget_top1", "retain_top1", "utility"} <= set(frame.columns)
+
+
+def test_apply_step_context_manager():
+    param, grad = _setup()
+    original = param.detach().clone()
+    with apply_step(param, grad, 0.5) as p:
+        assert torch.equal(p.detach(), original + 0.5 * grad)
+    assert torch.equal(param.detach(), original)
+    with pytest.raises(RuntimeError):
+        with apply_step(param, grad, 2.0):
+            raise RuntimeError
+    assert torch.equal(param.detach(), original)

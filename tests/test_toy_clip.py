@@ -1,0 +1,66 @@
+"""The toy CLIP: a short training run learns; the shipped checkpoint loads and meets the quality bar."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from slugkit.models import toy_clip
+from slugkit.models.toy_clip import TrainConfig, multi_positive_clip_loss, train_toy_clip
+
+QUALITY = {"identity": 0.90, "object": 0.90, "style": 0.90, "colour": 0.90}
+
+
+def test_multi_positive_loss_treats_equal_captions_as_positives():
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    # two pairs share a caption; perfect embeddings for that structure give a lower loss than for
+    # the plain diagonal target
+    txt = img.clone()
+    txt[1] = img[0]
+    ids = torch.tensor([0, 0, 1, 2])
+    ids_plain = torch.tensor([0, 1, 2, 3])
+    assert multi_positive_clip_loss(img, txt, torch.tensor(10.0), ids) < \
+        multi_positive_clip_loss(img, txt, torch.tensor(10.0), ids_plain)
+
+
+def test_short_training_run_lowers_the_loss():
+    cfg = TrainConfig(n_train=512, steps=30, batch_size=64, warmup=5, eval_every=10_000, n_eval=100)
+    _, history = train_toy_clip(cfg, progress=False)
+    first = np.mean([h["loss"] for h in history[:3]])
+    last = np.mean([h["loss"] for h in history[-3:]])
+    assert last < 0.85 * first, (first, last)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from slugkit.models.loading import load_clip
+
+    return load_clip("toy-clip")
+
+
+def test_shipped_checkpoint_meets_quality_bar(shipped):
+    from slugkit.cli import toy_eval
+
+    metrics = toy_eval(shipped)
+    for attribute, bar in QUALITY.items():
+        assert metrics[attribute]["top1"] >= bar, (attribute, metrics[attribute]["top1"])
+    worst = min(metrics["identity"]["per_concept"].values())
+    assert worst >= 0.80, metrics["identity"]["per_concept"]
+
+
+def test_shipped_checkpoint_is_small_and_records_its_recipe():
+    path = toy_clip.data_dir() / toy_clip.CHECKPOINT_NAME
+    assert path.stat().st_size < 25e6
+    meta = toy_clip.checkpoint_metadata(path)
+    assert meta["recipe"] == json.loads(json.dumps(TrainConfig().__dict__))
+    assert set(meta["zero_shot_top1"]) == set(QUALITY)
+
+
+def test_corrupt_or_missing_checkpoint_gives_clear_error(tmp_path):
+    bad = tmp_path / "toy-clip.safetensors"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.*slugkit toy build"):
+        toy_clip.load_toy_clip(path=bad)
+    with pytest.raises(FileNotFoundError, match="slugkit toy build"):
+        toy_clip.load_toy_clip(path=tmp_path / "missing.safetensors")
