@@ -44,10 +44,10 @@ def cmd_concepts(args) -> int:
 
 def toy_eval(adapter, n_test: int = 2000, seed: int = 0) -> dict:
     """``{"attribute": {"top1", "top5", "per_concept"}}`` on the MiniCanvas test split."""
-    from .data.minicanvas import MiniCanvas
+    from .data.minicanvas import cached_split
     from .eval.zeroshot import zero_shot
 
-    scores = zero_shot(adapter, MiniCanvas(n=n_test, seed=seed, split="test"))
+    scores = zero_shot(adapter, cached_split(n_test, seed, "test"))
     return {a: {k: v for k, v in s.items() if k != "confusion"} for a, s in scores.items()}
 
 

@@ -74,7 +74,8 @@ def _resolve(adapter: CLIPAdapter, layers: Sequence[str]) -> dict[str, torch.nn.
 
 
 def _accumulate(
-    adapter: CLIPAdapter, loader: Iterable, loss: str, layers: Sequence[str], desc: str | None
+    adapter: CLIPAdapter, loader: Iterable, loss: str, layers: Sequence[str], desc: str | None,
+    progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor], int]:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -92,7 +93,7 @@ def _accumulate(
         for p in wanted.values():
             p.requires_grad_(True)
         model.eval()
-        for n_batch, batch in enumerate(tqdm(loader, desc=desc or f"{loss} gradients", leave=False)):
+        for n_batch, batch in enumerate(tqdm(loader, desc=desc or f"{loss} gradients", leave=False, disable=not progress)):
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise TypeError(f"{loss} loader must yield (pixels, tokens) pairs; batch {n_batch} is not")
             pixels, tokens = batch
@@ -139,6 +140,7 @@ def accumulate_gradients(
     loss: str,
     layers: Sequence[str],
     desc: str | None = None,
+    progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Mean over batches of the per-batch mean gradient of ``loss`` ("forget" or "retain").
 
@@ -148,7 +150,7 @@ def accumulate_gradients(
     original ``requires_grad`` flags and train/eval modes are restored afterwards.
     Returns ``{name: fp32 CPU tensor shaped like the parameter}``.
     """
-    grads, _ = _accumulate(adapter, loader, loss, layers, desc)
+    grads, _ = _accumulate(adapter, loader, loss, layers, desc, progress)
     return grads
 
 
@@ -225,6 +227,7 @@ def compute_gradients(
     retain_loader: Iterable,
     layers: Sequence[str] | None = None,
     store: GradientStore | None = None,
+    progress: bool = True,
 ) -> Gradients:
     """Stage 1: forget and retain gradients of ``layers`` (default: all candidate layers).
 
@@ -253,9 +256,9 @@ def compute_gradients(
             return cached
         meta["key"] = key
     t0 = time.perf_counter()
-    forget, n_forget = _accumulate(adapter, forget_loader, "forget", layers, "forget gradients")
+    forget, n_forget = _accumulate(adapter, forget_loader, "forget", layers, "forget gradients", progress)
     t1 = time.perf_counter()
-    retain, n_retain = _accumulate(adapter, retain_loader, "retain", layers, "retain gradients")
+    retain, n_retain = _accumulate(adapter, retain_loader, "retain", layers, "retain gradients", progress)
     t2 = time.perf_counter()
     meta |= {
         "forget_batches": n_forget,

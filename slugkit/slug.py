@@ -141,7 +141,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     t = time.perf_counter()
     forget_loader = pair_loader(task.forget, adapter, batch_size=batch_size)
     retain_loader = pair_loader(task.retain, adapter, batch_size=batch_size)
-    grads = compute_gradients(adapter, forget_loader, retain_loader, store=store)
+    grads = compute_gradients(adapter, forget_loader, retain_loader, store=store, progress=progress)
     timings["gradients"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
@@ -156,7 +156,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     for name in layers:
         evaluate = lambda tower=towers[name]: task.search_evaluator(edited_tower=tower)  # noqa: E731
         searches.append(search_step_size(adapter.parameter(name), grads.forget[name], evaluate, target,
-                                         max_evals=max_evals, layer_name=name))
+                                         max_evals=max_evals, layer_name=name, progress=progress))
     timings["step_size_search"] = round(time.perf_counter() - t, 2)
 
     met = [s for s in searches if s.status == "ok"]

@@ -155,6 +155,7 @@ def search_step_size(
     lambda0: float | None = None,
     layer_name: str = "",
     rtol: float = 1e-3,
+    progress: bool = True,
 ) -> SearchResult:
     """Binary search of ``lambda > 0`` for the update ``param <- theta + lambda * grad``.
 
@@ -186,7 +187,7 @@ def search_step_size(
             )  # fmt: skip
         lo, hi = 0.0, None
         lam = float(lambda0)
-        for step in tqdm(range(max_evals), desc=f"step size {layer_name}".strip(), leave=False):
+        for step in tqdm(range(max_evals), desc=f"step size {layer_name}".strip(), leave=False, disable=not progress):
             _set(param, original, grad, lam)
             metrics = dict(evaluate())
             reached = target.reached(metrics)

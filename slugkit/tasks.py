@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.minicanvas import MiniCanvas, find_concept
+from .data.minicanvas import cached_split, find_concept
 from .data.pairs import ImageTextPairs, InMemoryPairs, forget_retain_sets, mentions
 from .eval.zeroshot import ConceptEvaluator, accuracy_from_embeddings
 
@@ -38,7 +38,7 @@ class Task:
     description: str = ""
 
 
-def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 3000, n_val: int = 800,
+def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 2000, n_val: int = 600,
              n_test: int = 2000, n_retain: int | None = None) -> Task:
     """A MiniCanvas task: forget pairs are the training pairs whose caption names ``concept``.
 
@@ -46,11 +46,11 @@ def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 3000, n_val: i
     so the reported numbers are not the ones the search optimised.
     """
     name = find_concept(concept)["name"]
-    train = MiniCanvas(n=n_train, seed=seed, split="train")
+    train = cached_split(n_train, seed, "train")
     pairs = InMemoryPairs(list(train.images), train.captions, origin=f"MiniCanvas train (seed {seed}, n={n_train})")
     forget, retain = forget_retain_sets(pairs, name, n_retain=n_retain, seed=seed)
-    val = MiniCanvas(n=n_val, seed=seed, split="val")
-    test = MiniCanvas(n=n_test, seed=seed, split="test")
+    val = cached_split(n_val, seed, "val")
+    test = cached_split(n_test, seed, "test")
     return Task(name, forget, retain, ConceptEvaluator(adapter, val, name), ConceptEvaluator(adapter, test, name),
                 description=f"MiniCanvas seed {seed}: {len(forget)} forget / {len(retain)} retain pairs, "
                             f"search on {n_val} val images, report on {n_test} test images")

@@ -106,3 +106,30 @@ def make_batches(n_batches: int, batch_size: int, seed: int = 1) -> list[tuple[t
 
 def full_batch(batches):
     return torch.cat([p for p, _ in batches]), torch.cat([t for _, t in batches])
+
+
+# --- tiny randomly initialised real model classes (open_clip CLIP, transformers CLIPModel) ---
+
+
+def tiny_openclip(image_size=32, seed=0, **vision):
+    import open_clip
+
+    torch.manual_seed(seed)
+    vision_cfg = dict(image_size=image_size, patch_size=8, width=64, layers=2, head_width=32, **vision)
+    text_cfg = dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=2)
+    return open_clip.CLIP(embed_dim=24, vision_cfg=vision_cfg, text_cfg=text_cfg).eval()
+
+
+def tiny_hf(image_size=32, seed=0):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, hidden_act="gelu",
+                         bos_token_id=49406, eos_token_id=49407, pad_token_id=0),
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8, hidden_act="quick_gelu"),
+        projection_dim=24,
+    )
+    return CLIPModel(config).eval()

@@ -11,27 +11,9 @@ from slugkit.adapters.hf_clip import HFCLIPAdapter, clean_caption
 from slugkit.adapters.openclip import OpenCLIPAdapter, uint8_to_pixels
 from slugkit.models.hf_convert import clip_tokenizer_from_openclip
 
+from fakes import tiny_hf, tiny_openclip
+
 CAPTIONS = ["a photo of Captain Zorp.", "a red square", "two blue circles on a green background!", ""]
-
-
-def tiny_openclip(image_size=32, seed=0, **vision):
-    torch.manual_seed(seed)
-    vision_cfg = dict(image_size=image_size, patch_size=8, width=64, layers=2, head_width=32, **vision)
-    text_cfg = dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=2)
-    return open_clip.CLIP(embed_dim=24, vision_cfg=vision_cfg, text_cfg=text_cfg).eval()
-
-
-def tiny_hf(image_size=32, seed=0):
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=16, hidden_act="gelu",
-                         bos_token_id=49406, eos_token_id=49407, pad_token_id=0),
-        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=8, hidden_act="quick_gelu"),
-        projection_dim=24,
-    )
-    return CLIPModel(config).eval()
 
 
 def random_images(n=3, size=64, seed=0):

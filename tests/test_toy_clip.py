@@ -11,17 +11,20 @@ from slugkit.models.toy_clip import TrainConfig, multi_positive_clip_loss, train
 QUALITY = {"identity": 0.90, "object": 0.90, "style": 0.90, "colour": 0.90}
 
 
-def test_multi_positive_loss_treats_equal_captions_as_positives():
+def test_multi_positive_loss_counts_every_true_caption():
     torch.manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
-    # two pairs share a caption; perfect embeddings for that structure give a lower loss than for
-    # the plain diagonal target
     txt = img.clone()
-    txt[1] = img[0]
-    ids = torch.tensor([0, 0, 1, 2])
-    ids_plain = torch.tensor([0, 1, 2, 3])
-    assert multi_positive_clip_loss(img, txt, torch.tensor(10.0), ids) < \
-        multi_positive_clip_loss(img, txt, torch.tensor(10.0), ids_plain)
+    txt[1] = img[0]  # caption 1 is as true of image 0 as of image 1
+    positives = torch.eye(4, dtype=torch.bool)
+    positives[0, 1] = positives[1, 0] = True
+    scale = torch.tensor(10.0)
+    assert multi_positive_clip_loss(img, txt, scale, positives) < \
+        multi_positive_clip_loss(img, txt, scale, torch.eye(4, dtype=torch.bool))
+    # with only the diagonal it is exactly the CLIP loss
+    from slugkit.gradients import retain_loss
+    assert torch.allclose(multi_positive_clip_loss(img, txt, scale, torch.eye(4, dtype=torch.bool)),
+                          retain_loss(img, txt, scale))
 
 
 def test_short_training_run_lowers_the_loss():

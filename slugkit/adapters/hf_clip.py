@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import html
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,6 @@ from __future__ import annotations
 import gzip
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn

@@ -110,7 +110,7 @@ def _looks_like_path(spec: str) -> bool:
     )
 
 
-def _openclip_checkpoint(name: str, arch: str, tag: str, cfg: dict, cache_dir: Optional[str], offline: bool) -> str:
+def _openclip_checkpoint(name: str, arch: str, cfg: dict, cache_dir: Optional[str], offline: bool) -> str:
     """Local path of the weights of pretrained tag ``tag``, downloading only when online."""
     from open_clip.pretrained import download_pretrained, has_hf_hub
 
@@ -153,7 +153,7 @@ def _load_openclip(name: str, spec: str, device, cache_dir: Optional[str]) -> CL
     force_quick_gelu = False
     cfg = open_clip.get_pretrained_cfg(arch, weights)
     if cfg:
-        _openclip_checkpoint(name, arch, weights, cfg, cache_dir, offline)
+        _openclip_checkpoint(name, arch, cfg, cache_dir, offline)
         force_quick_gelu = bool(cfg.get("quick_gelu", False))  # tags trained with QuickGELU need it
     elif _looks_like_path(weights):
         weights = os.path.expanduser(weights)

@@ -60,26 +60,28 @@ class TrainConfig:
 
     seed: int = 0
     n_train: int = 24_000
-    steps: int = 700
+    steps: int = 800
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.05
     warmup: int = 50
-    eval_every: int = 100
+    eval_every: int = 50
     n_eval: int = 1_000
 
 
 def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
-                             caption_ids: torch.Tensor) -> torch.Tensor:
-    """CLIP contrastive loss where every pair with the same caption counts as a positive.
+                             positives: torch.Tensor) -> torch.Tensor:
+    """CLIP contrastive loss where every caption that is true of an image counts as a positive.
 
-    MiniCanvas batches repeat captions ("a photo of Mira Quell."); the plain loss would push identical
-    captions apart. img, txt: (B, D) normalised; caption_ids: (B,) int, equal for equal captions.
+    A MiniCanvas caption describes many pictures ("a photo of a star." fits every star); the plain
+    loss would push a star picture away from that caption whenever it came with another picture.
+    img, txt: (B, D) normalised; positives: (B, B) bool, ``positives[i, j]`` = caption j is true of
+    image i (the diagonal must be True).
     """
     logits = scale * img @ txt.T
-    same = (caption_ids[:, None] == caption_ids[None, :]).float()
-    target = same / same.sum(1, keepdim=True)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    pos = positives.float()
+    return (F.cross_entropy(logits, pos / pos.sum(1, keepdim=True))
+            + F.cross_entropy(logits.T, pos.T / pos.T.sum(1, keepdim=True))) / 2
 
 
 def train_toy_clip(cfg: TrainConfig = TrainConfig(), progress: bool = True):
@@ -131,7 +133,8 @@ def train_toy_clip(cfg: TrainConfig = TrainConfig(), progress: bool = True):
         cap = opt_ids[idx, pick]
         img = adapter.encode_image(adapter.preprocess(pixels_all[idx]))
         txt = adapter.encode_text(vocab_tokens[cap])
-        loss = multi_positive_clip_loss(img, txt, adapter.logit_scale(), cap)
+        positives = (opt_ids[idx][:, :, None] == cap[None, None, :]).any(1)  # (B, B) caption j true of image i
+        loss = multi_positive_clip_loss(img, txt, adapter.logit_scale(), positives)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
