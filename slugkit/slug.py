@@ -122,14 +122,15 @@ def make_task(adapter: CLIPAdapter, concept: str, data=None, classes: Sequence[s
 
 def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | None = None,
             classes: Sequence[str] | None = None, task: Task | None = None, policy: str = "pareto",
-            tower: str | None = None, target: Target | None = None, max_evals: int = 10,
+            tower: str | None = None, target: Target | None = None, max_evals: int = 10, rtol: float = 0.05,
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
             progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
     Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text) or a
-    parameter name. ``target`` defaults to forget top-1 = 0.
+    parameter name. ``target`` defaults to forget top-1 = 0. Each layer's search stops after
+    ``max_evals`` evaluations or once lambda is bracketed within ``rtol`` (relative).
     """
     start = time.perf_counter()
     timings = {}
@@ -148,28 +149,34 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     table = layer_table(adapter, grads)
     layers = select_layers(table, policy, tower)
     towers = dict(zip(table["name"], table["tower"]))
+    blocks = dict(zip(table["name"], table["block"]))
     timings["layer_identification"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
     task.search_evaluator.cache()
     searches = []
     for name in layers:
-        evaluate = lambda tower=towers[name]: task.search_evaluator(edited_tower=tower)  # noqa: E731
+        task.search_evaluator.prepare(towers[name], int(blocks[name]))  # model still unedited here
+        evaluate = lambda t=towers[name], b=int(blocks[name]): task.search_evaluator(edited_tower=t, block=b)  # noqa: E731
         searches.append(search_step_size(adapter.parameter(name), grads.forget[name], evaluate, target,
-                                         max_evals=max_evals, layer_name=name, progress=progress))
+                                         max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress))
     timings["step_size_search"] = round(time.perf_counter() - t, 2)
 
     met = [s for s in searches if s.status == "ok"]
     best = max(met, key=lambda s: target.score(s.best_metrics), default=None)
     t = time.perf_counter()
-    before = task.report_evaluator()
+    report = task.report_evaluator
+    if best is not None:  # activations upstream of the edit serve both the before and the after pass
+        edited = dict(edited_tower=towers[best.layer], block=int(blocks[best.layer]))
+        report.prepare(edited["edited_tower"], edited["block"])
+    before = report.cache().baseline()
     patch, after = None, before
     if best is not None:
         patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda, grads.forget[best.layer],
                                 model_fingerprint(adapter.model), best.best_metrics)
         patch.apply(adapter.model)
         try:
-            after = task.report_evaluator()
+            after = report(**edited)
         finally:
             patch.revert(adapter.model)
         patch.metrics = {"search": best.best_metrics, "report_before": before, "report_after": after}

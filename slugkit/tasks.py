@@ -13,17 +13,22 @@ import torch
 from PIL import Image
 
 from .data.minicanvas import cached_split, find_concept
-from .data.pairs import ImageTextPairs, InMemoryPairs, forget_retain_sets, mentions
+from .data.pairs import ImageTextPairs, forget_retain_sets, mentions
 from .eval.zeroshot import ConceptEvaluator, accuracy_from_embeddings
 
 
 class Evaluator(Protocol):
     """Measures the current model. ``cache()`` embeds with the unedited model; a call with
-    ``edited_tower="text"`` (or ``"vision"``) may reuse the other tower's cached embeddings."""
+    ``edited_tower="text"`` (or ``"vision"``) may reuse the other tower's cached embeddings, and
+    after ``prepare(tower, block)`` on the unedited model, activations upstream of ``block``."""
 
     def cache(self) -> "Evaluator": ...
 
-    def __call__(self, edited_tower: str | None = None) -> dict[str, float]: ...
+    def baseline(self) -> dict[str, float]: ...
+
+    def prepare(self, tower: str, block: int) -> None: ...
+
+    def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict[str, float]: ...
 
 
 @dataclass
@@ -38,18 +43,21 @@ class Task:
     description: str = ""
 
 
-def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 2000, n_val: int = 600,
+def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 2000, n_val: int = 500,
              n_test: int = 2000, n_retain: int | None = None) -> Task:
     """A MiniCanvas task: forget pairs are the training pairs whose caption names ``concept``.
 
-    The step size is searched on the ``val`` split and the report is measured on the ``test`` split,
-    so the reported numbers are not the ones the search optimised.
+    The step size is searched on the ``val`` split — every picture of the concept among 2000 val
+    samples plus the first ``n_val`` others, so the forget metric rests on as many pictures as the
+    report's — and the report is measured on the ``test`` split, which the search never saw.
     """
     name = find_concept(concept)["name"]
     train = cached_split(n_train, seed, "train")
-    pairs = InMemoryPairs(list(train.images), train.captions, origin=f"MiniCanvas train (seed {seed}, n={n_train})")
-    forget, retain = forget_retain_sets(pairs, name, n_retain=n_retain, seed=seed)
-    val = cached_split(n_val, seed, "val")
+    forget, retain = forget_retain_sets(train, name, n_retain=n_retain, seed=seed)
+    val_pool = cached_split(2000, seed, "val")
+    shows = np.zeros(len(val_pool), bool)
+    shows[val_pool.indices_of(name)] = True
+    val = val_pool.take(np.sort(np.r_[np.flatnonzero(shows), np.flatnonzero(~shows)[:n_val]]))
     test = cached_split(n_test, seed, "test")
     return Task(name, forget, retain, ConceptEvaluator(adapter, val, name), ConceptEvaluator(adapter, test, name),
                 description=f"MiniCanvas seed {seed}: {len(forget)} forget / {len(retain)} retain pairs, "
@@ -97,7 +105,15 @@ class NameEvaluator:
         self._img, self._names, self._caps = self._embed("images"), self._embed("names"), self._embed("captions")
         return self
 
-    def __call__(self, edited_tower: str | None = None) -> dict[str, float]:
+    def baseline(self) -> dict[str, float]:
+        """Metrics of the model :meth:`cache` saw (recomputed: user data sets are small)."""
+        return self()
+
+    def prepare(self, tower: str, block: int) -> None:
+        """Nothing to prepare: user data sets are small, the whole tower is recomputed."""
+
+    @torch.no_grad()
+    def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict[str, float]:
         cached = self._img is not None
         img = self._img if cached and edited_tower == "text" else self._embed("images")
         names = self._names if cached and edited_tower == "vision" else self._embed("names")

@@ -182,3 +182,16 @@ def test_non_vit_vision_tower_rejected():
         assert adapter.encode_image(adapter.preprocess(random_images(1, 32))).shape == (1, 24)
     with pytest.raises(ValueError, match="ViT"):
         adapter.candidate_layers()
+
+
+@pytest.mark.parametrize("which", ["oc", "hf"])
+def test_vision_tower_resumes_from_any_block(which, oc_adapter, hf_adapter):
+    adapter = oc_adapter if which == "oc" else hf_adapter
+    assert adapter.supports_vision_resume
+    pixels = adapter.preprocess(random_images(3, size=32))
+    with torch.no_grad():
+        full = adapter.encode_image(pixels)
+        n_blocks = max(i.block for i in adapter.candidate_layers() if i.tower == "vision") + 1
+        for block in range(n_blocks + 1):
+            resumed = adapter.encode_image_from(adapter.vision_state(pixels, block), block)
+            assert torch.allclose(resumed, full, atol=1e-5), block

@@ -18,7 +18,7 @@ def test_same_seed_same_world_other_split_differs(world):
     again = MiniCanvas(n=400, seed=3, split="train")
     assert np.array_equal(world.images, again.images)
     assert np.array_equal(world.masks, again.masks)
-    assert world.captions == again.captions
+    assert world.captions() == again.captions()
     other = MiniCanvas(n=400, seed=3, split="test")
     assert not np.array_equal(world.images, other.images)
 
@@ -56,7 +56,7 @@ def test_labels_match_kind_and_captions(world):
     for a in ("object", "style", "colour"):
         assert (world.labels(a)[~is_char] >= 0).all() and (world.labels(a)[is_char] == -1).all()
     for i in range(len(world)):
-        cap = world.captions[i]
+        cap = world[i][1]
         assert cap in world.all_captions(i)
         if is_char[i]:
             assert mc.CHARACTER_NAMES[world.identity[i]] in cap
@@ -102,3 +102,27 @@ def test_indices_of_concept(world):
     idx = world.indices_of("Mira Quell")
     assert len(idx) > 0 and all(world.identity[i] == 0 for i in idx)
     assert all(world.colour[i] == mc.COLOUR_NAMES.index("red") for i in world.indices_of("red"))
+
+
+def test_cached_split_equals_fresh_render_and_is_read_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLUGKIT_CACHE", str(tmp_path))
+    mc.cached_split.cache_clear()
+    first = mc.cached_split(30, 5, "val")  # renders and stores
+    assert list(tmp_path.rglob("*.npz"))
+    mc.cached_split.cache_clear()
+    second = mc.cached_split(30, 5, "val")  # loads from disk
+    fresh = MiniCanvas(n=30, seed=5, split="val")
+    for world in (first, second):
+        assert np.array_equal(world.images, fresh.images) and np.array_equal(world.masks, fresh.masks)
+        assert world.captions() == fresh.captions()
+    with pytest.raises(ValueError):
+        second.images[0, 0, 0, 0] = 1
+    mc.cached_split.cache_clear()
+
+
+def test_take_selects_samples_with_their_labels(world):
+    idx = world.indices_of("Mira Quell")[:5]
+    sub = world.take(idx)
+    assert len(sub) == 5 and (sub.identity == 0).all()
+    assert np.array_equal(sub.images, world.images[idx]) and sub.captions() == [world[i][1] for i in idx]
+    assert np.array_equal(sub.render(2)[0], world.images[idx[2]])

@@ -54,7 +54,9 @@ def test_report_and_patch_files(zorp, clip, tmp_path):
     zorp.save(tmp_path)
     report = json.loads((tmp_path / "report.json").read_text())
     assert REPORT_KEYS <= set(report)
-    for key in [k for k in report if k.endswith(("_before", "_after"))]:
+    fractions = [k for k in report if k.endswith(("_before", "_after")) and not k.startswith("metrics")]
+    assert len(fractions) == 8
+    for key in fractions:
         assert 0.0 <= report[key] <= 1.0, key
     assert report["patch_bytes"] == (tmp_path / "patch.safetensors").stat().st_size
     patch = Patch.load(tmp_path / "patch.safetensors")

@@ -71,6 +71,18 @@ class CLIPAdapter(ABC):
         """All default SLUG candidates: 2-D attention and MLP weights of every block of both towers,
         ordered by tower, then block, then position inside the block."""
 
+    # Optional: resume the vision tower from a cached block input, so a search over a vision layer in
+    # block b recomputes only blocks b.. (the evaluator checks ``supports_vision_resume``).
+    supports_vision_resume: bool = False
+
+    def vision_state(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
+        """The residual stream entering vision block ``block`` (layout private to the adapter)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume its vision tower")
+
+    def encode_image_from(self, state: torch.Tensor, block: int) -> torch.Tensor:
+        """Finish the vision tower from :meth:`vision_state` output: L2-normalised ``(B, D)``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume its vision tower")
+
     def parameter(self, name: str) -> nn.Parameter:
         params = dict(self.model.named_parameters())
         if name not in params:

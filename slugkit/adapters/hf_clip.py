@@ -50,6 +50,12 @@ def _size_of(value, default: int) -> int:
     return default
 
 
+def _run_layer(layer, hidden: torch.Tensor) -> torch.Tensor:
+    """One CLIP encoder layer without attention mask (vision tower); tuple outputs of older versions."""
+    out = layer(hidden, None)
+    return out[0] if isinstance(out, tuple) else out
+
+
 class HFCLIPAdapter(CLIPAdapter):
     """Wraps a ``CLIPModel``, a CLIP tokenizer and optionally a ``CLIPImageProcessor``."""
 
@@ -106,6 +112,23 @@ class HFCLIPAdapter(CLIPAdapter):
         """``(B, ctx)`` int64 -> L2-normalised ``(B, D)`` (causal mask only, like open_clip)."""
         pooled = self.model.text_model(input_ids=tokens.to(self.device), return_dict=True).pooler_output
         return F.normalize(self.model.text_projection(pooled), dim=-1)
+
+    supports_vision_resume = True
+
+    def vision_state(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
+        vm = self.model.vision_model
+        h = vm.pre_layrnorm(vm.embeddings(pixels.to(self.device)))
+        for layer in vm.encoder.layers[:block]:
+            h = _run_layer(layer, h)
+        return h
+
+    def encode_image_from(self, state: torch.Tensor, block: int) -> torch.Tensor:
+        vm = self.model.vision_model
+        h = state
+        for layer in vm.encoder.layers[block:]:
+            h = _run_layer(layer, h)
+        pooled = vm.post_layernorm(h[:, 0])
+        return F.normalize(self.model.visual_projection(pooled), dim=-1)
 
     def logit_scale(self) -> torch.Tensor:
         """``exp(model.logit_scale)``, a scalar tensor."""

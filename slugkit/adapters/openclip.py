@@ -168,6 +168,32 @@ class OpenCLIPAdapter(CLIPAdapter):
         feats = self.model.encode_text(tokens.to(self.device))
         return F.normalize(feats, dim=-1)
 
+    @property
+    def supports_vision_resume(self) -> bool:
+        v = self.model.visual
+        return hasattr(v, "_embeds") and hasattr(v, "_pool") and hasattr(v, "transformer")
+
+    def vision_state(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
+        v = self.model.visual
+        x = v._embeds(pixels.to(self.device, next(v.parameters()).dtype))
+        if not v.transformer.batch_first:
+            x = x.transpose(0, 1)
+        for blk in v.transformer.resblocks[:block]:
+            x = blk(x)
+        return x
+
+    def encode_image_from(self, state: torch.Tensor, block: int) -> torch.Tensor:
+        v = self.model.visual
+        x = state
+        for blk in v.transformer.resblocks[block:]:
+            x = blk(x)
+        if not v.transformer.batch_first:
+            x = x.transpose(0, 1)
+        pooled, _ = v._pool(x)
+        if v.proj is not None:
+            pooled = pooled @ v.proj
+        return F.normalize(pooled, dim=-1)
+
     def logit_scale(self) -> torch.Tensor:
         """``exp(model.logit_scale)``, a scalar tensor."""
         return self.model.logit_scale.exp().reshape(())

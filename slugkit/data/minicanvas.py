@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+import os
 from functools import cached_property, lru_cache
+from pathlib import Path
 
 import numpy as np
+
+from .pairs import ImageTextPairs
 
 IMAGE_SIZE = 64
 SPLITS = ("train", "val", "test")  # val: step-size search; test: reported numbers
@@ -328,24 +332,29 @@ def _split_seed(seed: int, split: str) -> int:
     return zlib.crc32(f"minicanvas/{seed}/{split}".encode())
 
 
-class MiniCanvas:
+class MiniCanvas(ImageTextPairs):
     """``n`` MiniCanvas samples of one split, rendered eagerly into numpy arrays.
+
+    A torch Dataset of ``(image uint8 (64, 64, 3), caption)`` pairs; :meth:`sample` gives everything
+    about one sample (labels, mask).
 
     Attributes: ``images`` uint8 (N, 64, 64, 3); ``masks`` bool (N, 64, 64); ``kind`` (N,) 0 = character,
     1 = object; ``identity``, ``object``, ``style``, ``colour`` int (N,) class indices, -1 where the
-    attribute does not apply; ``smiling`` bool (N,); ``captions`` list of N strings.
+    attribute does not apply; ``smiling`` bool (N,); :meth:`captions` the N captions.
 
     >>> world = MiniCanvas(n=100, seed=0, split="test")
     >>> world.images.shape
     (100, 64, 64, 3)
     """
 
-    def __init__(self, n: int = 2000, seed: int = 0, split: str = "train", character_fraction: float = 0.5):
+    def __init__(self, n: int = 2000, seed: int = 0, split: str = "train", character_fraction: float = 0.5,
+                 _render: bool = True):
         if n <= 0:
             raise ValueError(f"n must be a positive number of samples, got {n}")
         if not 0.0 <= character_fraction <= 1.0:
             raise ValueError(f"character_fraction must be in [0, 1], got {character_fraction}")
         self.n, self.seed, self.split = n, seed, split
+        self.origin = f"MiniCanvas {split} split (seed {seed}, n={n})"
         rng = np.random.default_rng(_split_seed(seed, split))
         n_char = int(round(n * character_fraction))
         kind = np.r_[np.zeros(n_char, np.int64), np.ones(n - n_char, np.int64)]
@@ -363,9 +372,10 @@ class MiniCanvas:
         self._draw_seeds = rng.integers(0, 2**63 - 1, size=n)
         self.images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
         self.masks = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), bool)
-        for i in range(n):
-            self.images[i], self.masks[i] = self.render(i)
-        self.captions = [self.caption(i) for i in range(n)]
+        if _render:
+            for i in range(n):
+                self.images[i], self.masks[i] = self.render(i)
+        self._captions = [self.caption(i) for i in range(n)]
 
     @staticmethod
     def _balanced(rng, k, n):
@@ -375,6 +385,38 @@ class MiniCanvas:
 
     def __len__(self) -> int:
         return self.n
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
+        i = self._check_index(index)
+        return self.images[i], self._captions[i]
+
+    def captions(self) -> list[str]:
+        """The fixed caption of every sample, in order."""
+        return list(self._captions)
+
+    def take(self, indices) -> "MiniCanvas":
+        """A new MiniCanvas holding the samples at ``indices`` (arrays copied, labels kept)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        out = object.__new__(type(self))
+        out.__dict__.update(self.__dict__)
+        out.__dict__.pop("label_table", None)
+        for name in ("kind", "identity", "object", "style", "colour", "smiling", "template", "_draw_seeds",
+                     "images", "masks"):
+            setattr(out, name, np.array(getattr(self, name)[idx]))
+        out._captions = [self._captions[i] for i in idx]
+        out.n = len(idx)
+        out.origin = f"{self.origin}, {len(idx)} selected samples"
+        return out
+
+    def sample(self, index: int) -> dict:
+        """Image, mask, caption and every attribute's class name (None where it does not apply)."""
+        i = self._check_index(index)
+        out = {"image": self.images[i], "mask": self.masks[i], "caption": self._captions[i],
+               "kind": "character" if self.kind[i] == 0 else "object", "smiling": bool(self.smiling[i])}
+        for a, names in ATTRIBUTES.items():
+            j = self.labels(a)[i]
+            out[a] = names[j] if j >= 0 else None
+        return out
 
     def render(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw sample ``i`` again: (image uint8 (64,64,3), mask bool (64,64)). Deterministic."""
@@ -425,13 +467,40 @@ class MiniCanvas:
 
         return pd.DataFrame({"kind": np.where(self.kind == 0, "character", "object"),
                              **{a: names(a) for a in ATTRIBUTES}, "smiling": self.smiling,
-                             "caption": self.captions})
+                             "caption": self._captions})
+
+
+def _cache_file(n: int, seed: int, split: str) -> Path:
+    """Where a rendered split is kept: keyed by this module's source, so any change re-renders."""
+    import hashlib
+
+    version = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    root = Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit"))
+    return root / "minicanvas" / version / f"{split}-seed{seed}-n{n}.npz"
 
 
 @lru_cache(maxsize=16)
 def cached_split(n: int = 2000, seed: int = 0, split: str = "test") -> MiniCanvas:
-    """A read-only :class:`MiniCanvas`, rendered once per process (the search and the reports reuse it)."""
-    world = MiniCanvas(n=n, seed=seed, split=split)
+    """A read-only default :class:`MiniCanvas` split, rendered once per machine.
+
+    The pixels and masks are kept in ``$SLUGKIT_CACHE/minicanvas`` (default ``~/.cache/slugkit``) and in
+    memory for the process; labels and captions are regenerated (they are cheap).
+    """
+    world = MiniCanvas(n=n, seed=seed, split=split, _render=False)
+    path = _cache_file(n, seed, split)
+    try:
+        with np.load(path) as stored:
+            world.images[:], world.masks[:] = stored["images"], stored["masks"]
+    except (OSError, KeyError, ValueError):  # absent or unreadable: render and (try to) store
+        for i in range(n):
+            world.images[i], world.masks[i] = world.render(i)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, images=world.images, masks=world.masks)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache is fine: we just render again next time
     for arr in (world.images, world.masks, world.kind, world.identity, world.object, world.style, world.colour):
         arr.flags.writeable = False
     return world

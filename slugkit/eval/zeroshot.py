@@ -16,8 +16,7 @@ from ..data.minicanvas import ATTRIBUTES, MiniCanvas, zero_shot_prompts
 @torch.no_grad()
 def embed_images(adapter, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Normalised image embeddings ``(N, D)`` of uint8 images ``(N, H, W, 3)``."""
-    images = torch.as_tensor(images)
-    out = [adapter.encode_image(adapter.preprocess(images[i:i + batch_size]))
+    out = [adapter.encode_image(adapter.preprocess(torch.tensor(images[i:i + batch_size])))
            for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.empty(0)
 
@@ -83,7 +82,9 @@ class ConceptEvaluator:
     ``utility`` = mean top-1 of the other attributes; plus ``{attribute}_top1`` for every attribute.
 
     Call :meth:`cache` on the unedited model; afterwards ``evaluator(edited_tower="text")`` reuses the
-    image embeddings and ``evaluator(edited_tower="vision")`` the prompt embeddings.
+    image embeddings and ``evaluator(edited_tower="vision")`` the prompt embeddings. With
+    ``prepare("vision", b)`` (unedited model) ``evaluator("vision", b)`` also reuses the activations
+    entering vision block ``b`` and recomputes only the blocks from ``b`` on.
     """
 
     def __init__(self, adapter, world: MiniCanvas, concept: str):
@@ -98,18 +99,44 @@ class ConceptEvaluator:
             raise ValueError(f"the evaluation set has no image of {self.concept!r}; use a larger split")
         self._image_emb: torch.Tensor | None = None
         self._prompt_emb: dict[str, torch.Tensor] | None = None
+        self._states: dict[int, list[torch.Tensor]] = {}
 
+    @torch.no_grad()
     def cache(self) -> "ConceptEvaluator":
-        """Embed images and prompts with the current (unedited) model."""
-        self._image_emb = embed_images(self.adapter, self.world.images)
+        """Embed images and prompts with the current (unedited) model (from prepared activations if any)."""
+        if self._states:
+            (block, states), = self._states.items()
+            self._image_emb = torch.cat([self.adapter.encode_image_from(s, block) for s in states])
+        else:
+            self._image_emb = embed_images(self.adapter, self.world.images)
         self._prompt_emb = embed_prompts(self.adapter)
         return self
 
-    def __call__(self, edited_tower: str | None = None) -> dict[str, float]:
+    def baseline(self) -> dict[str, float]:
+        """Metrics of the model :meth:`cache` saw, from the cached embeddings."""
+        if self._image_emb is None:
+            self.cache()
+        return self.metrics(self._image_emb, self._prompt_emb)
+
+    @torch.no_grad()
+    def prepare(self, tower: str, block: int, batch_size: int = 512) -> None:
+        """Cache what enters ``block`` of ``tower`` (vision only; call on the unedited model)."""
+        if tower == "vision" and self.adapter.supports_vision_resume and block not in self._states:
+            images = self.world.images
+            self._states = {block: [self.adapter.vision_state(self.adapter.preprocess(torch.tensor(images[i:i + batch_size])), block)
+                                    for i in range(0, len(images), batch_size)]}
+
+    @torch.no_grad()
+    def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict[str, float]:
         if edited_tower not in (None, "vision", "text"):
             raise ValueError(f"edited_tower must be None, 'vision' or 'text', got {edited_tower!r}")
         reuse = self._image_emb is not None
-        image_emb = self._image_emb if reuse and edited_tower == "text" else embed_images(self.adapter, self.world.images)
+        if reuse and edited_tower == "text":
+            image_emb = self._image_emb
+        elif edited_tower == "vision" and block in self._states:
+            image_emb = torch.cat([self.adapter.encode_image_from(s, block) for s in self._states[block]])
+        else:
+            image_emb = embed_images(self.adapter, self.world.images)
         prompt_emb = self._prompt_emb if reuse and edited_tower == "vision" else embed_prompts(self.adapter)
         return self.metrics(image_emb, prompt_emb)
 

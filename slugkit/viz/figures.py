@@ -34,7 +34,7 @@ def sample_sheet(world: MiniCanvas, n: int = 48, cols: int = 8, captions: bool =
         if k < n:
             ax.imshow(world.images[k], interpolation="nearest")
             if captions:
-                ax.set_title(_wrap(world.captions[k], 18), fontsize=6.5)
+                ax.set_title(_wrap(world[k][1], 18), fontsize=6.5)
     fig.suptitle(f"MiniCanvas ({world.split} split, seed {world.seed}): characters and objects with captions",
                  fontsize=11)
     fig.tight_layout()
