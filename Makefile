@@ -42,7 +42,7 @@ strip: $(STAMP)
 
 ## re-pin requirements-lock.txt from the current venv
 lock:
-	$(PY) -m pip freeze --exclude-editable | grep -v '^slugkit' > requirements-lock.txt
+	$(PY) -m pip freeze --all --exclude-editable | grep -vE '^(pip|slugkit)==' > requirements-lock.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
