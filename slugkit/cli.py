@@ -30,7 +30,9 @@ def _print_json(obj) -> None:
 def cmd_concepts(args) -> int:
     from .data.minicanvas import concepts
 
-    if args.model not in ("toy-clip", "toy-clip-hf"):
+    from .models.loading import TOY_MODELS
+
+    if args.model not in TOY_MODELS:
         raise SystemExit(f"slugkit concepts: {args.model!r} has no built-in concept list; "
                          "real models forget whatever your data's captions name (see `slugkit unlearn --data`)")
     items = concepts()
@@ -42,15 +44,6 @@ def cmd_concepts(args) -> int:
     return 0
 
 
-def toy_eval(adapter, n_test: int = 2000, seed: int = 0) -> dict:
-    """``{"attribute": {"top1", "top5", "per_concept"}}`` on the MiniCanvas test split."""
-    from .data.minicanvas import cached_split
-    from .eval.zeroshot import zero_shot
-
-    scores = zero_shot(adapter, cached_split(n_test, seed, "test"))
-    return {a: {k: v for k, v in s.items() if k != "confusion"} for a, s in scores.items()}
-
-
 def format_zero_shot(metrics: dict) -> str:
     lines = [f"{'attribute':10s}{'top-1':>8s}{'top-5':>8s}  worst class"]
     for a, s in metrics.items():
@@ -60,14 +53,16 @@ def format_zero_shot(metrics: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .models.loading import load_clip
+    from .eval.zeroshot import toy_eval
+    from .models.loading import TOY_MODELS, load_clip
     from .patch import Patch
 
+    if args.model not in TOY_MODELS:
+        load_clip(args.model)  # a clear error first if the model is not even reachable
+        raise SystemExit("slugkit eval: only the toy world has a built-in evaluation set so far")
     adapter = load_clip(args.model)
     if args.patch:
         Patch.load(args.patch).apply(adapter.model)
-    if args.model not in ("toy-clip", "toy-clip-hf"):
-        raise SystemExit("slugkit eval: only the toy world has a built-in evaluation set so far")
     metrics = toy_eval(adapter, n_test=args.n_test)
     if args.json:
         _print_json({"model": args.model, "patch": args.patch, "metrics": metrics})
@@ -105,6 +100,7 @@ def cmd_toy(args) -> int:
 
 def cmd_demo(args) -> int:
     from .data.minicanvas import MiniCanvas
+    from .eval.zeroshot import toy_eval
     from .models.loading import load_clip
     from .slug import unlearn
     from .viz.figures import sample_sheet

@@ -21,11 +21,11 @@ from .data.pairs import ImageTextPairs, pair_loader
 from .fingerprint import model_fingerprint, to_jsonable
 from .gradients import GradientStore, Gradients, compute_gradients
 from .layer_identification import layer_table, select_layers
+from .models.loading import TOY_MODELS
 from .patch import Patch
 from .step_size_search import SearchResult, Target, search_step_size
 from .tasks import Task, data_task, toy_task
 
-TOY_MODELS = ("toy-clip", "toy-clip-hf")
 
 
 def peak_rss_mb() -> float:

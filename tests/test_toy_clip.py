@@ -45,7 +45,7 @@ def shipped():
 
 
 def test_shipped_checkpoint_meets_quality_bar(shipped):
-    from slugkit.cli import toy_eval
+    from slugkit.eval.zeroshot import toy_eval
 
     metrics = toy_eval(shipped)
     for attribute, bar in QUALITY.items():

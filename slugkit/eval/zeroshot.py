@@ -10,7 +10,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from ..data.minicanvas import ATTRIBUTES, MiniCanvas, zero_shot_prompts
+from ..data.minicanvas import ATTRIBUTES, MiniCanvas, cached_split, zero_shot_prompts
 
 
 @torch.no_grad()
@@ -163,3 +163,9 @@ def predict(adapter, images: np.ndarray | torch.Tensor, attribute: str = "identi
     """The top-1 zero-shot class name of ``attribute`` for each uint8 image ``(N, H, W, 3)``."""
     sims = embed_images(adapter, images) @ embed_prompts(adapter, [attribute])[attribute].T
     return [ATTRIBUTES[attribute][j] for j in sims.argmax(1).tolist()]
+
+
+def toy_eval(adapter, n_test: int = 2000, seed: int = 0) -> dict:
+    """``{attribute: {"top1", "top5", "per_concept"}}`` on the MiniCanvas test split (the eval contract)."""
+    scores = zero_shot(adapter, cached_split(n_test, seed, "test"))
+    return {a: {k: v for k, v in s.items() if k != "confusion"} for a, s in scores.items()}

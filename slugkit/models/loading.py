@@ -21,6 +21,7 @@ ACCEPTED_FORMS = (
     "'openclip:<arch>/<pretrained tag or local weights file>' (e.g. 'openclip:ViT-B-32/laion400m_e32')",
     "'hf:<Hugging Face repo id or local directory>' (e.g. 'hf:openai/clip-vit-base-patch32')",
 )
+TOY_MODELS = ("toy-clip", "toy-clip-hf")  # the models of the MiniCanvas world
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
