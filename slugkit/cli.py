@@ -80,6 +80,7 @@ def cmd_unlearn(args) -> int:
     adapter = load_clip(args.model)
     target = Target(forget_metric=f"forget_{args.target}")
     result = unlearn(adapter, args.forget, data=args.data, classes=args.classes, policy=args.policy,
+                     include=args.include, exclude=args.exclude,
                      tower=args.tower, target=target, max_evals=args.max_evals, seed=args.seed,
                      store=None if args.no_cache else _cache_dir() / "gradients")
     out = result.save(args.out)
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--classes", nargs="+", help="other names the model must still tell apart (with --data)")
     u.add_argument("--policy", default="pareto", help="'pareto' (try all, keep best), 'deepest', or a layer name")
     u.add_argument("--tower", choices=["vision", "text"])
+    u.add_argument("--include", nargs="+", help="only these candidate kinds (attn_qkv, mlp_fc, ...) or name regexes")
+    u.add_argument("--exclude", nargs="+", help="drop these candidate kinds or name regexes")
     u.add_argument("--target", choices=["top1", "top5"], default="top1", help="forget metric driven to 0")
     u.add_argument("--max-evals", type=int, default=10)
     u.add_argument("--seed", type=int, default=0)

@@ -122,6 +122,7 @@ def make_task(adapter: CLIPAdapter, concept: str, data=None, classes: Sequence[s
 
 def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | None = None,
             classes: Sequence[str] | None = None, task: Task | None = None, policy: str = "pareto",
+            include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
             tower: str | None = None, target: Target | None = None, max_evals: int = 10, rtol: float = 0.05,
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
             progress: bool = True) -> UnlearnResult:
@@ -129,7 +130,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
     Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text) or a
-    parameter name. ``target`` defaults to forget top-1 = 0. Each layer's search stops after
+    parameter name. ``include``/``exclude`` filter the candidate layers by kind (e.g. "mlp_fc") or name
+    regex. ``target`` defaults to forget top-1 = 0. Each layer's search stops after
     ``max_evals`` evaluations or once lambda is bracketed within ``rtol`` (relative).
     """
     start = time.perf_counter()
@@ -146,7 +148,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     timings["gradients"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    table = layer_table(adapter, grads)
+    table = layer_table(adapter, grads, include=include, exclude=exclude)
     layers = select_layers(table, policy, tower)
     towers = dict(zip(table["name"], table["tower"]))
     blocks = dict(zip(table["name"], table["block"]))

@@ -72,9 +72,11 @@ def test_report_and_patch_files(zorp, clip, tmp_path):
 def test_cli_unlearn_writes_report_and_eval_reads_patch(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["unlearn", "--model", "toy-clip", "--forget", "Stripes", "--out", str(out), "--no-cache",
-                 "--policy", "deepest"]) in (0, 3)
+                 "--policy", "deepest", "--include", "mlp_fc", "mlp_proj"]) in (0, 3)
     report = json.loads((out / "report.json").read_text())
     assert report["concept"] == "Stripes" and report["status"] in ("ok", "target-not-reached")
+    assert {row["kind"] for row in report["layer_table"]} == {"mlp_fc", "mlp_proj"}
+    assert len(report["layers_tried"]) == 1
     capsys.readouterr()
     if report["status"] == "ok":
         assert main(["eval", "--model", "toy-clip", "--patch", str(out / "patch.safetensors"), "--json",
