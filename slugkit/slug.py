@@ -27,7 +27,6 @@ from .step_size_search import SearchResult, Target, search_step_size
 from .tasks import Task, data_task, toy_task
 
 
-
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
