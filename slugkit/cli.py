@@ -57,9 +57,9 @@ def cmd_eval(args) -> int:
     from .models.loading import TOY_MODELS, load_clip
     from .patch import Patch
 
-    if args.model not in TOY_MODELS:
-        load_clip(args.model)  # a clear error first if the model is not even reachable
-        raise SystemExit("slugkit eval: only the toy world has a built-in evaluation set so far")
+    if args.model not in TOY_MODELS:  # refuse before loading (and maybe downloading) real weights
+        raise ValueError(f"no built-in evaluation set for {args.model!r}: `slugkit eval` measures the toy world "
+                         f"models {', '.join(TOY_MODELS)}")
     adapter = load_clip(args.model)
     if args.patch:
         Patch.load(args.patch).apply(adapter.model)

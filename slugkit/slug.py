@@ -168,8 +168,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     t = time.perf_counter()
     report = task.report_evaluator
     if best is not None:  # activations upstream of the edit serve both the before and the after pass
-        edited = dict(edited_tower=towers[best.layer], block=int(blocks[best.layer]))
-        report.prepare(edited["edited_tower"], edited["block"])
+        edited_tower, edited_block = towers[best.layer], int(blocks[best.layer])
+        report.prepare(edited_tower, edited_block)
     before = report.cache().baseline()
     patch, after = None, before
     if best is not None:
@@ -177,7 +177,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
                                 model_fingerprint(adapter.model), best.best_metrics)
         patch.apply(adapter.model)
         try:
-            after = report(**edited)
+            after = report(edited_tower=edited_tower, block=edited_block)
         finally:
             patch.revert(adapter.model)
         patch.metrics = {"search": best.best_metrics, "report_before": before, "report_after": after}

@@ -60,7 +60,7 @@ def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 2000, n_val: i
     test = cached_split(n_test, seed, "test")
     return Task(name, forget, retain, ConceptEvaluator(adapter, val, name), ConceptEvaluator(adapter, test, name),
                 description=f"MiniCanvas seed {seed}: {len(forget)} forget / {len(retain)} retain pairs, "
-                            f"search on {n_val} val images, report on {n_test} test images")
+                            f"search on {len(val)} val images, report on {n_test} test images")
 
 
 def data_task(adapter, concept: str, data: str | ImageTextPairs, classes: Sequence[str],

@@ -12,9 +12,10 @@ and a mask of the pixels that belong to the character or object.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import zlib
 from dataclasses import dataclass
-import os
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -373,8 +374,7 @@ class MiniCanvas(ImageTextPairs):
         self.images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
         self.masks = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), bool)
         if _render:
-            for i in range(n):
-                self.images[i], self.masks[i] = self.render(i)
+            self._render_all()
         self._captions = [self.caption(i) for i in range(n)]
 
     @staticmethod
@@ -417,6 +417,10 @@ class MiniCanvas(ImageTextPairs):
             j = self.labels(a)[i]
             out[a] = names[j] if j >= 0 else None
         return out
+
+    def _render_all(self) -> None:
+        for i in range(self.n):
+            self.images[i], self.masks[i] = self.render(i)
 
     def render(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw sample ``i`` again: (image uint8 (64,64,3), mask bool (64,64)). Deterministic."""
@@ -472,8 +476,6 @@ class MiniCanvas(ImageTextPairs):
 
 def _cache_file(n: int, seed: int, split: str) -> Path:
     """Where a rendered split is kept: keyed by this module's source, so any change re-renders."""
-    import hashlib
-
     version = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
     root = Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit"))
     return root / "minicanvas" / version / f"{split}-seed{seed}-n{n}.npz"
@@ -492,8 +494,7 @@ def cached_split(n: int = 2000, seed: int = 0, split: str = "test") -> MiniCanva
         with np.load(path) as stored:
             world.images[:], world.masks[:] = stored["images"], stored["masks"]
     except (OSError, KeyError, ValueError):  # absent or unreadable: render and (try to) store
-        for i in range(n):
-            world.images[i], world.masks[i] = world.render(i)
+        world._render_all()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")

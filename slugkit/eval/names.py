@@ -53,8 +53,10 @@ class NameEvaluator:
         return self
 
     def baseline(self) -> dict[str, float]:
-        """Metrics of the model :meth:`cache` saw (recomputed: user data sets are small)."""
-        return self()
+        """Metrics of the model :meth:`cache` saw, from the cached embeddings."""
+        if self._img is None:
+            self.cache()
+        return self._metrics(self._img, self._names, self._caps)
 
     def prepare(self, tower: str, block: int) -> None:
         """Nothing to prepare: user data sets are small, the whole tower is recomputed."""
@@ -65,6 +67,9 @@ class NameEvaluator:
         img = self._img if cached and edited_tower == "text" else self._embed("images")
         names = self._names if cached and edited_tower == "vision" else self._embed("names")
         caps = self._caps if cached and edited_tower == "vision" else self._embed("captions")
+        return self._metrics(img, names, caps)
+
+    def _metrics(self, img: torch.Tensor, names: torch.Tensor, caps: torch.Tensor) -> dict[str, float]:
         forget_labels = np.where(np.arange(len(self.labels)) < self.n_forget, self.labels, -1)
         retain_labels = np.where(np.arange(len(self.labels)) >= self.n_forget, self.labels, -1)
         f = accuracy_from_embeddings(img, names, forget_labels)

@@ -99,16 +99,19 @@ class ConceptEvaluator:
             raise ValueError(f"the evaluation set has no image of {self.concept!r}; use a larger split")
         self._image_emb: torch.Tensor | None = None
         self._prompt_emb: dict[str, torch.Tensor] | None = None
-        self._states: dict[int, list[torch.Tensor]] = {}
+        self._block: int | None = None  # vision block whose input activations are cached
+        self._states: list[torch.Tensor] = []
+
+    def _embed_images(self) -> torch.Tensor:
+        """Image embeddings with the current model, resumed from the prepared block when there is one."""
+        if self._block is None:
+            return embed_images(self.adapter, self.world.images)
+        return torch.cat([self.adapter.encode_image_from(s, self._block) for s in self._states])
 
     @torch.no_grad()
     def cache(self) -> "ConceptEvaluator":
         """Embed images and prompts with the current (unedited) model (from prepared activations if any)."""
-        if self._states:
-            (block, states), = self._states.items()
-            self._image_emb = torch.cat([self.adapter.encode_image_from(s, block) for s in states])
-        else:
-            self._image_emb = embed_images(self.adapter, self.world.images)
+        self._image_emb = self._embed_images()
         self._prompt_emb = embed_prompts(self.adapter)
         return self
 
@@ -121,10 +124,11 @@ class ConceptEvaluator:
     @torch.no_grad()
     def prepare(self, tower: str, block: int, batch_size: int = 512) -> None:
         """Cache what enters ``block`` of ``tower`` (vision only; call on the unedited model)."""
-        if tower == "vision" and self.adapter.supports_vision_resume and block not in self._states:
+        if tower == "vision" and self.adapter.supports_vision_resume and block != self._block:
             images = self.world.images
-            self._states = {block: [self.adapter.vision_state(self.adapter.preprocess(torch.tensor(images[i:i + batch_size])), block)
-                                    for i in range(0, len(images), batch_size)]}
+            self._states = [self.adapter.vision_state(self.adapter.preprocess(torch.tensor(images[i:i + batch_size])), block)
+                            for i in range(0, len(images), batch_size)]
+            self._block = block
 
     @torch.no_grad()
     def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict[str, float]:
@@ -133,8 +137,8 @@ class ConceptEvaluator:
         reuse = self._image_emb is not None
         if reuse and edited_tower == "text":
             image_emb = self._image_emb
-        elif edited_tower == "vision" and block in self._states:
-            image_emb = torch.cat([self.adapter.encode_image_from(s, block) for s in self._states[block]])
+        elif edited_tower == "vision" and block == self._block:
+            image_emb = self._embed_images()
         else:
             image_emb = embed_images(self.adapter, self.world.images)
         prompt_emb = self._prompt_emb if reuse and edited_tower == "vision" else embed_prompts(self.adapter)

@@ -194,9 +194,8 @@ def checkpoint_metadata(path: str | Path | None = None) -> dict:
 
 def build(out_dir: str | Path | None = None, cfg: TrainConfig = TrainConfig(), progress: bool = True) -> Path:
     """Train the toy CLIP from scratch and write its checkpoint; returns the file written."""
-    from ..data.minicanvas import MiniCanvas
-    from ..eval.zeroshot import zero_shot
     from ..adapters.openclip import OpenCLIPAdapter
+    from ..eval.zeroshot import toy_eval
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     start = time.time()
@@ -209,7 +208,7 @@ def build(out_dir: str | Path | None = None, cfg: TrainConfig = TrainConfig(), p
     save_checkpoint(model, path, meta)
     # quality as stored (fp16 round trip), on the standard held-out split
     reloaded = load_toy_clip(path=path)
-    scores = zero_shot(OpenCLIPAdapter.from_model(reloaded, ARCH), MiniCanvas(n=2000, seed=0, split="test"))
+    scores = toy_eval(OpenCLIPAdapter.from_model(reloaded, ARCH))
     meta["zero_shot_top1"] = {a: round(s["top1"], 4) for a, s in scores.items()}
     save_checkpoint(reloaded, path, meta)
     return path
