@@ -228,3 +228,38 @@ def real_vlm_metrics(host, forget: str, n_examples: int = 4, progress: bool = Fa
     out["examples"] = [{"picture": int(i), "question": host.question, "answer": a}
                        for i, a in zip(forget_idx[:n_examples], fa[:n_examples])]
     return out
+
+
+def logit_change_by_block(host, world: MiniCanvas, question: str, blocks: Sequence[int] | None = None,
+                          scale: float = 0.1, kind: str = "mlp.fc2.weight", seed: int = 0) -> dict[int, float]:
+    """The feature-layer rule, measured: ``{block: max |change of first-answer logits|}`` when noise of ``scale``
+    x the weight's norm is added to ``kind`` of one vision block at a time (applied as a tower-scoped patch and
+    reverted). Blocks after ``host.max_block`` give exactly 0: LLaVA never reads their output.
+    """
+    from ..fingerprint import model_fingerprint
+    from ..models.toy_llava import first_answer_logits
+    from ..patch import Patch
+
+    tower = host.tower_module()
+    blocks = list(range(len(tower.encoder.layers))) if blocks is None else list(blocks)
+
+    def logits():
+        with torch.no_grad():
+            embeds = image_embeddings(host.model, host.preprocess(world.images))
+            return first_answer_logits(host.model, host.tokenizer, embeds, question)
+
+    base = logits()
+    out = {}
+    for b in blocks:
+        name = f"encoder.layers.{b}.{kind}"
+        weight = tower.get_parameter(name).detach()
+        noise = torch.randn(weight.shape, generator=torch.Generator().manual_seed(seed + b))
+        lam = scale * weight.norm().item() / noise.norm().item()
+        patch = Patch.from_step(host.name, "noise", f"{host.scope}.{name}", lam, noise, model_fingerprint(tower),
+                                scope=host.scope)
+        host.apply(patch)
+        try:
+            out[b] = float((logits() - base).abs().max())
+        finally:
+            host.revert(patch)
+    return out
