@@ -23,12 +23,14 @@ def _bubble(ax, y: float, who: str, text: str, colour, align: str = "left") -> N
             bbox=dict(boxstyle="round,pad=0.5", fc=colour, ec="none", alpha=0.85))
 
 
-def chat_panel(images: Sequence[np.ndarray], question: str, before: Sequence[str], after: Sequence[str],
-               truth: Sequence[str] | None = None, title: str | None = None):
-    """One row per picture: the picture, the question, the answer before and after unlearning.
+def chat_panel(images: Sequence[np.ndarray], question: str | Sequence[str], before: Sequence[str],
+               after: Sequence[str] | None = None, truth: Sequence[str] | None = None, title: str | None = None):
+    """One row per picture: the picture, the question, the answer before (and after) unlearning.
 
-    images: uint8 ``(H, W, 3)`` each; before/after: the model's answers; truth: the reference answers.
+    images: uint8 ``(H, W, 3)`` each; question: one for all rows or one per row; before/after: the model's
+    answers (``after=None``: a plain chat, one answer per row); truth: the reference answers.
     """
+    questions = [question] * len(images) if isinstance(question, str) else list(question)
     n = len(images)
     fig, axes = plt.subplots(n, 2, figsize=(8.5, 1.7 * n), gridspec_kw={"width_ratios": [1, 4]}, squeeze=False)
     for k in range(n):
@@ -38,9 +40,12 @@ def chat_panel(images: Sequence[np.ndarray], question: str, before: Sequence[str
             axes[k, 0].set_title(f"shows: {truth[k]}", fontsize=8)
         ax = axes[k, 1]
         ax.axis("off")
-        _bubble(ax, 0.82, "user", question, _USER, "right")
-        _bubble(ax, 0.5, "before", before[k], (*_BEFORE, 0.35))
-        _bubble(ax, 0.18, "after", after[k], (*_AFTER, 0.35))
+        _bubble(ax, 0.82, "user", questions[k], _USER, "right")
+        if after is None:
+            _bubble(ax, 0.4, "assistant", before[k], (*_BEFORE, 0.35))
+        else:
+            _bubble(ax, 0.5, "before", before[k], (*_BEFORE, 0.35))
+            _bubble(ax, 0.18, "after", after[k], (*_AFTER, 0.35))
     fig.suptitle(title or "The same question before and after unlearning: the name is gone, the rest still works",
                  fontsize=11)
     fig.tight_layout()
