@@ -122,7 +122,7 @@ def cmd_toy(args) -> int:
 def cmd_toy_llava(args) -> int:
     from .models.toy_llava import build, checkpoint_metadata
 
-    path = build(args.out)
+    path = build(args.out, threads=args.threads)
     meta = checkpoint_metadata(path)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {meta['train_seconds']:.0f} s; "
           f"answer accuracy on held-out pictures and phrasings: {meta['answer_top1']}")
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = tsub.add_parser("build", help="train the toy CLIP (or another toy model) from scratch into data/")
     b.add_argument("target", nargs="?", default="clip", choices=["clip", "llava"],
                    help="which toy model: 'clip' (default) or 'llava' (needs the toy CLIP)")
+    b.add_argument("--threads", type=int, help="llava: torch CPU threads (default all cores; 1 on a busy machine)")
     b.add_argument("--out", help="folder to write to (default: the data/ folder)")
     b.set_defaults(func=cmd_toy)
 

@@ -41,35 +41,46 @@ QUESTION_TYPES = ("identity", "object", "colour", "style", "describe")
 IMAGE_TOKEN, PAD, BOS, EOS, UNK = "<image>", "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE_TOKEN)
 
-# Several phrasings per question type. The held-out ("test") phrasings reuse words of the training ones in
-# new combinations, so every word has a trained embedding but the sentence was never seen.
-PHRASINGS = {
-    "identity": {
-        "train": ("Who is this?", "What is the name of this character?", "Who is shown in the picture?",
-                  "Name the person in this image."),
-        "test": ("What is the name of the person in this image?", "Who is in the picture?"),
-    },
-    "object": {
-        "train": ("What shape is this?", "Which object is shown in the picture?", "What is the shape in this image?",
-                  "Name the object."),
-        "test": ("What object is shown?", "Which shape is in the image?"),
-    },
-    "colour": {
-        "train": ("What colour is it?", "Which colour is the object?", "What is the colour of the shape in this image?",
-                  "Name the colour."),
-        "test": ("What colour is the shape?", "Which colour is shown in the picture?"),
-    },
-    "style": {
-        "train": ("What style is it drawn in?", "Which style is the object drawn in?",
-                  "What is the pattern of the shape?", "Name the style."),
-        "test": ("What style is the shape drawn in?", "Which pattern is shown in the image?"),
-    },
-    "describe": {
-        "train": ("Describe the image.", "What is in this picture?", "Describe what is shown.",
-                  "Give a description of the picture."),
-        "test": ("Describe this image.", "Give a description of what is shown."),
-    },
+# Phrasings come from a small grammar: question templates x the keywords of each type, so that filler words
+# ("shown", "in this image") say nothing about the type and the model must read the keyword. Two phrasings per
+# type are held out of training ("test"); every one of their words occurs in training phrasings.
+_NOUN_TEMPLATES = (
+    "What {k} is this?", "What {k} is shown?", "What {k} is shown in the picture?", "Which {k} is this?",
+    "Which {k} is shown in the image?", "Which {k} is in the picture?", "What is the {k}?",
+    "What is the {k} in this image?", "What is the {k} of this picture?", "Name the {k}.",
+    "Name the {k} in this image.", "Tell me the {k}.", "Tell me the {k} of the picture.",
+)
+_KEYWORDS = {"identity": ("name", "person", "character"), "object": ("shape", "object"), "colour": ("colour",),
+             "style": ("style", "pattern")}
+_EXTRA = {
+    "identity": ("Who is this?", "Who is it?", "Who is shown in the picture?", "Who is in this image?",
+                 "Who is shown in the image?", "Who is drawn here?", "What is the name of this character?",
+                 "What is the name of the person in this image?", "What is the name of the character in the picture?",
+                 "Tell me who this is."),
+    "colour": ("What colour is it?", "Which colour is the shape?"),
+    "style": ("What style is it drawn in?", "Which style is the shape drawn in?"),
+    "describe": ("Describe the image.", "Describe this picture.", "Describe what is shown.", "Describe it.",
+                 "Give a description of the image.", "Give a description of this picture.",
+                 "What is in this picture?", "Tell me what is shown.", "Describe the picture in this image.",
+                 "Give a description of what is shown."),
 }
+_HELD_OUT = {
+    "identity": ("What is the name of the person in this image?", "Who is shown in the image?"),
+    "object": ("Which object is shown in the image?", "Tell me the shape."),
+    "colour": ("What colour is shown?", "Name the colour in this image."),
+    "style": ("What is the pattern in this image?", "Which style is this?"),
+    "describe": ("Describe this picture.", "Give a description of what is shown."),
+}
+
+
+def _all_phrasings(question_type: str) -> tuple[str, ...]:
+    out = [t.format(k=k) for t in _NOUN_TEMPLATES for k in _KEYWORDS.get(question_type, ())]
+    out += [q for q in _EXTRA.get(question_type, ()) if q not in out]
+    return tuple(out)
+
+
+PHRASINGS = {t: {"train": tuple(q for q in _all_phrasings(t) if q not in _HELD_OUT[t]), "test": _HELD_OUT[t]}
+             for t in ("identity", "object", "colour", "style", "describe")}
 PROMPT = "USER: " + IMAGE_TOKEN + "\n{question} ASSISTANT:"
 _WORD = re.compile(r"\w+|[^\w\s]+")
 
@@ -444,6 +455,7 @@ def save_checkpoint(model, tokenizer, path: Path, meta: dict) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata={"slugkit": json.dumps(meta)})
     os.replace(tmp, path)
+    os.chmod(path, 0o644)
 
 
 def checkpoint_metadata(path: str | Path | None = None) -> dict:
