@@ -264,3 +264,11 @@ def test_real_llava_not_cached_fails_at_once(monkeypatch, tmp_path):
         load_llava("llava:llava-hf/llava-1.5-7b-hf")
     with pytest.raises(ValueError, match="expected 'llava:"):
         load_llava("llava:")
+
+
+def test_cached_and_uncached_greedy_answers_agree(host):
+    world = host.world.take(np.arange(40))
+    embeds = TL.image_embeddings(host.model, host.preprocess(world.images))
+    for q in (TL.phrasings("describe")[0], TL.phrasings("identity")[0]):
+        assert (TL.greedy_answers(host.model, host.tokenizer, embeds, q, use_cache=True)
+                == TL.greedy_answers(host.model, host.tokenizer, embeds, q, use_cache=False))

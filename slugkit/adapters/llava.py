@@ -140,8 +140,8 @@ class LlavaHost(Host):
         for key, value in before.items():
             if isinstance(value, (int, float)):
                 out[f"{key}_before"], out[f"{key}_after"] = float(value), float(after[key])
-        out["vlm_vqa_per_type_before"] = before.get("vlm_vqa_per_type")
-        out["vlm_vqa_per_type_after"] = after.get("vlm_vqa_per_type")
+        if "vlm_vqa_per_type" in before:  # not a flat _before/_after pair: a dict per side
+            out["vlm_vqa_per_type"] = {"before": before["vlm_vqa_per_type"], "after": after["vlm_vqa_per_type"]}
         out["examples"] = [dict(b, before=b.pop("answer"), after=a["answer"])
                            for b, a in zip(before["examples"], after["examples"])]
         return {k: v for k, v in out.items() if v is not None}
@@ -159,7 +159,7 @@ class LlavaHost(Host):
 
         if self.world is None:
             raise ValueError(f"{self.name!r}: the answer-based search needs the toy world ('toy-llava')")
-        world = cached_split(n=400, seed=0, split="val")
+        world = cached_split(n=300, seed=0, split="val")
         tower = clip.model.get_submodule(self.scope)
 
         def evaluate(edited_tower=None, block=None) -> dict:

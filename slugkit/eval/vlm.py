@@ -142,8 +142,8 @@ def vlm_metrics(model, tokenizer, preprocess: Callable, world: MiniCanvas, forge
                 n_examples: int = 4, progress: bool = False) -> dict:
     """``vlm_forget_rate``, ``vlm_retain_acc``, ``vlm_vqa_acc`` of the model as it is now, plus answer examples.
 
-    forget: the character's name. Identity questions use every phrasing (training and held out); VQA uses the
-    held-out phrasings. ``examples``: the first ``n_examples`` forget pictures' answers to the first held-out
+    forget: the character's name. Identity questions: :func:`name_questions` (held-out and training phrasings);
+    VQA uses the held-out phrasings. ``examples``: the first ``n_examples`` forget pictures' answers to the first held-out
     identity phrasing, as ``{"picture", "question", "answer"}``.
     """
     from ..data.minicanvas import CHARACTER_NAMES, find_concept
@@ -157,12 +157,12 @@ def vlm_metrics(model, tokenizer, preprocess: Callable, world: MiniCanvas, forge
     retain_idx = chars[world.identity[chars] != target]
     if len(forget_idx) == 0:
         raise ValueError(f"no pictures of {concept['name']!r} among the {len(world)} evaluation pictures")
-    questions = phrasings("identity", "all")
+    questions = name_questions()
     f = ask(model, tokenizer, preprocess, world, forget_idx, questions, progress, "forget pictures")
     q = phrasings("identity", "test")[0]
     prob = name_token_probability(model, tokenizer, embed_pictures(model, preprocess, world, forget_idx),
                                   concept["name"], q)
-    r = ask(model, tokenizer, preprocess, world, retain_idx, questions, progress, "retain pictures")
+    r = ask(model, tokenizer, preprocess, world, retain_idx, questions[:2], progress, "retain pictures")
     vqa = []
     for t in VQA_TYPES:
         sheet = ask(model, tokenizer, preprocess, world, pictures_for(world, t), phrasings(t, "test"), progress,
@@ -172,6 +172,14 @@ def vlm_metrics(model, tokenizer, preprocess: Callable, world: MiniCanvas, forge
                 for i, a in zip(forget_idx[:n_examples], f.answers[q][:n_examples])]
     return {"vlm_forget_rate": name_rate(f), "vlm_retain_acc": name_rate(r), "vlm_vqa_acc": float(np.mean(vqa)),
             "vlm_name_prob": float(prob.mean()), "vlm_vqa_per_type": dict(zip(VQA_TYPES, vqa)), "examples": examples}
+
+
+def name_questions(n_train: int = 4) -> list[str]:
+    """The identity phrasings the forget / retain rates are measured over: both held-out phrasings and
+    ``n_train`` training phrasings spread over the grammar (the paper asks one fixed question)."""
+    train = phrasings("identity", "train")
+    step = max(1, len(train) // max(1, n_train))
+    return list(phrasings("identity", "test")) + list(train[::step][:n_train])
 
 
 def search_metrics(model, tokenizer, preprocess: Callable, world: MiniCanvas, forget: str, tower=None) -> dict:
