@@ -177,9 +177,10 @@ def test_report_metrics_measure_before_and_after_and_revert(host):
     from slugkit.models.loading import load_clip
 
     clip = load_clip("toy-clip-hf")
+    small = LlavaHost(host.model, host.processor, "toy-llava", "toy-clip-hf", world=host.world.take(np.arange(160)))
     state = {k: v.clone() for k, v in host.tower_module().state_dict().items()}
     patch = _noise_patch(clip, 1, scale=3.0)  # a destructive edit early in the tower
-    out = host.report_metrics("Mira Quell", patch, progress=False)
+    out = small.report_metrics("Mira Quell", patch, progress=False)
     for key in ("vlm_forget_rate", "vlm_retain_acc", "vlm_vqa_acc", "vlm_name_prob"):
         assert 0 <= out[f"{key}_before"] <= 1 and 0 <= out[f"{key}_after"] <= 1
     assert out["vlm_forget_rate_before"] >= 0.9 and out["vlm_vqa_acc_before"] >= 0.9
