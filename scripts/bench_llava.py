@@ -1,6 +1,6 @@
 """SLUG on the toy LLaVA for several characters: the acceptance table of issue #11.
 
-    python scripts/bench_llava.py --characters "Mira Quell" "Captain Zorp" "Rex Calloway" [--search clip]
+    python scripts/bench_llava.py --characters "Mira Quell" "Captain Zorp" "Rex Calloway" [--search clip] [--target top1]
 
 For each character: ``unlearn_host`` (gradients on toy-clip-hf, vision blocks <= max_block, lambda search),
 then LLaVA's answers before/after the patch on held-out pictures. Writes ``runs/bench_llava/<name>/report.json``
@@ -19,6 +19,7 @@ from slugkit.adapters.host import load_host
 from slugkit.data.minicanvas import CHARACTER_NAMES
 from slugkit.models.loading import load_clip
 from slugkit.slug import unlearn_host
+from slugkit.step_size_search import Target
 
 
 def criteria(r: dict) -> dict:
@@ -35,6 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--characters", nargs="+", default=list(CHARACTER_NAMES[:3]))
     p.add_argument("--search", choices=["clip", "generation"], default="clip")
+    p.add_argument("--target", choices=["top1", "top5"], default="top1", help="CLIP forget metric driven to 0")
     p.add_argument("--out", default="runs/bench_llava")
     p.add_argument("--n-eval", type=int, default=1000)
     args = p.parse_args()
@@ -43,7 +45,8 @@ def main() -> None:
     clip = load_clip(host.clip_name)
     rows = []
     for name in args.characters:
-        result = unlearn_host(host, name, clip=clip, search=args.search, store=cache, progress=False)
+        result = unlearn_host(host, name, clip=clip, search=args.search, store=cache, progress=False,
+                              target=Target(forget_metric=f"forget_{args.target}"))
         out = result.save(Path(args.out) / args.search / name.replace(" ", "_"))
         r = json.loads((out / "report.json").read_text())
         if result.patch is None:
