@@ -5,7 +5,8 @@
 The gradient of LLaVA's answer loss (name tokens, 8 training identity phrasings, up to 128 training pictures of
 the character) with respect to one vision-tower weight, instead of the CLIP forget gradient; then the answer-based
 search metrics (``slugkit.eval.vlm.search_metrics`` on 300 validation pictures) at lambda_0 x 1, 2, 4, 8 with
-lambda_0 = 0.1 ||theta|| / ||g_f||. Prints one line per step size.
+lambda_0 = 0.1 ||theta|| / ||g_f||. Prints one line per step size. A third argument "orthogonal" removes from g_f
+its component along the retain gradient (the same loss on 128 pictures of the other characters, their own names).
 """
 import torch, numpy as np, time, sys
 from slugkit.adapters.llava import load_toy_llava
@@ -24,15 +25,32 @@ W.requires_grad_(True)
 qs = TL.phrasings("identity", "train")[:8]
 eos = tok.convert_tokens_to_ids(TL.EOS)
 ans = tok(name, add_special_tokens=False)["input_ids"] + [eos]
-pix = host.preprocess(tr.images[fidx])
-m.zero_grad()
-nb = 0
-for q in qs:
-    p = TL.prompt_ids(tok, q, 16)
-    ids = torch.tensor([p + ans] * len(fidx)); labels = torch.full_like(ids, -100); labels[:, len(p):] = torch.tensor(ans)
-    hs = tower(pix, output_hidden_states=True).hidden_states[-2][:, 1:]
-    loss = TL.answer_loss(m, hs, ids, labels); loss.backward(); nb += 1
-g = W.grad.detach() / nb
+
+
+def answer_grad(indices):
+    """Mean gradient of the name-answer loss over ``qs`` on pictures ``indices`` (each with its own name)."""
+    pix = host.preprocess(tr.images[indices])
+    names = [CHARACTER_NAMES[tr.identity[i]] for i in indices]
+    W.grad = None
+    for q in qs:
+        p = TL.prompt_ids(tok, q, 16)
+        seqs = [p + tok(n, add_special_tokens=False)["input_ids"] + [eos] for n in names]
+        L = max(len(x) for x in seqs)
+        ids = torch.zeros(len(seqs), L, dtype=torch.long)
+        labels = torch.full((len(seqs), L), -100, dtype=torch.long)
+        for k, x in enumerate(seqs):
+            ids[k, :len(x)] = torch.tensor(x)
+            labels[k, len(p):len(x)] = torch.tensor(x[len(p):])
+        hs = tower(pix, output_hidden_states=True).hidden_states[-2][:, 1:]
+        TL.answer_loss(m, hs, ids, labels).backward()
+    return W.grad.detach() / len(qs)
+
+
+g = answer_grad(fidx)
+if len(sys.argv) > 3 and sys.argv[3] == "orthogonal":
+    ridx = chars[tr.identity[chars] != CHARACTER_NAMES.index(name)][:128]
+    gr = answer_grad(ridx)
+    g = g - (g * gr).sum() / (gr * gr).sum() * gr
 W.requires_grad_(False)
 lam0 = 0.1 * W.norm().item() / g.norm().item()
 val = cached_split(n=300, seed=0, split="val")
