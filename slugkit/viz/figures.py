@@ -278,29 +278,20 @@ def _draw_search(ax, trace: pd.DataFrame, metrics=("forget_top1", "forget_top5",
 CURVE_METRICS = ("forget_top1", "forget_top5", "retain_top1", "utility")
 
 
-def step_size_explorer_figure(curve: pd.DataFrame, lam: float | None = None, trace: pd.DataFrame | None = None,
-                              strip: dict | None = None, layer: str = "", figsize=(7.5, 3.6), dpi: float = 100):
-    """Metrics against λ (log x) with the binary-search steps overlaid and the current λ marked.
+def step_size_axes(ax, curve: pd.DataFrame, lam: float | None = None, trace: pd.DataFrame | None = None,
+                   layer: str = "", xlim: tuple[float, float] | None = None) -> dict:
+    """Draw metric curves against λ on ``ax``; returns the artists a live view updates.
 
-    ``curve``: one row per evaluated λ (column ``lam`` plus metric columns, fractions). ``trace``: the
-    search's ``to_frame()`` (its steps are drawn as numbered black-edged markers). ``strip``:
-    ``{"images": (N, H, W, 3) uint8, "predictions": [str], "truth": [str]}`` drawn as a row of
-    pictures under the plot, titled with the top prediction at ``lam`` (red when it is not the truth).
+    Keys: ``"curve:<metric>"`` (Line2D), ``"current"`` (the current-λ line) and ``"current_label"``.
     """
     colours = dict(zip(CURVE_METRICS, sns.color_palette("colorblind", len(CURVE_METRICS))))
-    n_strip = 0 if strip is None else len(strip["images"])
-    if n_strip:
-        fig = plt.figure(figsize=(figsize[0], figsize[1] + 1.7), dpi=dpi)
-        gs = fig.add_gridspec(2, n_strip, height_ratios=[figsize[1], 1.5])
-        ax = fig.add_subplot(gs[0, :])
-        strip_axes = [fig.add_subplot(gs[1, k]) for k in range(n_strip)]
-    else:
-        fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
-        strip_axes = []
-    frame = curve.sort_values("lam")
+    frame = curve.sort_values("lam") if len(curve) else curve
+    artists = {}
     for m in CURVE_METRICS:
-        if m in frame:
-            ax.plot(frame["lam"], 100 * frame[m], "-", lw=1.6, color=colours[m], label=m, gid=f"curve:{m}")
+        if m in frame or not len(frame):
+            x = frame["lam"] if len(frame) else []
+            y = 100 * frame[m] if len(frame) else []
+            (artists[f"curve:{m}"],) = ax.plot(x, y, "-", lw=1.6, color=colours[m], label=m, gid=f"curve:{m}")
     if trace is not None and len(trace):
         for m in CURVE_METRICS:
             if m in trace:
@@ -312,16 +303,46 @@ def step_size_explorer_figure(curve: pd.DataFrame, lam: float | None = None, tra
                         textcoords="offset points")
         best = trace[trace["best"].astype(bool)] if "best" in trace else trace.iloc[:0]
         if len(best):
-            ax.axvline(best["lam"].iloc[0], color="grey", ls=":", lw=1.2, label="search's λ")
-    if lam is not None:
-        ax.axvline(lam, color="red", lw=1.8, label=f"current λ = {lam:.3g}", gid="current")
+            ax.axvline(best["lam"].iloc[0], color="grey", ls=":", lw=1.2, label="search's best λ")
+        ax.scatter([], [], s=30, color="white", edgecolor="black", label="search steps (numbered)")
+    x0 = lam if lam is not None else 1.0
+    artists["current"] = ax.axvline(x0, color="red", lw=1.8, label="current λ", gid="current",
+                                    visible=lam is not None)
+    artists["current_label"] = ax.text(x0, 104, f" λ = {x0:.3g}", color="red", fontsize=8, va="bottom",
+                                       visible=lam is not None)
     ax.set_xscale("log")
+    if xlim is not None:
+        ax.set_xlim(*xlim)
     ax.set_xlabel("step size λ (log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-3, 103)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_title(f"{layer}: forget accuracy falls as λ grows; too far and retain/utility follow"
-                 if layer else "forget accuracy falls as λ grows; too far and retain/utility follow", fontsize=9)
+    where = f"{layer}\n" if layer else ""
+    ax.set_title(f"{where}forget accuracy falls as λ grows; too far and retain / utility fall too", fontsize=9,
+                 pad=14)
+    return artists
+
+
+def step_size_explorer_figure(curve: pd.DataFrame, lam: float | None = None, trace: pd.DataFrame | None = None,
+                              strip: dict | None = None, layer: str = "", figsize=(7.5, 3.6), dpi: float = 100,
+                              xlim: tuple[float, float] | None = None):
+    """Metrics against λ (log x) with the binary-search steps overlaid and the current λ marked.
+
+    ``curve``: one row per evaluated λ (column ``lam`` plus metric columns, fractions). ``trace``: the
+    search's ``to_frame()`` (its steps are drawn as numbered black-edged markers). ``strip``:
+    ``{"images": (N, H, W, 3) uint8, "predictions": [str], "truth": [str]}`` drawn as a row of
+    pictures under the plot, titled with the top prediction at ``lam`` (red when it is not the truth).
+    """
+    n_strip = 0 if strip is None else len(strip["images"])
+    if n_strip:
+        fig = plt.figure(figsize=(figsize[0], figsize[1] + 1.7), dpi=dpi)
+        gs = fig.add_gridspec(2, n_strip, height_ratios=[figsize[1], 1.5])
+        ax = fig.add_subplot(gs[0, :])
+        strip_axes = [fig.add_subplot(gs[1, k]) for k in range(n_strip)]
+    else:
+        fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+        strip_axes = []
+    step_size_axes(ax, curve, lam, trace, layer, xlim)
     for k, sax in enumerate(strip_axes):
         sax.imshow(strip["images"][k], interpolation="nearest")
         sax.set_xticks([])
@@ -329,6 +350,8 @@ def step_size_explorer_figure(curve: pd.DataFrame, lam: float | None = None, tra
         pred, truth = strip["predictions"][k], strip["truth"][k]
         sax.set_title(_wrap(pred, 12), fontsize=7, color="black" if pred == truth else "firebrick")
         sax.set_xlabel(_wrap(truth, 12), fontsize=6.5, color="dimgrey")
+    if n_strip:
+        strip_axes[0].set_ylabel("answer at λ\n(true below)", fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -45,6 +45,17 @@ def figure_png(fig, dpi: float | None = None, close: bool = True) -> bytes:
     return buf.getvalue()
 
 
+def canvas_png(fig) -> bytes:
+    """Draw ``fig`` at its own size and dpi and encode it fast (PNG, light compression)."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    buf = io.BytesIO()
+    Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba()).save(
+        buf, format="png", compress_level=1)
+    return buf.getvalue()
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -252,6 +263,65 @@ class ParetoExplorer(Explorer):
 # ------------------------------------------------------------------------------------------------
 # Step-size explorer
 # ------------------------------------------------------------------------------------------------
+class _Probe:
+    """Evaluates the edited model once per λ: the search's metrics and the strip's top predictions.
+
+    For a MiniCanvas evaluator (``metrics(image_emb, prompt_emb)`` and ``world``) the evaluation pictures
+    and the strip are embedded together, from the activations entering the edited vision block (or,
+    for a text edit, from the unchanged image embeddings). Other evaluators are called as the search
+    calls them (no strip).
+    """
+
+    def __init__(self, adapter, evaluator, strip_images, attribute, classes, batch_size: int = 512):
+        self.adapter, self.evaluator, self.attribute, self.classes = adapter, evaluator, attribute, classes
+        self.toy = hasattr(evaluator, "metrics") and hasattr(evaluator, "world")
+        self.batch_size = batch_size
+        if self.toy:
+            self.n_eval = len(evaluator.world.images)
+            self.images = np.concatenate([evaluator.world.images, strip_images]) if len(strip_images) \
+                else evaluator.world.images
+
+    def prepare(self, tower: str, block: int) -> None:
+        import torch
+
+        from ..eval.zeroshot import embed_images, embed_prompts
+
+        if not self.toy:
+            self.evaluator.prepare(tower, block)
+            self.evaluator.cache()
+            return
+        self.states = None
+        with torch.no_grad():
+            if tower == "vision" and self.adapter.supports_vision_resume:
+                self.states = [self.adapter.vision_state(self.adapter.preprocess(torch.tensor(
+                    self.images[i:i + self.batch_size])), block) for i in range(0, len(self.images), self.batch_size)]
+            else:
+                self.image_emb = embed_images(self.adapter, self.images)
+            self.prompt_emb = embed_prompts(self.adapter)
+
+    def __call__(self, tower: str, block: int) -> tuple[dict, list[str]]:
+        import torch
+
+        from ..eval.zeroshot import embed_images, embed_prompts
+
+        if not self.toy:
+            return dict(self.evaluator(edited_tower=tower, block=block)), []
+        with torch.no_grad():
+            if tower == "text":
+                image_emb, prompt_emb = self.image_emb, embed_prompts(self.adapter)
+            elif self.states is not None:
+                image_emb = torch.cat([self.adapter.encode_image_from(s, block) for s in self.states])
+                prompt_emb = self.prompt_emb
+            else:
+                image_emb, prompt_emb = embed_images(self.adapter, self.images), self.prompt_emb
+        metrics = self.evaluator.metrics(image_emb[:self.n_eval], prompt_emb)
+        preds = []
+        if self.attribute is not None and len(image_emb) > self.n_eval:
+            sims = image_emb[self.n_eval:] @ prompt_emb[self.attribute].T
+            preds = [self.classes[j] for j in sims.argmax(1).tolist()]
+        return metrics, preds
+
+
 class StepSizeExplorer(Explorer):
     """A log-scale λ slider for one layer: live metric curves, the search's steps, a picture strip.
 
@@ -300,6 +370,8 @@ class StepSizeExplorer(Explorer):
         self.timings: list[float] = []
         self._quiet = False
         self._strip_setup(seed, n_strip)
+        self._probe = _Probe(adapter, self.evaluator, self.strip_images, getattr(self, "attribute", None),
+                             getattr(self, "_strip_classes", []))
 
         start = layer or getattr(result, "layer", None)
         start = start if start in self.layers else self.layers[0]
@@ -362,18 +434,6 @@ class StepSizeExplorer(Explorer):
         ax.axis("off")
         return fig
 
-    def _strip_predict(self) -> list[str]:
-        import torch
-
-        from ..data.minicanvas import zero_shot_prompts
-
-        if not len(self.strip_images):
-            return []
-        with torch.no_grad():
-            img = self.adapter.encode_image(self.adapter.preprocess(torch.tensor(self.strip_images)))
-            txt = self.adapter.encode_text(self.adapter.tokenize(zero_shot_prompts(self.attribute)))
-        return [self._strip_classes[j] for j in (img @ txt.T).argmax(1).tolist()]
-
     # -- evaluation --------------------------------------------------------------------------------
     def _key(self, lam: float) -> float:
         return round(math.log10(lam), 6)
@@ -398,12 +458,10 @@ class StepSizeExplorer(Explorer):
         row = self.rows[name]
         tower, block = row["tower"], int(row["block"])
         if self._prepared != (tower, block):
-            self.evaluator.prepare(tower, block)  # model unedited here: upstream activations are cached
-            self.evaluator.cache()
+            self._probe.prepare(tower, block)  # model unedited here: upstream activations are cached
             self._prepared = (tower, block)
         with self._apply_step(self.adapter.parameter(name), self.gradients.forget[name], float(lam)):
-            metrics = dict(self.evaluator(edited_tower=tower, block=block))
-            preds = self._strip_predict()
+            metrics, preds = self._probe(tower, block)
         self._cache[key] = (metrics, preds)
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -416,7 +474,7 @@ class StepSizeExplorer(Explorer):
         return pd.DataFrame(sorted(pts.values(), key=lambda r: r["lam"]))
 
     def _select_layer(self, name: str) -> None:
-        lam0 = self.lambda0(name)
+        lam0 = self._lam0 = self.lambda0(name)
         s = self.searches.get(name)
         lams = [t.lam for t in s.trace] if s is not None and s.trace else []
         lo = math.log10(min([lam0] + lams) / 8)
@@ -435,6 +493,7 @@ class StepSizeExplorer(Explorer):
         grid = np.unique(np.round(np.linspace(0, self.slider_steps, self.grid_points)).astype(int))
         for k in grid:
             self.evaluate(10 ** (lo + k * step), name)
+        self._build_plot()
         start = s.best_lambda if s is not None and s.best_lambda else lam0
         k0 = int(round((math.log10(start) - lo) / step))
         value = 10 ** (lo + k0 * step)
@@ -443,16 +502,55 @@ class StepSizeExplorer(Explorer):
         else:
             self.slider.value = value  # the observer calls set_lambda
 
+    def _build_plot(self) -> None:
+        """One persistent figure per layer; a λ move only updates its lines (cheap to redraw)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        name = self.layer.value
+        self._fig = Figure(figsize=(7.6, 3.4), dpi=self.dpi)  # outside pyplot: notebooks never show it
+        FigureCanvasAgg(self._fig)
+        ax = self._fig.add_subplot()
+        self._artists = figures.step_size_axes(ax, self.curve_frame(), None, trace=self.trace(), layer=name,
+                                               xlim=(10 ** self.slider.min, 10 ** self.slider.max))
+        self._fig.subplots_adjust(left=0.09, right=0.72, bottom=0.16, top=0.82)
+        # Blitting: axes, labels, legend and search steps are drawn once; a λ move redraws only the
+        # curves and the current-λ marker on top of that background.
+        self._dynamic = [a for k, a in self._artists.items() if k.startswith("curve:") or k.startswith("current")]
+        for a in self._dynamic:
+            a.set_animated(True)
+        self._fig.canvas.draw()
+        self._background = self._fig.canvas.copy_from_bbox(self._fig.bbox)
+
+    def _blit_png(self) -> bytes:
+        from PIL import Image
+
+        canvas = self._fig.canvas
+        canvas.restore_region(self._background)
+        for a in self._dynamic:
+            self._fig.draw_artist(a)
+        buf = io.BytesIO()
+        Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).save(
+            buf, format="png", compress_level=1)
+        return buf.getvalue()
+
     def set_lambda(self, lam: float) -> None:
         """Evaluate (or recall) λ, redraw the curves and the strip; the time is kept in ``timings``."""
         t = time.perf_counter()
         metrics, preds = self.evaluate(lam)
         self.current_lambda, self.current, self.strip_predictions = float(lam), metrics, preds
-        name = self.layer.value
-        fig = figures.step_size_explorer_figure(self.curve_frame(), lam, trace=self.trace(), layer=name,
-                                                figsize=(7.2, 3.2), dpi=self.dpi)
-        self.plot.value = figure_png(fig)
-        self.status.value = (f"λ = {lam:.4g} ({lam / self.lambda0():.3g} λ₀): "
+        frame = self.curve_frame()
+        for m in figures.CURVE_METRICS:
+            line = self._artists.get(f"curve:{m}")
+            if line is not None and m in frame:
+                line.set_data(frame["lam"].to_numpy(), 100 * frame[m].to_numpy())
+        self._artists["current"].set_xdata([lam, lam])
+        self._artists["current"].set_visible(True)
+        self._artists["current_label"].set_position((lam, 104))
+        self._artists["current_label"].set_text(f" λ = {lam:.3g}")
+        self._artists["current_label"].set_visible(True)
+        self.plot.value = self._blit_png()
+        self.status.value = (f"λ = {lam:.4g} ({lam / self._lam0:.3g} λ₀): "
                              + ", ".join(f"{m} <b>{100 * metrics[m]:.1f}%</b>" for m in figures.CURVE_METRICS
                                          if m in metrics))
         self.strip.value = self._strip_html()
@@ -482,7 +580,8 @@ class StepSizeExplorer(Explorer):
         if len(self.strip_images):
             strip = {"images": self.strip_images, "predictions": self.strip_predictions, "truth": self.strip_truth}
         return figures.step_size_explorer_figure(self.curve_frame(), self.current_lambda, trace=self.trace(),
-                                                 strip=strip, layer=self.layer.value)
+                                                 strip=strip, layer=self.layer.value,
+                                                 xlim=(10 ** self.slider.min, 10 ** self.slider.max))
 
 
 # ------------------------------------------------------------------------------------------------
