@@ -135,10 +135,11 @@ def test_step_size_slider_changes_the_data_behind_the_plot(toy):
     low = ex.slider.min  # the smallest λ leaves the model as it was
     ex.slider.value = 10 ** low
     assert ex.current["forget_top1"] > 0.9 and ex.strip_predictions[0] == "Captain Zorp"
+    retain_low = ex.current["retain_top1"]
     png, strip, status = ex.plot.value, ex.strip.value, ex.status.value
     ex.slider.value = 10 ** ex.slider.max  # a huge random step breaks the layer
     assert len(ex.curve_frame()) >= n_points
-    assert ex.current["retain_top1"] < 0.5
+    assert ex.current["retain_top1"] < retain_low - 0.2
     assert ex.plot.value != png and ex.strip.value != strip and ex.status.value != status
     assert ex.strip_predictions != ex.strip_truth
     # the reused upstream activations give the same numbers as a full forward pass

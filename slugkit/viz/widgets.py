@@ -473,6 +473,27 @@ class StepSizeExplorer(Explorer):
         pts = self.curves.get(name or self.layer.value, {})
         return pd.DataFrame(sorted(pts.values(), key=lambda r: r["lam"]))
 
+    def sweep(self, n: int = 25) -> pd.DataFrame:
+        """Evaluate ``n`` λ values evenly spread (in log) over the slider for the current layer; redraw.
+
+        Returns the layer's curve (every λ evaluated so far).
+        """
+        positions = np.unique(np.round(np.linspace(0, self.slider_steps, n)).astype(int))
+        for k in positions:
+            self.evaluate(10 ** (self.slider.min + k * self.slider.step))
+        self._build_plot()
+        self.set_lambda(self.slider.value)
+        return self.curve_frame()
+
+    def rises(self, metric: str = "forget_top1", name: str | None = None) -> list[tuple[float, float, float, float]]:
+        """Where ``metric`` goes *up* between consecutive evaluated λ: ``[(λ_a, λ_b, value_a, value_b)]``."""
+        frame = self.curve_frame(name)
+        if metric not in frame:
+            return []
+        lam, val = frame["lam"].to_numpy(), frame[metric].to_numpy()
+        return [(float(lam[i]), float(lam[i + 1]), float(val[i]), float(val[i + 1]))
+                for i in range(len(lam) - 1) if val[i + 1] > val[i]]
+
     def _select_layer(self, name: str) -> None:
         lam0 = self._lam0 = self.lambda0(name)
         s = self.searches.get(name)
