@@ -14,6 +14,7 @@ if not hasattr(matplotlib, "_slugkit_backend_checked"):
     matplotlib._slugkit_backend_checked = True
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -169,8 +170,8 @@ def layer_heatmap(table: pd.DataFrame, value: str = "importance", chosen: str | 
         norm = Normalize(float(finite.min()), float(finite.max())) if finite.size else Normalize(0, 1)
     width = sum(1.3 + 0.75 * g.shape[1] for g in grids.values()) + 1.2
     height = 1.6 + 0.32 * max(g.shape[0] for g in grids.values())
-    fig, axes = plt.subplots(1, len(towers), figsize=(max(width, 6), max(height, 3.2)), squeeze=False,
-                             gridspec_kw={"width_ratios": [g.shape[1] for g in grids.values()]})
+    fig, axes = plt.subplots(1, len(towers), figsize=(max(width, 6), max(height, 3.2) + 0.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [g.shape[1] for g in grids.values()]}, layout="constrained")
     image = None
     for ax, tower in zip(axes[0], towers):
         grid = grids[tower]
@@ -240,6 +241,7 @@ def pareto_figure(table: pd.DataFrame, chosen: str | None = None, trace: pd.Data
             ax.scatter([r["importance"]], [r["alignment"]], s=260, facecolors="none", edgecolors="red", lw=2,
                        label="chosen layer", gid="chosen")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("importance ‖g_f‖/‖θ‖ (log)")
         ax.set_ylabel("alignment |cos(g_f, g_r)|")
         ax.set_title(f"{tower} tower: {int(sub['pareto'].sum())} of {len(sub)} layers on the front")
@@ -247,7 +249,7 @@ def pareto_figure(table: pd.DataFrame, chosen: str | None = None, trace: pd.Data
     if trace is not None:
         ax = axes[0][-1]
         _draw_search(ax, trace)
-        ax.set_title(f"search on {chosen}" if chosen else "step-size search", fontsize=9)
+        ax.set_title(_wrap(f"search on {chosen}", 40) if chosen else "step-size search", fontsize=8)
     fig.suptitle("Pareto front: no other layer is both more important and less aligned; "
                  "good layers sit bottom-right", fontsize=10)
     fig.tight_layout()
@@ -400,8 +402,11 @@ def gradient_similarity_figure(table: pd.DataFrame, grads, tower: str | None = N
     signed = table.assign(cos_forget_retain=forget_retain_cosine(grads.forget, grads.retain,
                                                                  table["name"]).to_numpy())
     towers = list(dict.fromkeys(table["tower"]))
-    fig = plt.figure(figsize=(6 + 3.2 * len(towers), 5.2))
+    fig = plt.figure(figsize=(6 + 3.4 * len(towers), 5.6), layout="constrained")
     gs = fig.add_gridspec(1, 1 + len(towers), width_ratios=[2.2] + [1] * len(towers))
+    values = cos.to_numpy()
+    off = np.abs(values[~np.eye(len(values), dtype=bool) & np.isfinite(values)])
+    span = float(np.nanmax(np.abs(signed["cos_forget_retain"]))) or 1.0
     ax = fig.add_subplot(gs[0, 0])
     labels = [f"{block_label(b)}.{k}" for b, k in zip(sub["block"], sub["kind"])]
     im = ax.imshow(np.ma.masked_invalid(cos.to_numpy()), cmap="vlag", vmin=-1, vmax=1, interpolation="nearest")
@@ -411,12 +416,13 @@ def gradient_similarity_figure(table: pd.DataFrame, grads, tower: str | None = N
     ax.set_xlabel("layer (block.kind)")
     ax.set_ylabel("layer (block.kind)")
     ax.grid(False)
-    ax.set_title(f"{tower} tower: cos between forget gradients\n(blank: shapes differ)", fontsize=9)
+    median = f"median |cos| off the diagonal {np.median(off):.2f}" if off.size else "no two layers share a shape"
+    ax.set_title(f"{tower} tower: cos between forget gradients\n({median}; blank: shapes differ)", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.7, label="cosine")
     for k, t in enumerate(towers):
         axr = fig.add_subplot(gs[0, 1 + k])
         grid = layer_grid(signed, t, "cos_forget_retain")
-        im2 = axr.imshow(np.ma.masked_invalid(grid.to_numpy()), cmap="vlag", vmin=-1, vmax=1, aspect="auto",
+        im2 = axr.imshow(np.ma.masked_invalid(grid.to_numpy()), cmap="vlag", vmin=-span, vmax=span, aspect="auto",
                          interpolation="nearest")
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
@@ -427,10 +433,10 @@ def gradient_similarity_figure(table: pd.DataFrame, grads, tower: str | None = N
         axr.set_xlabel("layer kind")
         axr.set_ylabel("block")
         axr.grid(False)
-        axr.set_title(f"{t}: cos(g_f, g_r)", fontsize=9)
-    fig.colorbar(im2, ax=fig.axes[-1], shrink=0.7, label="signed cosine")
-    fig.suptitle("Forget gradients of one kind point alike across blocks (left); near-zero cos(g_f, g_r) "
-                 "means a forget step leaves the retain loss alone (right)", fontsize=10)
+        axr.set_title(f"{t} tower: cos(g_f, g_r)", fontsize=9)
+    fig.colorbar(im2, ax=axr, shrink=0.7, label="signed cos(g_f, g_r)")
+    fig.suptitle(f"Left: do layers share a forget direction? Right: |cos(g_f, g_r)| <= {span:.2f} everywhere; "
+                 "the smaller, the less a forget step moves the retain loss", fontsize=10)
     return fig
 
 
