@@ -246,12 +246,13 @@ def check_binary_search(fn: Callable, rtol: float = 0.05) -> Feedback:
 def _diagnose_search(desc, got, want, calls, lam0, max_evals, forget, rtol) -> str | None:
     if len(calls) > max_evals:
         return f"on '{desc}' you evaluated {len(calls)} times: stop after max_evals={max_evals} evaluations"
-    if got and calls and not np.allclose(got, calls[: len(got)]) and len(got) != len(calls):
-        return f"on '{desc}' return the list of every λ you evaluated, in order (you evaluated {len(calls)})"
     if not got:
         return f"on '{desc}' your function returned no λ: return the list of λ values you tried"
     if not math.isclose(got[0], lam0, rel_tol=1e-9):
         return f"on '{desc}' start at λ0 = {lam0:g} (you started at {got[0]:g})"
+    if len(got) != len(calls) or not np.allclose(got, calls):
+        return (f"on '{desc}' return the list of every λ you evaluated, in order (you evaluated {len(calls)} "
+                f"and returned {len(got)})")
     lo, hi = 0.0, None
     for k in range(min(len(got), len(want))):
         if not math.isclose(got[k], want[k], rel_tol=1e-9, abs_tol=1e-12):
