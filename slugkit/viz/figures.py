@@ -308,8 +308,8 @@ def step_size_axes(ax, curve: pd.DataFrame, lam: float | None = None, trace: pd.
             ax.axvline(best["lam"].iloc[0], color="grey", ls=":", lw=1.2, label="search's best λ")
         ax.scatter([], [], s=30, color="white", edgecolor="black", label="search steps (numbered)")
     x0 = lam if lam is not None else 1.0
-    artists["current"] = ax.axvline(x0, color="red", lw=1.8, label="current λ", gid="current",
-                                    visible=lam is not None)
+    artists["current"] = ax.axvline(x0, color="red", lw=1.8, gid="current", visible=lam is not None)
+    ax.plot([], [], color="red", lw=1.8, label="current λ")  # legend entry (the live line is redrawn alone)
     artists["current_label"] = ax.text(x0, 104, f" λ = {x0:.3g}", color="red", fontsize=8, va="bottom",
                                        visible=lam is not None)
     ax.set_xscale("log")

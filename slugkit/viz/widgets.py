@@ -357,7 +357,13 @@ class StepSizeExplorer(Explorer):
             raise ValueError(f"layers {unknown or layers} are not candidate layers with gradients")
         self.layers = layers
         self.rows = {r["name"]: r for _, r in self.table.iterrows()}
+        from ..models.loading import TOY_MODELS
+
+        self._toy = adapter.name in TOY_MODELS
         if task is None:
+            if not self._toy:
+                raise ValueError(f"{adapter.name!r} is not a toy model: pass task=slugkit.slug.make_task(adapter, "
+                                 "concept, data=..., classes=...) so the explorer knows what to evaluate")
             from ..tasks import toy_task
 
             task = toy_task(adapter, self.concept, seed=seed)
@@ -405,7 +411,7 @@ class StepSizeExplorer(Explorer):
             found = find_concept(self.concept)
         except ValueError:
             return  # user data: no labelled held-out pictures to show
-        if n_strip <= 0:
+        if n_strip <= 0 or not self._toy:
             return
         self.attribute = found["attribute"]
         classes = list(ATTRIBUTES[self.attribute])
@@ -515,9 +521,8 @@ class StepSizeExplorer(Explorer):
         for k in grid:
             self.evaluate(10 ** (lo + k * step), name)
         self._build_plot()
-        start = s.best_lambda if s is not None and s.best_lambda else lam0
-        k0 = int(round((math.log10(start) - lo) / step))
-        value = 10 ** (lo + k0 * step)
+        start = s.best_lambda if s is not None and s.best_lambda else lam0  # exact: it met the target
+        value = float(np.clip(start, 10 ** lo, 10 ** (lo + step * self.slider_steps)))
         if abs(self._key(self.slider.value) - self._key(value)) < 1e-9:
             self.set_lambda(value)
         else:
