@@ -292,7 +292,7 @@ class _Probe:
             return
         self.states = None
         with torch.no_grad():
-            if tower == "vision" and self.adapter.supports_vision_resume:
+            if tower == "vision" and block >= 0 and self.adapter.supports_vision_resume:  # -1: before the blocks
                 self.states = [self.adapter.vision_state(self.adapter.preprocess(torch.tensor(
                     self.images[i:i + self.batch_size])), block) for i in range(0, len(self.images), self.batch_size)]
             else:
