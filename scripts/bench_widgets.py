@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     ap.add_argument("--revisits", type=int, default=4, help="slider values visited a second time (cache hits)")
     ap.add_argument("--switches", type=int, default=12, help="heatmap metric switches")
     ap.add_argument("--layer", default=None, help="layer of the step-size explorer (default: the chosen one)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--n-others", type=int, default=250,
+                    help="non-concept pictures the explorer evaluates on (-1: all of the search's set)")
     args = ap.parse_args(argv)
     if args.steps < 10:
         ap.error("--steps must be >= 10")
@@ -44,7 +47,8 @@ def main(argv=None) -> int:
     import slugkit
     from slugkit.viz.widgets import LayerHeatmap, StepSizeExplorer
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cache = Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit"))
     t0 = time.perf_counter()
     clip = slugkit.load_clip(args.model)
@@ -53,7 +57,7 @@ def main(argv=None) -> int:
     setup_unlearn = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    explorer = StepSizeExplorer(clip, result, layer=args.layer)
+    explorer = StepSizeExplorer(clip, result, layer=args.layer, n_others=None if args.n_others < 0 else args.n_others)
     setup_explorer = time.perf_counter() - t0
     lo, hi, step = explorer.slider.min, explorer.slider.max, explorer.slider.step
     rng = np.random.default_rng(0)
@@ -83,6 +87,7 @@ def main(argv=None) -> int:
         "concept": args.concept,
         "setup_s": {"unlearn": round(setup_unlearn, 2), "explorer": round(setup_explorer, 2)},
         "threads": torch.get_num_threads(),
+        "eval_images": len(explorer.evaluator.world),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(out, indent=2))

@@ -272,10 +272,17 @@ class _Probe:
     calls them (no strip).
     """
 
-    def __init__(self, adapter, evaluator, strip_images, attribute, classes, batch_size: int = 512):
+    def __init__(self, adapter, evaluator, strip_images, attribute, classes, batch_size: int = 512,
+                 n_others: int | None = None):
         self.adapter, self.evaluator, self.attribute, self.classes = adapter, evaluator, attribute, classes
         self.toy = hasattr(evaluator, "metrics") and hasattr(evaluator, "world")
         self.batch_size = batch_size
+        if self.toy and n_others is not None:  # every picture of the concept + the first n_others of the rest
+            labels = evaluator.world.labels(evaluator.attribute)
+            own = labels == evaluator.index
+            keep = np.sort(np.r_[np.flatnonzero(own), np.flatnonzero(~own)[:n_others]])
+            if len(keep) < len(labels):
+                evaluator = self.evaluator = type(evaluator)(adapter, evaluator.world.take(keep), evaluator.concept)
         if self.toy:
             self.n_eval = len(evaluator.world.images)
             self.images = np.concatenate([evaluator.world.images, strip_images]) if len(strip_images) \
@@ -331,12 +338,16 @@ class StepSizeExplorer(Explorer):
     dropdown's layers (default: the Pareto layers; add any candidate for contrast). ``task``: what
     to evaluate (default: the toy task of the concept, whose search evaluator the search used).
     Each evaluation reuses the activations upstream of the edited block (vision) or the image
-    embeddings (text edits); results are kept in an LRU cache keyed by (layer, λ).
+    embeddings (text edits); results are kept in an LRU cache keyed by (layer, λ). To stay live the
+    toy evaluation keeps every picture of the concept from the search's set but only the first
+    ``n_others`` other pictures (``None``: all of them, the search's exact numbers); forget accuracy is
+    therefore exact, retain and utility a subsample (the numbered search steps use the full set).
     """
 
     def __init__(self, adapter, result=None, *, gradients=None, table=None, searches=None, concept: str | None = None,
                  layers=None, layer: str | None = None, task=None, n_strip: int = 8, grid_points: int = 9,
-                 slider_steps: int = 48, cache_size: int = 256, seed: int = 0, dpi: float = 72):
+                 slider_steps: int = 48, cache_size: int = 256, seed: int = 0, dpi: float = 72,
+                 n_others: int | None = 250):
         from ..step_size_search import apply_step
 
         self._apply_step = apply_step
@@ -377,7 +388,8 @@ class StepSizeExplorer(Explorer):
         self._quiet = False
         self._strip_setup(seed, n_strip)
         self._probe = _Probe(adapter, self.evaluator, self.strip_images, getattr(self, "attribute", None),
-                             getattr(self, "_strip_classes", []))
+                             getattr(self, "_strip_classes", []), n_others=n_others)
+        self.evaluator = self._probe.evaluator
 
         start = layer or getattr(result, "layer", None)
         start = start if start in self.layers else self.layers[0]
