@@ -128,7 +128,7 @@ def test_step_size_slider_changes_the_data_behind_the_plot(toy):
     names = list(table["name"])
     vision = names[1]  # block 5 c_proj (table order: vision blocks ascending)
     ex = widgets.StepSizeExplorer(clip, gradients=grads, table=table, concept="Captain Zorp", layers=names,
-                                  layer=vision, grid_points=4)
+                                  layer=vision, grid_points=3, slider_steps=16, n_others=120)
     assert ex.layer.value == vision and len(ex.strip_images) == 8
     assert ex.strip_truth[0] == "Captain Zorp" and "Captain Zorp" != ex.strip_truth[-1]
     n_points = len(ex.curve_frame())
