@@ -122,7 +122,8 @@ def test_step_size_slider_moves_the_plot_and_the_strip(lab, tmp_path):
                 " return !!(w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"
                 " && w.sessionContext.session.kernel.status === 'idle'); }", timeout=90_000, polling=500)
             timings["lab_ready_s"] = round(time.monotonic() - start, 1)
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            # fire and forget: the command's promise resolves only when every cell ran; the wait below is bounded
+            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; }")
             # finished: the kernel is idle again and no cell shows the busy prompt [*]
             page.wait_for_function(
                 "() => { const w = window.jupyterapp.shell.currentWidget; const k = w.sessionContext.session.kernel;"
