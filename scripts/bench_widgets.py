@@ -65,8 +65,11 @@ def main(argv=None) -> int:
     visited = [10 ** (lo + k * step) for k in positions]
     visited += [visited[k] for k in rng.choice(len(visited), size=args.revisits, replace=False)]
     explorer.timings.clear()
+    cpu_times = []
     for lam in visited:
+        c = time.process_time()
         explorer.slider.value = lam
+        cpu_times.append(time.process_time() - c)
     slider_times = list(explorer.timings)
     fresh = slider_times[: args.steps]
 
@@ -82,6 +85,9 @@ def main(argv=None) -> int:
         "step_size_update_s": summary(slider_times),
         "heatmap_update_s": summary(heat_times),
         "step_size_update_uncached_s": summary(fresh),
+        # CPU seconds of this process per update: with --threads 1 this is what one idle core would take,
+        # whatever else the machine is running
+        "step_size_update_cpu_s": summary(cpu_times),
         "layer": explorer.layer.value,
         "model": args.model,
         "concept": args.concept,
