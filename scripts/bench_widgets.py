@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--revisits", type=int, default=4, help="slider values visited a second time (cache hits)")
     ap.add_argument("--switches", type=int, default=12, help="heatmap metric switches")
     ap.add_argument("--layer", default=None, help="layer of the step-size explorer (default: the chosen one)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for the whole run (the explorer itself evaluates on 1 thread by default)")
     ap.add_argument("--n-others", type=int, default=250,
                     help="non-concept pictures the explorer evaluates on (-1: all of the search's set)")
     args = ap.parse_args(argv)

@@ -342,12 +342,14 @@ class StepSizeExplorer(Explorer):
     toy evaluation keeps every picture of the concept from the search's set but only the first
     ``n_others`` other pictures (``None``: all of them, the search's exact numbers); forget accuracy is
     therefore exact, retain and utility a subsample (the numbered search steps use the full set).
+    Evaluations run on ``threads`` torch threads (default 1: these small passes gain little from more
+    threads on an idle machine and lose much on a busy one; ``None`` keeps torch's setting).
     """
 
     def __init__(self, adapter, result=None, *, gradients=None, table=None, searches=None, concept: str | None = None,
                  layers=None, layer: str | None = None, task=None, n_strip: int = 8, grid_points: int = 9,
                  slider_steps: int = 48, cache_size: int = 256, seed: int = 0, dpi: float = 72,
-                 n_others: int | None = 250):
+                 n_others: int | None = 250, threads: int | None = 1):
         from ..step_size_search import apply_step
 
         self._apply_step = apply_step
@@ -379,7 +381,7 @@ class StepSizeExplorer(Explorer):
 
             task = toy_task(adapter, self.concept, seed=seed)
         self.evaluator = task.search_evaluator
-        self.dpi, self.grid_points, self.slider_steps = dpi, grid_points, slider_steps
+        self.dpi, self.grid_points, self.slider_steps, self.threads = dpi, grid_points, slider_steps, threads
         self._cache: OrderedDict = OrderedDict()
         self.cache_size = cache_size
         self.curves: dict[str, dict[float, dict]] = {}
@@ -478,8 +480,16 @@ class StepSizeExplorer(Explorer):
         if self._prepared != (tower, block):
             self._probe.prepare(tower, block)  # model unedited here: upstream activations are cached
             self._prepared = (tower, block)
-        with self._apply_step(self.adapter.parameter(name), self.gradients.forget[name], float(lam)):
-            metrics, preds = self._probe(tower, block)
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            with self._apply_step(self.adapter.parameter(name), self.gradients.forget[name], float(lam)):
+                metrics, preds = self._probe(tower, block)
+        finally:
+            torch.set_num_threads(threads)
         self._cache[key] = (metrics, preds)
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
