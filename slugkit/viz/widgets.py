@@ -45,17 +45,6 @@ def figure_png(fig, dpi: float | None = None, close: bool = True) -> bytes:
     return buf.getvalue()
 
 
-def canvas_png(fig) -> bytes:
-    """Draw ``fig`` at its own size and dpi and encode it fast (PNG, light compression)."""
-    from PIL import Image
-
-    fig.canvas.draw()
-    buf = io.BytesIO()
-    Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba()).save(
-        buf, format="png", compress_level=1)
-    return buf.getvalue()
-
-
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
