@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: demo test unit notebooks lab toy toy-llava bench bench-llava strip lock clean
+.PHONY: demo test unit notebooks lab toy toy-llava bench bench-llava bench-widgets browser-test strip lock clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,12 +21,27 @@ demo: $(STAMP)
 ## unit tests + every notebook executed with nbmake
 test: $(STAMP)
 	$(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=600 -q
+	$(MAKE) browser-test
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
+
+## notebook 04 in JupyterLab + headless Chromium: run it, move the λ slider, screenshots in runs/browser/
+## (installs Debian's chromium when missing and we are root; never downloads a browser build)
+browser-test: $(STAMP)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "browser-test: /usr/bin/chromium is missing; install it with: sudo apt-get install -y chromium"; fi; \
+	fi
+	$(PY) -m pytest browser_tests -q -rs -p no:cacheprovider
+
+## how live the explorers feel: median/max update times of the step-size slider and the layer heatmap
+bench-widgets: $(STAMP)
+	$(PY) scripts/bench_widgets.py
 
 ## rebuild the shipped toy checkpoints in data/ from scratch
 toy: $(STAMP)
