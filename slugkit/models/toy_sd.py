@@ -2,7 +2,7 @@
 
 * text encoder + tokenizer: the toy CLIP's text tower as a transformers ``CLIPTextModel`` — exactly the
   ``toy-clip-hf`` weights, rebuilt at load time from ``data/toy-clip.safetensors`` (never stored twice), frozen;
-* a small ``AutoencoderKL`` (64x64 RGB <-> 8x16x16 latents) and a small ``UNet2DConditionModel`` trained by
+* a small ``AutoencoderKL`` (64x64 RGB <-> 4x32x32 latents) and a small ``UNet2DConditionModel`` trained by
   :func:`build` on MiniCanvas captions; both ship in ``data/toy-sd.safetensors`` (fp16, keys ``vae.*`` and
   ``unet.*``, architecture + recipe + measured quality in the metadata).
 
@@ -39,10 +39,11 @@ def _data_dir() -> Path:
 class ToySDConfig:
     """Architecture of the toy VAE and UNet (diffusers constructor arguments)."""
 
-    vae_channels: tuple = (8, 16, 32)     # 64x64 -> 16x16 (two down-samplings)
-    latent_channels: int = 8
+    vae_channels: tuple = (16, 32)        # 64x64 -> 32x32 (one down-sampling)
+    latent_channels: int = 4
     vae_norm_groups: int = 4
-    unet_channels: tuple = (32, 64, 64)   # 16x16, 8x8, 4x4; cross-attention at 8x8 and 4x4 only
+    unet_channels: tuple = (16, 32, 64, 64)  # 32x32, 16x16, 8x8, 4x4; cross-attention at 8x8 and 4x4 only
+    cross_attention_levels: int = 2
     unet_norm_groups: int = 8
     unet_head_dim: int = 16
     cross_attention_dim: int = 128       # the toy CLIP text width
@@ -55,11 +56,12 @@ class ToySDConfig:
                     sample_size=IMAGE_SIZE, mid_block_add_attention=False)
 
     def unet_kwargs(self) -> dict:
+        n, k = len(self.unet_channels), self.cross_attention_levels
         return dict(sample_size=IMAGE_SIZE // 2 ** (len(self.vae_channels) - 1), in_channels=self.latent_channels,
                     out_channels=self.latent_channels, layers_per_block=1,
                     block_out_channels=tuple(self.unet_channels),
-                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                    down_block_types=("DownBlock2D",) * (n - k) + ("CrossAttnDownBlock2D",) * k,
+                    up_block_types=("CrossAttnUpBlock2D",) * k + ("UpBlock2D",) * (n - k),
                     cross_attention_dim=self.cross_attention_dim, attention_head_dim=self.unet_head_dim,
                     norm_num_groups=self.unet_norm_groups)
 
@@ -70,11 +72,12 @@ class ToySDRecipe:
 
     seed: int = 0
     n_train: int = 24_000
-    vae_steps: int = 500
+    vae_steps: int = 400
     vae_batch: int = 16
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
-    unet_steps: int = 900
+    vae_sample: bool = False  # decode the posterior mean while training (a near-deterministic autoencoder)
+    unet_steps: int = 1_400
     unet_batch: int = 32
     unet_lr: float = 1e-3
     ema_decay: float = 0.995
@@ -124,9 +127,15 @@ def toy_text_encoder():
     clip = load_toy_clip()
     hf = openclip_to_hf(clip)
     te = CLIPTextModel(hf.config.text_config)
-    te.text_model.load_state_dict(hf.text_model.state_dict())
+    tower_of(te).load_state_dict(hf.text_model.state_dict())
     te.requires_grad_(False)
     return te.eval(), clip_tokenizer_from_openclip(int(clip.context_length))
+
+
+def tower_of(text_encoder):
+    """The module laid out like ``CLIPModel.text_model`` inside a ``CLIPTextModel`` (transformers 4 nests it
+    as ``.text_model``; in transformers 5 the ``CLIPTextModel`` is that module)."""
+    return getattr(text_encoder, "text_model", text_encoder)
 
 
 @torch.no_grad()
@@ -287,7 +296,7 @@ def train_vae(images: np.ndarray, recipe: ToySDRecipe = ToySDRecipe(), progress:
         idx = torch.randint(0, len(images), (recipe.vae_batch,), generator=gen).numpy()
         x = images_to_tensor(images[idx])
         post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=gen)).sample
+        rec = vae.decode(post.sample(generator=gen) if recipe.vae_sample else post.mode()).sample
         kl = post.kl().mean() / x[0].numel()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + recipe.vae_kl_weight * kl * x[0].numel()
         opt.zero_grad(set_to_none=True)
@@ -416,16 +425,17 @@ def train_unet(latents: torch.Tensor, text_states: torch.Tensor, option_ids: tor
 
 def build(out_dir: str | Path | None = None, recipe: ToySDRecipe = ToySDRecipe(), progress: bool = True,
           log: Callable[[str], None] | None = None, work_dir: str | Path | None = None,
-          vae_minutes: float | None = None, unet_minutes: float | None = None) -> Path:
+          vae_minutes: float | None = None, unet_minutes: float | None = None, threads: int | None = None) -> Path:
     """Train the toy SD (VAE, then UNet) and write ``toy-sd.safetensors``; returns the file written.
 
     ``work_dir`` keeps resumable training states (default: ``~/.cache/slugkit/toy-sd-build``); a rerun resumes.
     The output file is rewritten at every UNet checkpoint, so it is usable while the build runs.
-    ``vae_minutes`` / ``unet_minutes`` cap a stage's wall time (the recipe's step counts otherwise).
+    ``vae_minutes`` / ``unet_minutes`` cap a stage's wall time (the recipe's step counts otherwise);
+    ``threads``: torch CPU threads (default all; 1 is faster on a crowded machine).
     """
     from ..data.minicanvas import cached_split
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     path = Path(out_dir or _data_dir()) / CHECKPOINT_NAME
     work = Path(work_dir or Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit")) / "toy-sd-build")
     work.mkdir(parents=True, exist_ok=True)
