@@ -24,7 +24,7 @@ from ..eval.generation import (DEFAULT_PROMPTS, concept_prompts, frechet_distanc
                                judged_accuracy, report_from)
 from .host import Host
 
-DEFAULT_SEEDS = tuple(range(6))  # per prompt; fixed so every number is reproducible
+DEFAULT_SEEDS = (0, 1, 2)  # one picture per seed and prompt; fixed so every number is reproducible
 SEARCH_SEEDS = tuple(range(3))   # --search generation: fewer pictures per step-size evaluation
 
 # real pipelines by name -> the CLIP whose text tower they embed (loadable by slugkit.models.loading.load_clip)
@@ -190,6 +190,34 @@ class SDHost(Host):
         acc, _ = self.judged(progress=progress)
         return acc
 
+    def grid(self, prompts: Sequence[str], seeds: Sequence[int] | None = None, patch=None,
+             scale: float = 1.0) -> tuple[dict, dict]:
+        """Pictures and judge labels per prompt, with ``patch`` applied at ``scale`` x its step size (if given).
+
+        Returns ``({prompt: uint8 (n_seeds, H, W, 3)}, {prompt: [label per picture]})``; labels are the judge's
+        class names (attribute read off the prompt's kind) or "?" when it sees no concept of that kind.
+        """
+        seeds = tuple(self.seeds if seeds is None else seeds)
+        scaled = scaled_patch(patch, scale) if patch is not None and scale != 0 else None
+        if scaled is not None:
+            self.apply(scaled)
+        try:
+            images = self.generate(prompts, seeds)
+        finally:
+            if scaled is not None:
+                self.revert(scaled)
+        labels = self.judge.labels(images)
+        n = len(seeds)
+        pics, names = {}, {}
+        for j, p in enumerate(prompts):
+            attribute = next((a for a, names_ in self.attributes.items()
+                              if any(p == self.templates[a].format(c if a == "identity" else c.lower())
+                                     for c in names_)), next(iter(self.attributes)))
+            classes = self.attributes[attribute]
+            pics[p] = images[j * n:(j + 1) * n]
+            names[p] = [classes[k] if k >= 0 else "?" for k in labels[attribute][j * n:(j + 1) * n]]
+        return pics, names
+
     # ------------------------------------------------------------------ unlearning metrics
     def _cross_features(self, pictures: dict, attribute: str) -> np.ndarray:
         cross = [v for (a, _), v in pictures.items() if a != attribute]
@@ -246,6 +274,16 @@ class SDHost(Host):
             return generation_search_metrics(acc, attribute, name)
 
         return evaluate
+
+
+def scaled_patch(patch, factor: float):
+    """The same edit with every delta times ``factor`` (``lambda -> factor * lambda``); for the notebook's slider."""
+    from ..patch import Patch
+
+    return Patch(deltas={k: v * float(factor) for k, v in patch.deltas.items()}, base_fingerprint=patch.base_fingerprint,
+                 model=patch.model, concept=patch.concept, layers=list(patch.layers),
+                 step_sizes={k: v * float(factor) for k, v in patch.step_sizes.items()}, metrics={},
+                 created_by=patch.created_by, scope=patch.scope)
 
 
 # ----------------------------------------------------------------------------------------------------
