@@ -219,9 +219,9 @@ class SDHost(Host):
         return pics, names
 
     # ------------------------------------------------------------------ unlearning metrics
-    def _cross_features(self, pictures: dict, attribute: str) -> np.ndarray:
+    def _cross_features(self, pictures: dict, attribute: str) -> np.ndarray | None:
         cross = [v for (a, _), v in pictures.items() if a != attribute]
-        return self.judge.features(np.concatenate(cross))
+        return self.judge.features(np.concatenate(cross)) if cross else None
 
     def baseline(self, progress: bool = True) -> tuple[dict, dict]:
         """Accuracy and pictures of the unedited pipeline (computed once, then cached)."""
@@ -243,7 +243,8 @@ class SDHost(Host):
             after, pics_after = self.judged(progress=progress)
         finally:
             self.revert(patch)
-        fid = frechet_distance(self._cross_features(pics_before, attribute), self._cross_features(pics_after, attribute))
+        fb, fa = self._cross_features(pics_before, attribute), self._cross_features(pics_after, attribute)
+        fid = frechet_distance(fb, fa) if fb is not None and len(fb) >= 2 else None  # needs unrelated prompts
         out = report_from(before, after, attribute, name, fid)
         out["generation_accuracy_before"] = {a: round(m["top1"], 4) for a, m in before.items()}
         out["generation_accuracy_after"] = {a: round(m["top1"], 4) for a, m in after.items()}
