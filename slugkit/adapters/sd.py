@@ -246,8 +246,8 @@ class SDHost(Host):
         fb, fa = self._cross_features(pics_before, attribute), self._cross_features(pics_after, attribute)
         fid = frechet_distance(fb, fa) if fb is not None and len(fb) >= 2 else None  # needs unrelated prompts
         out = report_from(before, after, attribute, name, fid)
-        out["generation_accuracy_before"] = {a: round(m["top1"], 4) for a, m in before.items()}
-        out["generation_accuracy_after"] = {a: round(m["top1"], 4) for a, m in after.items()}
+        out["generation_accuracy"] = {when: {a: round(m["top1"], 4) for a, m in acc.items()}
+                                      for when, acc in (("before", before), ("after", after))}
         out["judge_seeds"] = list(self.seeds)
         return out
 
