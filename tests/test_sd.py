@@ -205,3 +205,13 @@ def test_real_sd_missing_weights_fail_in_one_sentence(monkeypatch):
                 attributes={"identity": ["a"]})
     with pytest.raises(ValueError, match="matching CLIP"):
         load_sd("sd:someone/unknown-model")
+
+
+def test_toy_build_takes_an_optional_target():
+    from slugkit.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["toy", "build"]).target == "clip"
+    assert parser.parse_args(["toy", "build", "sd"]).target == "sd"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["toy", "build", "unet"])
