@@ -52,4 +52,4 @@ toy-sd: $(STAMP)
 	$(PY) -m slugkit toy build sd
 
 bench-sd: $(STAMP)
-	$(PY) scripts/bench_sd.py --concepts "Captain Zorp" "Glimmer Queen" Stripes Checkerboard cross star
+	$(PY) scripts/bench_sd.py --seeds 3 --concepts "Captain Zorp" "Glimmer Queen" Stripes Checkerboard cross star
