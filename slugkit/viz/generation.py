@@ -4,7 +4,7 @@ Every function returns a ``matplotlib.figure.Figure`` and never calls ``plt.show
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
@@ -40,16 +40,3 @@ def generation_grid(panels: Mapping[str, Mapping[str, np.ndarray]], title: str, 
     fig.tight_layout()
     return fig
 
-
-def metric_bars(rows: Sequence[Mapping], title: str = "Judged generations before and after unlearning"):
-    """Grouped bars of ``ua/ira/cra`` before and after for each concept row (``{"concept", "ua_before", ...}``)."""
-    import pandas as pd
-
-    records = [{"concept": r["concept"], "metric": m.upper(), "when": w, "value": 100 * r[f"{m}_{w}"]}
-               for r in rows for m in ("ua", "ira", "cra") for w in ("before", "after")]
-    frame = pd.DataFrame(records)
-    grid = sns.catplot(frame, x="metric", y="value", hue="when", col="concept", kind="bar", height=2.6,
-                       aspect=0.9, palette="colorblind")
-    grid.set_axis_labels("", "% of generations")
-    grid.figure.suptitle(title, y=1.04)
-    return grid.figure
