@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: demo test unit notebooks lab toy toy-llava bench bench-llava bench-widgets browser-test strip lock clean
+.PHONY: demo test unit notebooks lab toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets browser-test strip lock clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,3 +69,10 @@ lock:
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+## toy Stable Diffusion: rebuild the judge + VAE + UNet; measure SLUG on six concepts (runs/sd-bench)
+toy-sd: $(STAMP)
+	$(PY) -m slugkit toy build sd
+
+bench-sd: $(STAMP)
+	$(PY) scripts/bench_sd.py --seeds 3 --concepts "Captain Zorp" "Glimmer Queen" Stripes Checkerboard cross star

@@ -107,9 +107,26 @@ def cmd_unlearn(args) -> int:
     return 0 if result.status == "ok" else 3
 
 
+def cmd_toy_sd(args) -> int:
+    """`toy build judge` (the judge) and `toy build sd` (judge, then the toy SD's VAE and UNet)."""
+    from .models import judge, toy_sd
+
+    path = judge.build(args.out)
+    meta = judge.judge_metadata(path)
+    print(f"wrote {path} in {meta['train_seconds']:.0f} s; judge accuracy on held-out pictures: {meta['test_accuracy']}")
+    if args.target == "sd":
+        path = toy_sd.build(args.out)
+        meta = toy_sd.toy_sd_metadata(path)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {meta.get('train_seconds', 0):.0f} s; "
+              f"VAE PSNR {meta.get('vae_psnr_db')} dB")
+    return 0
+
+
 def cmd_toy(args) -> int:
-    if getattr(args, "target", "clip") == "llava":
+    if args.target == "llava":
         return cmd_toy_llava(args)
+    if args.target in ("sd", "judge"):
+        return cmd_toy_sd(args)
     from .models.toy_clip import build, checkpoint_metadata
 
     path = build(args.out)
@@ -188,10 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("toy", help="toy-world checkpoints")
     tsub = t.add_subparsers(dest="toy_command", required=True)
-    b = tsub.add_parser("build", help="train the toy CLIP (or another toy model) from scratch into data/")
-    b.add_argument("target", nargs="?", default="clip", choices=["clip", "llava"],
-                   help="which toy model: 'clip' (default) or 'llava' (needs the toy CLIP)")
-    b.add_argument("--threads", type=int, help="llava: torch CPU threads (default all cores; 1 on a busy machine)")
+    b = tsub.add_parser("build", help="train a toy-world model from scratch into data/ (default: the toy CLIP)")
+    b.add_argument("target", nargs="?", default="clip", choices=["clip", "sd", "judge", "llava"],
+                   help="clip (toy CLIP), judge (picture classifier), sd (judge + toy SD VAE and UNet), llava")
+    b.add_argument(\"--threads\", type=int, help=\"llava: torch CPU threads (default all cores; 1 on a busy machine)\")
     b.add_argument("--out", help="folder to write to (default: the data/ folder)")
     b.set_defaults(func=cmd_toy)
 
