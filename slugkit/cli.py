@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = tsub.add_parser("build", help="train a toy-world model from scratch into data/ (default: the toy CLIP)")
     b.add_argument("target", nargs="?", default="clip", choices=["clip", "sd", "judge", "llava"],
                    help="clip (toy CLIP), judge (picture classifier), sd (judge + toy SD VAE and UNet), llava")
-    b.add_argument(\"--threads\", type=int, help=\"llava: torch CPU threads (default all cores; 1 on a busy machine)\")
+    b.add_argument("--threads", type=int, help="llava: torch CPU threads (default all cores; 1 on a busy machine)")
     b.add_argument("--out", help="folder to write to (default: the data/ folder)")
     b.set_defaults(func=cmd_toy)
 
