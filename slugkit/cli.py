@@ -26,7 +26,8 @@ DEFAULT_MODEL = "toy-clip"
 MODEL_HELP = ("which CLIP: 'toy-clip' (default; built in, offline), 'toy-clip-hf' (the same weights as a Hugging "
               "Face CLIPModel), 'openclip:ARCH/TAG' or 'openclip:ARCH/PATH' (e.g. openclip:ViT-B-32/laion400m_e32, "
               "or a local weights file), 'hf:REPO' or 'hf:DIR' (e.g. hf:openai/clip-vit-base-patch32, or a "
-              "folder written by save_pretrained)")
+              "folder written by save_pretrained), or a model that embeds a CLIP tower: 'toy-sd', 'toy-llava', "
+              "'sd:...', 'llava:...' (slugkit then edits the matching CLIP's tower and patches the host)")
 CACHE_DIR_HELP = ("folder holding downloaded Hugging Face / open_clip weights for real models (default: their own "
                   "caches, e.g. ~/.cache/huggingface)")
 
@@ -67,14 +68,27 @@ def format_zero_shot(metrics: dict) -> str:
 
 
 def cmd_eval(args) -> int:
+    from .adapters.host import is_host_name, load_host
     from .eval.zeroshot import toy_eval
     from .models.loading import TOY_MODELS, load_clip
     from .patch import Patch
 
+    patch = Patch.load(args.patch) if args.patch else None  # a bad patch file fails before the model loads
+    if is_host_name(args.model):  # SD / LLaVA: the same contract, measured on the host's own outputs
+        host = load_host(args.model)
+        if patch is not None:
+            host.apply(patch)
+        metrics = host.evaluate()
+        if args.json:
+            _print_json({"model": args.model, "patch": args.patch, "metrics": metrics})
+        else:
+            print(f"accuracy of {args.model}" + (f" + {args.patch}" if args.patch else ""))
+            for what, m in metrics.items():
+                print(f"{what:10s}{100 * m['top1']:7.1f}%")
+        return 0
     if args.model not in TOY_MODELS:  # refuse before loading (and maybe downloading) real weights
         raise ValueError(f"no built-in evaluation set for {args.model!r}: `slugkit eval` measures the toy world "
                          f"models {', '.join(TOY_MODELS)}")
-    patch = Patch.load(args.patch) if args.patch else None  # a bad patch file fails before the model loads
     adapter = load_clip(args.model)
     if patch is not None:
         patch.apply(adapter.model)
@@ -88,21 +102,27 @@ def cmd_eval(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
+    from .adapters.host import is_host_name, load_host
     from .models.loading import load_clip
     from .rundir import check_out_dir
     from .step_size_search import Target
-    from .slug import unlearn
+    from .slug import unlearn, unlearn_host
 
     check_out_dir(args.out, args.overwrite)  # before any work: a bad --out fails in a second, not after the run
     if args.classes and not args.data:
         raise ValueError("--classes only applies with --data (your own pictures); the toy world measures the "
                          "concept against every other class of its attribute")
-    adapter = load_clip(args.model, cache_dir=args.cache_dir)
     target = Target(forget_metric=f"forget_{args.target}")
-    result = unlearn(adapter, args.forget, data=args.data, classes=args.classes, policy=args.policy,
-                     include=args.include, exclude=args.exclude,
-                     tower=args.tower, target=target, max_evals=args.max_evals, seed=args.seed,
-                     batch_size=args.batch_size, store=None if args.no_cache else _cache_dir() / "gradients")
+    options = dict(data=args.data, classes=args.classes, policy=args.policy, include=args.include,
+                   exclude=args.exclude, tower=args.tower, target=target, max_evals=args.max_evals,
+                   seed=args.seed, batch_size=args.batch_size,
+                   store=None if args.no_cache else _cache_dir() / "gradients")
+    if is_host_name(args.model):
+        result = unlearn_host(load_host(args.model), args.forget, search=args.search, **options)
+    else:
+        if args.search != "clip":
+            raise ValueError(f"--search {args.search} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
+        result = unlearn(load_clip(args.model, cache_dir=args.cache_dir), args.forget, **options)
     out = result.save(args.out, overwrite=args.overwrite)
     print(result.summary())
     print(f"wrote {out / 'report.json'}" + (f" and {out / 'patch.safetensors'}" if result.patch else ""))
@@ -219,12 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{BATCH_SIZE_MAX} (default 64; lower it if memory runs out)")
     u.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
     u.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
+    u.add_argument("--search", choices=["clip", "generation"], default="clip",
+                   help="hosts only: search lambda on the matching CLIP's forget metric (fast) or on the "
+                        "host's own generations (judged pictures for SD, answers for LLaVA)")
     u.set_defaults(func=cmd_unlearn)
 
     e = sub.add_parser("eval", help="zero-shot accuracy per attribute, optionally with a patch",
                        description="Zero-shot accuracy of a toy model on held-out MiniCanvas pictures, per "
                        "attribute (identity, object, style, colour).")
-    e.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="a toy model: 'toy-clip' (default) or 'toy-clip-hf'")
+    e.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="a toy model: 'toy-clip' (default) or "
+                   "'toy-clip-hf', or a host: 'toy-sd', 'toy-llava' (scored on its own generations / answers)")
     e.add_argument("--patch", metavar="FILE", help="a patch file written by `slugkit unlearn` (OUT/patch.safetensors) to apply "
                    "first; refused if it was made for other weights")
     e.add_argument("--n-test", type=_pictures, default=2000, metavar="N", help="held-out test pictures to score (default 2000; "

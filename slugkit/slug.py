@@ -18,13 +18,14 @@ from typing import Sequence
 import pandas as pd
 
 from .adapters.base import CLIPAdapter
+from .adapters.host import Host
 from .bounds import check_batch_size, check_finite_weights, check_fraction, check_max_evals, check_retain_set, check_seed
 from .data.pairs import ImageTextPairs, pair_loader
-from .fingerprint import model_fingerprint, to_jsonable
+from .fingerprint import to_jsonable
 from .gradients import GradientStore, Gradients, compute_gradients
 from .layer_identification import layer_table, select_layers
 from .models.loading import TOY_MODELS
-from .patch import Patch
+from .patch import Patch, scope_fingerprint
 from .rundir import atomic_run_dir
 from .step_size_search import SearchResult, Target, search_step_size
 from .tasks import Task, data_task, toy_task
@@ -62,6 +63,19 @@ class UnlearnResult:
     model_bytes: int
     timings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    host: str | None = None  # set by :func:`unlearn_host`: the model that embeds the edited tower
+    host_metrics: dict = field(default_factory=dict)  # the host's NAME_before / NAME_after metrics
+    edited_model_bytes: int | None = None  # bytes of the host's edited tower
+
+    @property
+    def unlearn_seconds(self) -> float:
+        """Wall time of the method itself: gradients, layer identification and step-size search."""
+        return sum(self.timings.get(k, 0.0) for k in ("gradients", "layer_identification", "step_size_search"))
+
+    @property
+    def report_seconds(self) -> float:
+        """Wall time of the before/after evaluation (the CLIP report split, and the host's metrics)."""
+        return self.timings.get("report", 0.0) + self.timings.get("host_report", 0.0)
 
     def report(self, patch_bytes: int | None = None) -> dict:
         """The ``report.json`` contract of design.md (accuracies as fractions in [0, 1])."""
@@ -75,13 +89,16 @@ class UnlearnResult:
             "retain_acc_before": b.get("retain_top1"), "retain_acc_after": a.get("retain_top1"),
             "utility_before": b.get("utility"), "utility_after": a.get("utility"),
             "metrics_before": b, "metrics_after": a,
-            "seconds": round(self.seconds, 2), "timings": self.timings, "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "seconds": round(self.seconds, 2), "unlearn_seconds": round(self.unlearn_seconds, 2),
+            "report_seconds": round(self.report_seconds, 2), "timings": self.timings,
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
             "patch_bytes": patch_bytes if patch_bytes is not None else (self.patch.nbytes if self.patch else 0),
             "model_bytes": self.model_bytes,
             "layers_tried": [s.layer for s in self.searches],
             "search": [s.to_dict() for s in self.searches],
             "layer_table": self.table.assign(shape=self.table["shape"].map(list)).to_dict(orient="records"),
-        })  # fmt: skip
+        } | ({"host": self.host, "clip_model": self.model, "edited_model_bytes": self.edited_model_bytes,
+              **self.host_metrics} if self.host else {}))  # fmt: skip
 
     def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
         """Write ``report.json`` (and ``patch.safetensors`` when a patch was found); returns the folder.
@@ -110,6 +127,11 @@ class UnlearnResult:
         for label, key in (("forget top-1", "forget_top1"), ("forget top-5", "forget_top5"),
                            ("retain top-1", "retain_top1"), ("utility", "utility")):
             lines.append(f"  {label:20s}{pct(b.get(key)):>8s}{pct(a.get(key)):>8s}")
+        if self.host:
+            lines.append(f"  on the host {self.host}:")
+            for key in sorted(k[:-len("_before")] for k in self.host_metrics if k.endswith("_before")):
+                lines.append(f"  {key:20s}{pct(self.host_metrics[key + '_before']):>8s}"
+                             f"{pct(self.host_metrics.get(key + '_after')):>8s}")
         patch = f"{self.patch.nbytes / 1024:.0f} KiB" if self.patch else "none"
         lines.append(f"  {len(self.searches)} layer(s) tried, {self.seconds:.1f} s, peak memory "
                      f"{self.peak_rss_mb:.0f} MiB, patch {patch} "
@@ -152,7 +174,8 @@ def make_task(adapter: CLIPAdapter, concept: str, data=None, classes: Sequence[s
 
 
 def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | None = None,
-            classes: Sequence[str] | None = None, task: Task | None = None, policy: str = "pareto",
+            classes: Sequence[str] | None = None, task: Task | None = None, layers: Sequence[str] | None = None,
+            policy: str = "pareto",
             include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
             tower: str | None = None, target: Target | None = None, max_evals: int = 10, rtol: float = 0.05,
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
@@ -161,8 +184,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
     Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text) or a
-    parameter name. ``include``/``exclude`` filter the candidate layers by kind (e.g. "mlp_fc") or name
-    regex. ``target`` defaults to forget top-1 = 0. Each layer's search stops after
+    parameter name. ``layers`` limits the candidates to these parameter names (default: all);
+    ``include``/``exclude`` filter them by kind (e.g. "mlp_fc") or name regex. ``target`` defaults to forget top-1 = 0. Each layer's search stops after
     ``max_evals`` evaluations or once lambda is bracketed within ``rtol`` (relative).
 
     Inputs are bounded (see :mod:`slugkit.bounds`): ``seed`` in 0..2**31-1, ``batch_size`` in 2..4096,
@@ -186,11 +209,11 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     t = time.perf_counter()
     forget_loader = pair_loader(task.forget, adapter, batch_size=batch_size)
     retain_loader = pair_loader(task.retain, adapter, batch_size=batch_size)
-    grads = compute_gradients(adapter, forget_loader, retain_loader, store=store, progress=progress)
+    grads = compute_gradients(adapter, forget_loader, retain_loader, layers=layers, store=store, progress=progress)
     timings["gradients"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    table = layer_table(adapter, grads, include=include, exclude=exclude)
+    table = layer_table(adapter, grads, layers=layers, include=include, exclude=exclude)
     layers = select_layers(table, policy, tower)
     towers = dict(zip(table["name"], table["tower"]))
     blocks = dict(zip(table["name"], table["block"]))
@@ -216,8 +239,9 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     before = report.cache().baseline()
     patch, after = None, before
     if best is not None:
+        scope = adapter.patch_scope(best.layer)
         patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda, grads.forget[best.layer],
-                                model_fingerprint(adapter.model), best.best_metrics)
+                                scope_fingerprint(adapter.model, scope), best.best_metrics, scope=scope)
         patch.apply(adapter.model)
         try:
             after = report(edited_tower=edited_tower, block=edited_block)
@@ -233,3 +257,60 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         step_size=best.best_lambda if best else None, status=status,
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns)
+
+
+class _HostSearch:
+    """The :class:`~slugkit.tasks.Evaluator` protocol around a host's generation evaluator (no caching:
+    every call regenerates from the current weights)."""
+
+    def __init__(self, evaluate):
+        self.evaluate = evaluate
+
+    def cache(self) -> "_HostSearch":
+        return self
+
+    def baseline(self) -> dict:
+        return dict(self.evaluate())
+
+    def prepare(self, tower: str, block: int) -> None:
+        """Nothing to prepare: the host regenerates from scratch."""
+
+    def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict:
+        return dict(self.evaluate(edited_tower=edited_tower, block=block))
+
+
+def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, search: str = "clip",
+                 data=None, classes: Sequence[str] | None = None, seed: int = 0, progress: bool = True,
+                 **kwargs) -> UnlearnResult:
+    """SLUG on a model that embeds a CLIP tower (Stable Diffusion, LLaVA).
+
+    Runs :func:`unlearn` on the matching CLIP (``clip``, default ``load_clip(host.clip_name)``) with the
+    candidates restricted to layers the host reads (its tower, blocks up to ``host.max_block``), then
+    measures the host before and after the tower-scoped patch. ``search="clip"`` searches lambda on the
+    CLIP's forget target (fast); ``"generation"`` on the host's own outputs (judged pictures, answers).
+    Other keyword arguments go to :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
+    """
+    if search not in ("clip", "generation"):
+        raise ValueError(f"search must be 'clip' or 'generation', got {search!r}")
+    if clip is None:
+        from .models.loading import load_clip
+
+        clip = load_clip(host.clip_name)
+    allowed = [info.name for info in clip.candidate_layers() if host.accepts(info)]
+    if not allowed:
+        raise ValueError(f"{clip.name!r} has no candidate layer that {host.name!r} reads "
+                         f"({host.tower} tower, blocks <= {host.max_block})")
+    task = kwargs.pop("task", None) or make_task(clip, concept, data, classes, seed)
+    if search == "generation":
+        task.search_evaluator = _HostSearch(host.generation_evaluator(task.concept, clip))
+    result = unlearn(clip, concept, task=task, layers=allowed, seed=seed, progress=progress, **kwargs)
+    if result.patch is not None and result.patch.scope != host.scope:
+        raise ValueError(f"the patch of {result.layer!r} is scoped to {result.patch.scope!r}, not to the "
+                         f"{host.scope!r} tower {host.name!r} embeds")
+    t = time.perf_counter()
+    if result.patch is not None:
+        result.host_metrics = host.report_metrics(result.concept, result.patch, progress=progress)
+    result.timings["host_report"] = round(time.perf_counter() - t, 2)
+    result.host, result.edited_model_bytes = host.name, host.edited_model_bytes()
+    result.peak_rss_mb = peak_rss_mb()
+    return result
