@@ -78,7 +78,9 @@ def check_max_evals(max_evals, name: str = "max_evals") -> int:
 
 def check_pictures(n, name: str = "n") -> int:
     """A positive number of 64x64 pictures that fits in memory (see :func:`max_pictures`)."""
-    n = check_int(name, n, 1)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"{name} must be a positive number of pictures, got {n!r}")
+    n = int(n)
     limit = max_pictures()
     if n > limit:
         raise ValueError(
