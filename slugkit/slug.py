@@ -21,7 +21,7 @@ from .adapters.base import CLIPAdapter
 from .adapters.host import Host
 from .bounds import check_batch_size, check_finite_weights, check_fraction, check_max_evals, check_retain_set, check_seed
 from .data.pairs import ImageTextPairs, pair_loader
-from .fingerprint import to_jsonable
+from .fingerprint import tensor_digest, to_jsonable
 from .gradients import GradientStore, Gradients, compute_gradients
 from .layer_identification import layer_table, select_layers
 from .models.loading import TOY_MODELS
@@ -241,7 +241,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     if best is not None:
         scope = adapter.patch_scope(best.layer)
         patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda, grads.forget[best.layer],
-                                scope_fingerprint(adapter.model, scope), best.best_metrics, scope=scope)
+                                scope_fingerprint(adapter.model, scope), best.best_metrics, scope=scope,
+                                base_digest=tensor_digest(adapter.parameter(best.layer)))
         patch.apply(adapter.model)
         try:
             after = report(edited_tower=edited_tower, block=edited_block)
