@@ -140,15 +140,16 @@ def cmd_toy(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .rundir import atomic_run_dir, check_out_dir
+
+    out = Path(args.out)
+    check_out_dir(out, args.overwrite)  # before any work (and before the slow imports)
     from .data.minicanvas import MiniCanvas
     from .eval.zeroshot import toy_eval
     from .models.loading import load_clip
-    from .rundir import atomic_run_dir, check_out_dir
     from .slug import unlearn
     from .viz.figures import sample_sheet
 
-    out = Path(args.out)
-    check_out_dir(out, args.overwrite)  # before any work
     with atomic_run_dir(out, args.overwrite, what="demo") as tmp:  # all of the demo appears at once, or none
         adapter = load_clip("toy-clip")
         print("toy CLIP zero-shot accuracy on held-out MiniCanvas images:")
@@ -294,16 +295,17 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def _warning_line(message, category, filename, lineno, line=None) -> str:
-    return f"slugkit: warning: {' '.join(str(message).split())}\n"
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr (no source line); the default format returns with --debug."""
+    print(f"slugkit: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
-    old_format = warnings.formatwarning
+    old_show = warnings.showwarning
     if not debug:
-        warnings.formatwarning = _warning_line
+        warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
               "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
         return 1
     finally:
-        warnings.formatwarning = old_format
+        warnings.showwarning = old_show
 
 
 if __name__ == "__main__":

@@ -185,7 +185,11 @@ def _load_openclip(name: str, spec: str, device, cache_dir: Optional[str]) -> CL
     return _checked(OpenCLIPAdapter(model.eval(), tokenizer, transform, name=name))
 
 
-def _first_line(err: BaseException, limit: int = 120) -> str:
+def _first_line(err: BaseException, limit: int = 100) -> str:
+    import pickle
+
+    if isinstance(err, pickle.UnpicklingError):  # torch's message is a page about weights_only
+        return "UnpicklingError: not a readable torch checkpoint"
     text = (str(err).strip().splitlines() or [""])[0]
     return f"{type(err).__name__}: {text[:limit]}" if text else type(err).__name__
 
@@ -195,7 +199,7 @@ def _unreadable_weights(name: str, weights: str, arch: str, err: BaseException) 
     if isinstance(err, RuntimeError) and "state_dict" in str(err):
         why = f"its tensors do not fit the {arch} architecture"
     else:
-        why = "it is corrupt or not a weights file"
+        why = f"it is corrupt or not a checkpoint of {arch}"
     return ValueError(f"cannot load model {name!r}: the weights {weights!r} cannot be read, {why} "
                       f"({_first_line(err)}); replace the file with a good copy")
 
