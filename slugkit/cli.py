@@ -112,8 +112,19 @@ def cmd_unlearn(args) -> int:
     if args.classes and not args.data:
         raise ValueError("--classes only applies with --data (your own pictures); the toy world measures the "
                          "concept against every other class of its attribute")
+    if args.data:  # read (index) the data before loading a model: a bad shard fails in a second
+        from .data.sources import open_pairs
+
+        data = open_pairs(args.data)
+    else:
+        from .data.minicanvas import find_concept
+        from .models.loading import TOY_MODELS
+
+        data = None
+        if args.model in TOY_MODELS:
+            find_concept(args.forget)  # an unknown toy concept fails before the model loads
     target = Target(forget_metric=f"forget_{args.target}")
-    options = dict(data=args.data, classes=args.classes, policy=args.policy, include=args.include,
+    options = dict(data=data, classes=args.classes, policy=args.policy, include=args.include,
                    exclude=args.exclude, tower=args.tower, target=target, max_evals=args.max_evals,
                    seed=args.seed, batch_size=args.batch_size,
                    store=None if args.no_cache else _cache_dir() / "gradients")

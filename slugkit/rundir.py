@@ -32,8 +32,9 @@ class OutputDirError(ValueError):
 
 
 def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` is a folder written by slugkit (has the marker or a ``report.json``)."""
-    return path.is_dir() and any((path / f).is_file() for f in (MARKER, "report.json"))
+    """Whether ``path`` is a folder written by slugkit: the marker, a ``report.json``, or (an older
+    ``slugkit demo``) ``unlearn/report.json``."""
+    return path.is_dir() and any((path / f).is_file() for f in (MARKER, "report.json", "unlearn/report.json"))
 
 
 def _nearest_existing(path: Path) -> Path:
