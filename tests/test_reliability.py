@@ -152,10 +152,10 @@ def test_1_rerun_into_a_previous_run_is_refused_before_any_work(tmp_path, capsys
 def test_1_overwrite_replaces_the_whole_run(tmp_path, capsys, loads, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.setattr("slugkit.slug.unlearn", lambda adapter, *a, **k: fake_result(adapter))
-    assert cli(capsys, "unlearn", "--forget", "Zorp", "--out", out)[0] == 0
+    assert cli(capsys, "unlearn", "--model", "fake", "--forget", "Zorp", "--out", out)[0] == 0
     monkeypatch.setattr("slugkit.slug.unlearn",
                         lambda adapter, *a, **k: fake_result(adapter, "target-not-reached", with_patch=False))
-    code, out_text, _ = cli(capsys, "unlearn", "--forget", "Zorp", "--out", out, "--overwrite")
+    code, out_text, _ = cli(capsys, "unlearn", "--model", "fake", "--forget", "Zorp", "--out", out, "--overwrite")
     assert code == 3
     assert not (out / "patch.safetensors").exists()  # the first run's patch went with its report
     assert json.loads((out / "report.json").read_text())["status"] == "target-not-reached"
@@ -235,8 +235,12 @@ def test_3_corrupt_local_weights(tmp_path, capsys):
     bad_pt.write_bytes(os.urandom(2000))
     with pytest.raises(ValueError, match=r"cannot be read, it is corrupt .*UnpicklingError"):
         load_clip(f"openclip:toy-clip/{bad_pt}")
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(pictures(1)[0]).save(data / "a.png")
+    (data / "a.txt").write_text("Zorp waves")
     code, _, err = cli(capsys, "unlearn", "--model", f"openclip:toy-clip/{bad_st}", "--forget", "Zorp",
-                       "--data", tmp_path, "--out", tmp_path / "run")
+                       "--data", data, "--out", tmp_path / "run")
     assert_fails_well(code, err, "cannot be read", "SafetensorError", "replace the file")
 
 
@@ -504,6 +508,6 @@ def test_interrupt_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("slugkit.models.loading.load_clip", interrupted)
-    code, _, err = cli(capsys, "unlearn", "--forget", "Zorp", "--out", tmp_path / "run")
+    code, _, err = cli(capsys, "unlearn", "--model", "fake", "--forget", "Zorp", "--out", tmp_path / "run")
     assert code == 130 and err.strip().splitlines() == [
         "slugkit unlearn: interrupted; output folders were left as they were"]
