@@ -48,7 +48,7 @@ def cmd_concepts(args) -> int:
     from .models.loading import TOY_MODELS
 
     if args.model not in TOY_MODELS:
-        raise SystemExit(f"slugkit concepts: {args.model!r} has no built-in concept list; "
+        raise ValueError(f"{args.model!r} has no built-in concept list; "
                          "real models forget whatever your data's captions name (see `slugkit unlearn --data`)")
     items = concepts()
     if args.json:

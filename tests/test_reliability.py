@@ -511,3 +511,10 @@ def test_interrupt_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     code, _, err = cli(capsys, "unlearn", "--model", "fake", "--forget", "Zorp", "--out", tmp_path / "run")
     assert code == 130 and err.strip().splitlines() == [
         "slugkit unlearn: interrupted; output folders were left as they were"]
+
+
+def test_every_user_mistake_is_exit_2_not_1(capsys):
+    code, _, err = cli(capsys, "concepts", "--model", "hf:openai/clip-vit-base-patch32")
+    assert_fails_well(code, err, "has no built-in concept list")
+    code, _, err = cli(capsys, "unlearn", "--forget", "Zorp", "--out", "x", "--no-such-flag")
+    assert_fails_well(code, err, "unrecognized arguments: --no-such-flag", "see `slugkit --help`")
