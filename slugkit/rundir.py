@@ -59,8 +59,9 @@ def check_out_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
         raise OutputDirError(f"cannot create output folder {str(path)!r}: {str(base)!r} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
+            names = sorted(os.listdir(out), key=lambda n: (n.startswith("."), n))  # visible names first
             raise OutputDirError(
-                f"output folder {str(path)!r} already holds files (e.g. {sorted(os.listdir(out))[0]!r}); choose a new "
+                f"output folder {str(path)!r} already holds files (e.g. {names[0]!r}); choose a new "
                 "folder or pass --overwrite (overwrite=True) to replace the whole previous run")
         if not is_run_dir(out):
             raise OutputDirError(
