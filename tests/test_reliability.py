@@ -6,10 +6,12 @@ tests/fakes.py unless the case is about loading weights.
 import hashlib
 import io
 import struct
+import sys
 import json
 import os
 import tarfile
 import time
+import types
 
 import numpy as np
 import pandas as pd
@@ -518,3 +520,20 @@ def test_every_user_mistake_is_exit_2_not_1(capsys):
     assert_fails_well(code, err, "has no built-in concept list")
     code, _, err = cli(capsys, "unlearn", "--forget", "Zorp", "--out", "x", "--no-such-flag")
     assert_fails_well(code, err, "unrecognized arguments: --no-such-flag", "see `slugkit --help`")
+
+
+def test_2_demo_writes_its_folder_at_once(tmp_path, capsys, loads, monkeypatch):
+    monkeypatch.setattr("slugkit.eval.zeroshot.toy_eval",
+                        lambda adapter: {"identity": {"top1": 1.0, "top5": 1.0, "per_concept": {"A": 1.0}}})
+    monkeypatch.setattr("slugkit.slug.unlearn", lambda adapter, *a, **k: fake_result(adapter))
+    figures = types.ModuleType("slugkit.viz.figures")  # no matplotlib: this test is about the folder
+    figures.sample_sheet = lambda world: types.SimpleNamespace(savefig=lambda path, **kw: open(path, "wb").close())
+    monkeypatch.setitem(sys.modules, "slugkit.viz.figures", figures)
+    out = tmp_path / "demo"
+    assert cli(capsys, "demo", "--out", out)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == [".slugkit-run", "sample_sheet.png", "unlearn"]
+    assert (out / "unlearn" / "patch.safetensors").is_file()
+    code, _, err = cli(capsys, "demo", "--out", out)
+    assert_fails_well(code, err, "already holds files (e.g. 'sample_sheet.png')")
+    assert cli(capsys, "demo", "--out", out, "--overwrite")[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
