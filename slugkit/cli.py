@@ -102,16 +102,17 @@ def cmd_eval(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
-    from .adapters.host import is_host_name, load_host
-    from .models.loading import load_clip
     from .rundir import check_out_dir
-    from .step_size_search import Target
-    from .slug import unlearn, unlearn_host
 
-    check_out_dir(args.out, args.overwrite)  # before any work: a bad --out fails in a second, not after the run
+    check_out_dir(args.out, args.overwrite)  # before any work (and before importing torch): fails in a second
     if args.classes and not args.data:
         raise ValueError("--classes only applies with --data (your own pictures); the toy world measures the "
                          "concept against every other class of its attribute")
+    from .adapters.host import is_host_name, load_host
+    from .models.loading import load_clip
+    from .step_size_search import Target
+    from .slug import unlearn, unlearn_host
+
     if args.data:  # read (index) the data before loading a model: a bad shard fails in a second
         from .data.sources import open_pairs
 
