@@ -231,8 +231,9 @@ class GradientStore:
                 raise ValueError("forget and retain layers differ")
             return grads
         except (ValueError, OSError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            warnings.warn(f"discarding unreadable gradient cache entry {path.name} ({reason[:160]}); "
+            cause = err.__cause__ or err  # the reader's own words, without the path we name anyway
+            reason = (str(cause).splitlines() or [""])[0] or type(cause).__name__
+            warnings.warn(f"discarding unreadable gradient cache entry {path.name} ({reason[:120]}); "
                           "recomputing it", RuntimeWarning, stacklevel=2)
             with contextlib.suppress(OSError):
                 path.unlink()
