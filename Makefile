@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 
 ## the main job on the built-in toy world
 demo: $(STAMP)
-	$(PY) -m slugkit demo --out runs/demo
+	$(PY) -m slugkit demo --out runs/demo --overwrite
 
 ## unit tests + every notebook executed with nbmake
 test: $(STAMP)

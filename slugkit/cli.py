@@ -5,6 +5,10 @@
     slugkit eval --model toy-clip [--patch runs/zorp/patch.safetensors] --json
     slugkit toy build
     slugkit demo
+
+Every user mistake ends in one sentence on stderr and exit code 2; ``--debug`` shows the traceback
+instead. Exit codes: 0 done, 2 bad input, 3 the run finished but its status is not "ok", 1 an
+internal error (please report it), 130 interrupted (output folders are left as they were).
 """
 from __future__ import annotations
 
@@ -12,9 +16,20 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
+from .bounds import (BATCH_SIZE_MAX, BATCH_SIZE_MIN, MAX_EVALS_MAX, MAX_EVALS_MIN, SEED_MAX, SEED_MIN,
+                     check_pictures)
+
 DEFAULT_MODEL = "toy-clip"
+MODEL_HELP = ("which CLIP: 'toy-clip' (default; built in, offline), 'toy-clip-hf' (the same weights as a Hugging "
+              "Face CLIPModel), 'openclip:ARCH/TAG' or 'openclip:ARCH/PATH' (e.g. openclip:ViT-B-32/laion400m_e32, "
+              "or a local weights file), 'hf:REPO' or 'hf:DIR' (e.g. hf:openai/clip-vit-base-patch32, or a "
+              "folder written by save_pretrained), or a model that embeds a CLIP tower: 'toy-sd', 'toy-llava', "
+              "'sd:...', 'llava:...' (slugkit then edits the matching CLIP's tower and patches the host)")
+CACHE_DIR_HELP = ("folder holding downloaded Hugging Face / open_clip weights for real models (default: their own "
+                  "caches, e.g. ~/.cache/huggingface)")
 
 
 def _cache_dir() -> Path:
@@ -33,7 +48,7 @@ def cmd_concepts(args) -> int:
     from .models.loading import TOY_MODELS
 
     if args.model not in TOY_MODELS:
-        raise SystemExit(f"slugkit concepts: {args.model!r} has no built-in concept list; "
+        raise ValueError(f"{args.model!r} has no built-in concept list; "
                          "real models forget whatever your data's captions name (see `slugkit unlearn --data`)")
     items = concepts()
     if args.json:
@@ -58,10 +73,11 @@ def cmd_eval(args) -> int:
     from .models.loading import TOY_MODELS, load_clip
     from .patch import Patch
 
+    patch = Patch.load(args.patch) if args.patch else None  # a bad patch file fails before the model loads
     if is_host_name(args.model):  # SD / LLaVA: the same contract, measured on the host's own outputs
         host = load_host(args.model)
-        if args.patch:
-            host.apply(Patch.load(args.patch))
+        if patch is not None:
+            host.apply(patch)
         metrics = host.evaluate()
         if args.json:
             _print_json({"model": args.model, "patch": args.patch, "metrics": metrics})
@@ -74,8 +90,8 @@ def cmd_eval(args) -> int:
         raise ValueError(f"no built-in evaluation set for {args.model!r}: `slugkit eval` measures the toy world "
                          f"models {', '.join(TOY_MODELS)}")
     adapter = load_clip(args.model)
-    if args.patch:
-        Patch.load(args.patch).apply(adapter.model)
+    if patch is not None:
+        patch.apply(adapter.model)
     metrics = toy_eval(adapter, n_test=args.n_test)
     if args.json:
         _print_json({"model": args.model, "patch": args.patch, "metrics": metrics})
@@ -86,22 +102,40 @@ def cmd_eval(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
+    from .rundir import check_out_dir
+
+    check_out_dir(args.out, args.overwrite)  # before any work (and before importing torch): fails in a second
+    if args.classes and not args.data:
+        raise ValueError("--classes only applies with --data (your own pictures); the toy world measures the "
+                         "concept against every other class of its attribute")
     from .adapters.host import is_host_name, load_host
     from .models.loading import load_clip
     from .step_size_search import Target
     from .slug import unlearn, unlearn_host
 
+    if args.data:  # read (index) the data before loading a model: a bad shard fails in a second
+        from .data.sources import open_pairs
+
+        data = open_pairs(args.data)
+    else:
+        from .data.minicanvas import find_concept
+        from .models.loading import TOY_MODELS
+
+        data = None
+        if args.model in TOY_MODELS:
+            find_concept(args.forget)  # an unknown toy concept fails before the model loads
     target = Target(forget_metric=f"forget_{args.target}")
-    options = dict(data=args.data, classes=args.classes, policy=args.policy, include=args.include,
+    options = dict(data=data, classes=args.classes, policy=args.policy, include=args.include,
                    exclude=args.exclude, tower=args.tower, target=target, max_evals=args.max_evals,
-                   seed=args.seed, store=None if args.no_cache else _cache_dir() / "gradients")
+                   seed=args.seed, batch_size=args.batch_size,
+                   store=None if args.no_cache else _cache_dir() / "gradients")
     if is_host_name(args.model):
         result = unlearn_host(load_host(args.model), args.forget, search=args.search, **options)
     else:
         if args.search != "clip":
             raise ValueError(f"--search {args.search} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
-        result = unlearn(load_clip(args.model), args.forget, **options)
-    out = result.save(args.out)
+        result = unlearn(load_clip(args.model, cache_dir=args.cache_dir), args.forget, **options)
+    out = result.save(args.out, overwrite=args.overwrite)
     print(result.summary())
     print(f"wrote {out / 'report.json'}" + (f" and {out / 'patch.safetensors'}" if result.patch else ""))
     return 0 if result.status == "ok" else 3
@@ -147,86 +181,198 @@ def cmd_toy_llava(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .rundir import atomic_run_dir, check_out_dir
+
+    out = Path(args.out)
+    check_out_dir(out, args.overwrite)  # before any work (and before the slow imports)
     from .data.minicanvas import MiniCanvas
     from .eval.zeroshot import toy_eval
     from .models.loading import load_clip
     from .slug import unlearn
     from .viz.figures import sample_sheet
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    adapter = load_clip("toy-clip")
-    print("toy CLIP zero-shot accuracy on held-out MiniCanvas images:")
-    print(format_zero_shot(toy_eval(adapter)))
-    fig = sample_sheet(MiniCanvas(n=48, seed=0, split="test"))
-    fig.savefig(out / "sample_sheet.png", dpi=110, bbox_inches="tight")
+    with atomic_run_dir(out, args.overwrite, what="demo") as tmp:  # all of the demo appears at once, or none
+        adapter = load_clip("toy-clip")
+        print("toy CLIP zero-shot accuracy on held-out MiniCanvas images:")
+        print(format_zero_shot(toy_eval(adapter)))
+        fig = sample_sheet(MiniCanvas(n=48, seed=0, split="test"))
+        fig.savefig(tmp / "sample_sheet.png", dpi=110, bbox_inches="tight")
+        result = unlearn(adapter, args.forget, seed=0)
+        result.save(tmp / "unlearn")
     print(f"sample sheet: {out / 'sample_sheet.png'}\n")
-    result = unlearn(adapter, args.forget, seed=0)
-    result.save(out / "unlearn")
     print(result.summary())
     print(f"report: {out / 'unlearn' / 'report.json'}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slugkit", description="Single Layer Unlearning Gradient, runnable.")
-    sub = p.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``slugkit unlearn: error: ... (see `slugkit unlearn --help`)``."""
 
-    c = sub.add_parser("concepts", help="list the forgettable concepts of a world")
-    c.add_argument("--model", default=DEFAULT_MODEL)
-    c.add_argument("--json", action="store_true")
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_in(lo: int, hi: int, what: str = ""):
+    """An argparse type: an integer in ``[lo, hi]``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}{what}, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}{what}, got {value}")
+        return value
+    return parse
+
+
+def _pictures(text: str) -> int:
+    """An argparse type: a number of pictures that fits in memory (see slugkit.bounds.max_pictures)."""
+    try:
+        return check_pictures(int(text), "--n-test")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err) if text.strip().lstrip("-").isdigit()
+                                         else f"expected a positive integer, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="slugkit", description="Single Layer Unlearning Gradient, runnable: forget one concept from a "
+                "CLIP model by editing one layer. Start with `slugkit demo`, then `slugkit unlearn --help`.",
+                epilog="Exit codes: 0 done, 2 bad input (one sentence on stderr), 3 the run finished but its status "
+                "is not 'ok', 1 internal error (rerun with --debug), 130 interrupted.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback instead of a one-sentence error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("concepts", help="list the forgettable concepts of a world",
+                       description="List the concepts a toy model can forget (characters, objects, styles, colours).")
+    c.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="a toy model ('toy-clip' or 'toy-clip-hf'); real models "
+                   "forget whatever your data's captions name")
+    c.add_argument("--json", action="store_true", help="print a JSON list of {name, kind, ...} objects")
     c.set_defaults(func=cmd_concepts)
 
-    u = sub.add_parser("unlearn", help="forget one concept; writes report.json and patch.safetensors")
-    u.add_argument("--model", default=DEFAULT_MODEL)
-    u.add_argument("--forget", required=True, help="concept name, e.g. 'Captain Zorp'")
-    u.add_argument("--out", required=True, help="output folder")
-    u.add_argument("--data", help="image folder, CSV or webdataset shards (real models)")
-    u.add_argument("--classes", nargs="+", help="other names the model must still tell apart (with --data)")
-    u.add_argument("--policy", default="pareto", help="'pareto' (try all, keep best), 'deepest', or a layer name")
-    u.add_argument("--tower", choices=["vision", "text"])
-    u.add_argument("--include", nargs="+", help="only these candidate kinds (attn_qkv, mlp_fc, ...) or name regexes")
-    u.add_argument("--exclude", nargs="+", help="drop these candidate kinds or name regexes")
+    u = sub.add_parser("unlearn", help="forget one concept; writes report.json and patch.safetensors",
+                       description="Run SLUG: one gradient pass, pick a layer, search the step size, and write "
+                       "OUT/report.json and OUT/patch.safetensors (together, atomically).")
+    u.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=MODEL_HELP)
+    u.add_argument("--forget", required=True, metavar="CONCEPT", help="the concept to forget, e.g. 'Captain Zorp' (case and extra "
+                   "spaces ignored; `slugkit concepts` lists the toy world's); with --data, every pair whose caption "
+                   "names it is forgotten")
+    u.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder (checked before any work); "
+                   "an existing run there is refused unless --overwrite")
+    u.add_argument("--overwrite", action="store_true", help="replace the whole previous slugkit run in --out "
+                   "(never mixes two runs; refuses a folder of other files)")
+    u.add_argument("--data", metavar="PATH", help="your pictures for a real model: an image folder with captions, a CSV of "
+                   "image,caption, a webdataset .tar shard or a brace pattern like 'shards/{000..009}.tar'")
+    u.add_argument("--classes", nargs="+", metavar="NAME", help="with --data: other names the model must still tell apart "
+                   "(retain accuracy is measured on pictures whose caption names exactly one of them)")
+    u.add_argument("--policy", default="pareto", help="'pareto' (default: try every Pareto-front layer, keep the "
+                   "best), 'deepest' (the deepest Pareto layer of --tower, text by default), or one parameter name")
+    u.add_argument("--tower", choices=["vision", "text"], help="only consider layers of this tower")
+    u.add_argument("--include", nargs="+", metavar="KIND", help="only these candidate kinds (attn_qkv, mlp_fc, ...) or name regexes")
+    u.add_argument("--exclude", nargs="+", metavar="KIND", help="drop these candidate kinds or name regexes")
     u.add_argument("--target", choices=["top1", "top5"], default="top1", help="forget metric driven to 0")
-    u.add_argument("--max-evals", type=int, default=10)
-    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--max-evals", type=_int_in(MAX_EVALS_MIN, MAX_EVALS_MAX), default=10, metavar="N",
+                   help=f"step sizes tried per layer, {MAX_EVALS_MIN}..{MAX_EVALS_MAX} (default 10; each is one "
+                   "evaluation; the bracket halves each time)")
+    u.add_argument("--seed", type=_int_in(SEED_MIN, SEED_MAX), default=0, metavar="N",
+                   help=f"random seed, {SEED_MIN}..{SEED_MAX} (default 0): picks the toy world's pictures and "
+                   "the retain sample; same seed, same result")
+    u.add_argument("--batch-size", type=_int_in(BATCH_SIZE_MIN, BATCH_SIZE_MAX, " (the contrastive retain loss "
+                   "needs 2 pairs per batch)"), default=64, metavar="N", help=f"pairs per gradient batch, {BATCH_SIZE_MIN}.."
+                   f"{BATCH_SIZE_MAX} (default 64; lower it if memory runs out)")
+    u.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
     u.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
     u.add_argument("--search", choices=["clip", "generation"], default="clip",
                    help="hosts only: search lambda on the matching CLIP's forget metric (fast) or on the "
                         "host's own generations (judged pictures for SD, answers for LLaVA)")
     u.set_defaults(func=cmd_unlearn)
 
-    e = sub.add_parser("eval", help="zero-shot accuracy per attribute, optionally with a patch")
-    e.add_argument("--model", default=DEFAULT_MODEL)
-    e.add_argument("--patch")
-    e.add_argument("--n-test", type=int, default=2000)
-    e.add_argument("--json", action="store_true")
+    e = sub.add_parser("eval", help="zero-shot accuracy per attribute, optionally with a patch",
+                       description="Zero-shot accuracy of a toy model on held-out MiniCanvas pictures, per "
+                       "attribute (identity, object, style, colour).")
+    e.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="a toy model: 'toy-clip' (default) or "
+                   "'toy-clip-hf', or a host: 'toy-sd', 'toy-llava' (scored on its own generations / answers)")
+    e.add_argument("--patch", metavar="FILE", help="a patch file written by `slugkit unlearn` (OUT/patch.safetensors) to apply "
+                   "first; refused if it was made for other weights")
+    e.add_argument("--n-test", type=_pictures, default=2000, metavar="N", help="held-out test pictures to score (default 2000; "
+                   "at most what half the available memory holds, 32 KiB per picture)")
+    e.add_argument("--json", action="store_true", help="print JSON {model, patch, metrics: {attribute: {top1, top5, per_concept}}} "
+                   "(accuracies as fractions) instead of a table")
     e.set_defaults(func=cmd_eval)
 
-    t = sub.add_parser("toy", help="toy-world checkpoints")
-    tsub = t.add_subparsers(dest="toy_command", required=True)
-    b = tsub.add_parser("build", help="train a toy-world model from scratch into data/ (default: the toy CLIP)")
+    t = sub.add_parser("toy", help="toy-world checkpoints", description="Rebuild the toy world's checkpoints.")
+    tsub = t.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
+    b = tsub.add_parser("build", help="train a toy-world model from scratch into data/ (default: the toy CLIP, "
+                        "about 25 minutes on 2 cores)")
     b.add_argument("target", nargs="?", default="clip", choices=["clip", "sd", "judge", "llava"],
-                   help="clip (toy CLIP), judge (picture classifier), sd (judge + toy SD VAE and UNet), llava")
-    b.add_argument("--threads", type=int, help="llava: torch CPU threads (default all cores; 1 on a busy machine)")
-    b.add_argument("--out", help="folder to write to (default: the data/ folder)")
+                   help="clip (toy CLIP), judge (picture classifier), sd (judge + toy SD VAE and UNet), "
+                        "llava (needs the toy CLIP)")
+    b.add_argument("--threads", type=int, metavar="N",
+                   help="llava: torch CPU threads (default all cores; 1 on a busy machine)")
+    b.add_argument("--out", metavar="DIR", help="folder to write to (default: the data/ folder)")
     b.set_defaults(func=cmd_toy)
 
-    d = sub.add_parser("demo", help="the quickstart: meet the toy world, unlearn one character")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--forget", default="Captain Zorp")
+    d = sub.add_parser("demo", help="the quickstart: meet the toy world, unlearn one character",
+                       description="Evaluate the toy CLIP, draw a sample sheet and unlearn one character; writes "
+                       "OUT/sample_sheet.png and OUT/unlearn/ (atomically).")
+    d.add_argument("--out", default="runs/demo", metavar="DIR", help="new or empty output folder (default runs/demo)")
+    d.add_argument("--overwrite", action="store_true", help="replace a previous demo in --out")
+    d.add_argument("--forget", default="Captain Zorp", metavar="CONCEPT", help="the character to forget (default 'Captain Zorp')")
     d.set_defaults(func=cmd_demo)
+    _add_debug_everywhere(p)
     return p
+
+
+def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--debug`` after any subcommand too (``slugkit unlearn ... --debug``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                if "--debug" not in subparser._option_string_actions:
+                    subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                           help="show the full traceback instead of a one-sentence error")
+                _add_debug_everywhere(subparser)
+
+
+USER_ERRORS = (ValueError, KeyError, LookupError, OSError, RuntimeError, TypeError, ArithmeticError)
+
+
+def _one_line(err: BaseException) -> str:
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+    text = " ".join(str(msg).split())
+    return text or type(err).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr (no source line); the default format returns with --debug."""
+    print(f"slugkit: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    old_show = warnings.showwarning
+    if not debug:
+        warnings.showwarning = _show_warning
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"slugkit {args.command}: error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"slugkit {args.command}: interrupted; output folders were left as they were", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"slugkit {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug, not a user mistake: still one line, with the way to the traceback
+        if debug:
+            raise
+        print(f"slugkit {args.command}: internal error: {type(err).__name__}: {_one_line(err)} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = old_show
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,10 +193,20 @@ class Gradients:
 
 
 class GradientStore:
-    """A directory of :class:`Gradients` files keyed by model, forget data, retain data and layers."""
+    """A directory of :class:`Gradients` files keyed by model, forget data, retain data and layers.
+
+    It heals itself: an entry is written to a hidden temporary file and renamed into place (the
+    temporary file is removed if the write is interrupted, Ctrl-C included); leftovers of processes
+    that died mid-write, or older than an hour, are swept when the store is opened; an entry that
+    cannot be read is discarded with a one-line warning, so the caller recomputes it.
+    """
 
     def __init__(self, root: str | os.PathLike):
+        from slugkit.rundir import sweep_stale
+
         self.root = Path(root)
+        # ".tmp-<pid>-<key>.safetensors" now, ".<key>.safetensors.<pid>.tmp" from slugkit <= 0.1.0
+        sweep_stale(self.root, r"^\.(?:tmp-|.*\.)(?P<pid>\d+)(?:-.*|\.tmp)$")
 
     @staticmethod
     def key(model_fp: str, forget_fp: str, retain_fp: str, layers: Iterable[str]) -> str:
@@ -209,15 +221,34 @@ class GradientStore:
         return self.path(key).is_file()
 
     def get(self, key: str) -> Gradients | None:
-        """The stored gradients, or ``None`` when the key is absent."""
-        return Gradients.load(self.path(key)) if key in self else None
+        """The stored gradients, or ``None`` when the key is absent or its file is unreadable (then removed)."""
+        if key not in self:
+            return None
+        path = self.path(key)
+        try:
+            grads = Gradients.load(path)
+            if not grads.forget or set(grads.forget) != set(grads.retain):
+                raise ValueError("forget and retain layers differ")
+            return grads
+        except (ValueError, OSError) as err:
+            cause = err.__cause__ or err  # the reader's own words, without the path we name anyway
+            reason = (str(cause).splitlines() or [""])[0] or type(cause).__name__
+            warnings.warn(f"discarding unreadable gradient cache entry {path.name} ({reason[:120]}); "
+                          "recomputing it", RuntimeWarning, stacklevel=2)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
 
     def put(self, key: str, grads: Gradients) -> Path:
         """Store ``grads`` under ``key`` (written to a temporary file, then renamed)."""
         target = self.path(key)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        grads.save(tmp)
-        os.replace(tmp, target)
+        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+        try:
+            grads.save(tmp)
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # only still there when the write or the rename failed
         return target
 
 

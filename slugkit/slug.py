@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -18,12 +19,14 @@ import pandas as pd
 
 from .adapters.base import CLIPAdapter
 from .adapters.host import Host
+from .bounds import check_batch_size, check_finite_weights, check_fraction, check_max_evals, check_retain_set, check_seed
 from .data.pairs import ImageTextPairs, pair_loader
-from .fingerprint import to_jsonable
+from .fingerprint import tensor_digest, to_jsonable
 from .gradients import GradientStore, Gradients, compute_gradients
 from .layer_identification import layer_table, select_layers
 from .models.loading import TOY_MODELS
 from .patch import Patch, scope_fingerprint
+from .rundir import atomic_run_dir
 from .step_size_search import SearchResult, Target, search_step_size
 from .tasks import Task, data_task, toy_task
 
@@ -59,6 +62,7 @@ class UnlearnResult:
     peak_rss_mb: float
     model_bytes: int
     timings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     host: str | None = None  # set by :func:`unlearn_host`: the model that embeds the edited tower
     host_metrics: dict = field(default_factory=dict)  # the host's NAME_before / NAME_after metrics
     edited_model_bytes: int | None = None  # bytes of the host's edited tower
@@ -79,6 +83,7 @@ class UnlearnResult:
         return to_jsonable({
             "model": self.model, "concept": self.concept, "task": self.task,
             "layer": self.layer, "tower": self.tower, "step_size": self.step_size, "status": self.status,
+            "warnings": list(self.warnings),
             "forget_acc_before": b.get("forget_top1"), "forget_acc_after": a.get("forget_top1"),
             "forget_top5_before": b.get("forget_top5"), "forget_top5_after": a.get("forget_top5"),
             "retain_acc_before": b.get("retain_top1"), "retain_acc_after": a.get("retain_top1"),
@@ -95,20 +100,24 @@ class UnlearnResult:
         } | ({"host": self.host, "clip_model": self.model, "edited_model_bytes": self.edited_model_bytes,
               **self.host_metrics} if self.host else {}))  # fmt: skip
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write ``report.json`` (and ``patch.safetensors`` when a patch was found); returns the folder."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        patch_bytes = 0
-        if self.patch is not None:
-            patch_bytes = self.patch.save(out / "patch.safetensors").stat().st_size
-        (out / "report.json").write_text(json.dumps(self.report(patch_bytes), indent=2))
-        return out
+    def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
+        """Write ``report.json`` (and ``patch.safetensors`` when a patch was found); returns the folder.
+
+        The run is written into a temporary folder beside ``out_dir`` and renamed into place once, so a
+        reader sees the previous run, this run, or nothing. A non-empty ``out_dir`` is refused unless
+        ``overwrite`` (then the whole previous run is replaced; see :mod:`slugkit.rundir`).
+        """
+        with atomic_run_dir(out_dir, overwrite, what="unlearn") as tmp:
+            patch_bytes = 0
+            if self.patch is not None:
+                patch_bytes = self.patch.save(tmp / "patch.safetensors").stat().st_size
+            (tmp / "report.json").write_text(json.dumps(self.report(patch_bytes), indent=2))
+        return Path(out_dir)
 
     def summary(self) -> str:
         """A short human-readable table of the run."""
         def pct(x):
-            return "  n/a" if x is None else f"{100 * x:5.1f}%"
+            return "  n/a" if x is None or not math.isfinite(x) else f"{100 * x:5.1f}%"
 
         b, a = self.before, self.after
         lines = [f"SLUG on {self.model}: forget {self.concept!r} -> {self.status}",
@@ -127,13 +136,36 @@ class UnlearnResult:
         lines.append(f"  {len(self.searches)} layer(s) tried, {self.seconds:.1f} s, peak memory "
                      f"{self.peak_rss_mb:.0f} MiB, patch {patch} "
                      f"({100 * (self.patch.nbytes if self.patch else 0) / self.model_bytes:.2f}% of the model)")
+        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+REPORT_METRICS = ("forget_top1", "retain_top1", "utility")  # a run without any of these is "incomplete"
+STATUS_INCOMPLETE = "incomplete"  # a patch met the target, but a report metric could not be measured
+
+
+def unmeasured(before: dict, after: dict, evaluator=None) -> tuple[list[str], list[str]]:
+    """``(missing report metrics, warnings)``: metrics that are absent or not finite, one warning each."""
+    missing, warns = [], []
+    for key in sorted(set(before) | set(after) | set(REPORT_METRICS)):
+        when = [w for w, m in (("before", before), ("after", after))
+                if not isinstance(m.get(key), (int, float)) or not math.isfinite(m[key])]
+        if not when:
+            continue
+        if key in REPORT_METRICS:
+            missing.append(key)
+        why = getattr(evaluator, "why_unmeasured", lambda k: None)(key) or "there was nothing to measure it on"
+        warns.append(f"{key} could not be measured {' and '.join(when)} the edit ({why}); it is null in report.json")
+    return missing, warns
 
 
 def make_task(adapter: CLIPAdapter, concept: str, data=None, classes: Sequence[str] | None = None,
               seed: int = 0) -> Task:
     """The toy task for toy models without ``data``; a user-data task otherwise."""
     if data is None:
+        if classes:
+            raise ValueError("classes= (--classes) only applies with data= (--data): the toy world measures the "
+                             "concept against every other class of its attribute")
         if adapter.name not in TOY_MODELS:
             raise ValueError(f"{adapter.name!r} is not a toy model: pass data= (an image folder, a CSV or "
                              "webdataset shards) and classes= (names to tell the concept apart from)")
@@ -155,11 +187,22 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     parameter name. ``layers`` limits the candidates to these parameter names (default: all);
     ``include``/``exclude`` filter them by kind (e.g. "mlp_fc") or name regex. ``target`` defaults to forget top-1 = 0. Each layer's search stops after
     ``max_evals`` evaluations or once lambda is bracketed within ``rtol`` (relative).
+
+    Inputs are bounded (see :mod:`slugkit.bounds`): ``seed`` in 0..2**31-1, ``batch_size`` in 2..4096,
+    ``max_evals`` in 1..100, ``rtol`` in (0, 1); non-finite weights and a retain set of fewer than 2
+    pairs are refused before any gradient work. ``result.status`` is "ok", "target-not-reached" (no
+    layer met the target; no patch) or "incomplete" (a patch met the target but forget, retain or
+    utility accuracy could not be measured: it is null in the report, explained in ``result.warnings``).
     """
     start = time.perf_counter()
     timings = {}
-    task = task or make_task(adapter, concept, data, classes, seed)
+    seed, batch_size, max_evals = check_seed(seed), check_batch_size(batch_size), check_max_evals(max_evals)
+    check_fraction("rtol", rtol, open_interval=True)
     target = target or Target()
+    check_fraction("target threshold", target.threshold)
+    check_finite_weights(adapter.model, adapter.name)  # before any data or gradient work
+    task = task or make_task(adapter, concept, data, classes, seed)
+    check_retain_set(len(task.retain), task.concept)
     if isinstance(store, (str, Path)):
         store = GradientStore(store)
 
@@ -198,7 +241,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     if best is not None:
         scope = adapter.patch_scope(best.layer)
         patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda, grads.forget[best.layer],
-                                scope_fingerprint(adapter.model, scope), best.best_metrics, scope=scope)
+                                scope_fingerprint(adapter.model, scope), best.best_metrics, scope=scope,
+                                base_digest=tensor_digest(adapter.parameter(best.layer)))
         patch.apply(adapter.model)
         try:
             after = report(edited_tower=edited_tower, block=edited_block)
@@ -206,12 +250,14 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             patch.revert(adapter.model)
         patch.metrics = {"search": best.best_metrics, "report_before": before, "report_after": after}
     timings["report"] = round(time.perf_counter() - t, 2)
+    missing, warns = unmeasured(before, after, report)
+    status = "target-not-reached" if best is None else STATUS_INCOMPLETE if missing else "ok"
     return UnlearnResult(
         model=adapter.name, concept=task.concept, task=task.description, gradients=grads, table=table,
         searches=searches, layer=best.layer if best else None, tower=towers[best.layer] if best else None,
-        step_size=best.best_lambda if best else None, status="ok" if best else "target-not-reached",
+        step_size=best.best_lambda if best else None, status=status,
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
-        peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings)
+        peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns)
 
 
 class _HostSearch:

@@ -58,7 +58,8 @@ class Target:
         return _get(metrics, self.guard_metric) >= _get(baseline, self.guard_metric) - self.guard_tolerance
 
     def score(self, metrics: dict) -> float:
-        values = [_get(metrics, m) for m in self.score_metrics]
+        """Mean of the finite ``score_metrics`` (a metric that could not be measured is NaN: left out)."""
+        values = [v for v in (_get(metrics, m) for m in self.score_metrics) if math.isfinite(v)]
         return sum(values) / len(values) if values else 0.0
 
 

@@ -167,9 +167,9 @@ def test_forget_retain_deterministic_with_seed(pairs):
 def test_forget_retain_sizes(pairs):
     forget, retain = forget_retain_sets(pairs, "zorp", n_retain=6)
     assert len(retain) == 6
-    # Only one caption mentions "cat": default retain size is one.
+    # Only one caption mentions "cat": the default retain size is still two (a contrastive batch needs two).
     forget, retain = forget_retain_sets(pairs, "cat")
-    assert len(forget) == 1 and len(retain) == 1
+    assert len(forget) == 1 and len(retain) == 2
     with pytest.raises(ValueError, match="n_retain=7 is larger than the 6 pairs in data/zorp.csv"):
         forget_retain_sets(pairs, "Zorp", n_retain=7)
     with pytest.raises(ValueError, match="n_retain must be a positive integer"):

@@ -130,9 +130,10 @@ def concepts() -> list[dict]:
 
 
 def find_concept(name: str) -> dict:
-    """The concept called ``name`` (case-insensitive); a ValueError that lists the valid names otherwise."""
+    """The concept called ``name`` (case and runs of whitespace ignored); a ValueError listing the valid names otherwise."""
+    wanted = " ".join(str(name).split()).lower()
     for c in concepts():
-        if c["name"].lower() == name.strip().lower():
+        if c["name"].lower() == wanted:
             return c
     names = ", ".join(repr(c["name"]) for c in concepts() if c["kind"] == "character")
     raise ValueError(f"unknown concept {name!r} in MiniCanvas; characters are {names}, objects "
@@ -350,8 +351,9 @@ class MiniCanvas(ImageTextPairs):
 
     def __init__(self, n: int = 2000, seed: int = 0, split: str = "train", character_fraction: float = 0.5,
                  _render: bool = True):
-        if n <= 0:
-            raise ValueError(f"n must be a positive number of samples, got {n}")
+        from ..bounds import check_pictures, check_seed
+
+        n, seed = check_pictures(n, "n"), check_seed(seed)
         if not 0.0 <= character_fraction <= 1.0:
             raise ValueError(f"character_fraction must be in [0, 1], got {character_fraction}")
         self.n, self.seed, self.split = n, seed, split

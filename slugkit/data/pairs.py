@@ -247,7 +247,7 @@ def forget_retain_sets(
 
     The forget set holds every pair whose caption :func:`mentions` the concept. The retain set
     is a random sample, seeded with ``seed``, of ``n_retain`` pairs (default: as many as the
-    forget set, capped by what is available) drawn from the pairs that do not mention the
+    forget set but at least 2, capped by what is available) drawn from the pairs that do not mention the
     concept, or from all pairs when ``exclude_from_retain`` is False. Both keep the order of
     ``pairs``.
     """
@@ -268,8 +268,8 @@ def forget_retain_sets(
             f"retain set is empty: every caption in {origin} mentions '{concept}'; "
             "add pairs that do not mention it or pass exclude_from_retain=False"
         )
-    if n_retain is None:
-        k = max(1, min(len(forget_idx), len(pool)))
+    if n_retain is None:  # at least 2 when there are: the contrastive retain loss of one pair is 0
+        k = max(min(2, len(pool)), min(len(forget_idx), len(pool)))
     else:
         if isinstance(n_retain, bool) or not isinstance(n_retain, (int, np.integer)) or n_retain < 1:
             raise ValueError(f"n_retain must be a positive integer or None, got {n_retain!r}")

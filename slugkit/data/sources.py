@@ -309,13 +309,21 @@ class WebDatasetPairs(ImageTextPairs):
             ) from exc
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
         with tf:
-            for member in tf:
-                if not member.isfile():
-                    continue
-                m = _KEY_RE.match(member.name)
-                if m is None:
-                    continue
-                samples.setdefault(m.group(1), {}).setdefault(m.group(2).lower(), member)
+            try:
+                for member in tf:
+                    if not member.isfile():
+                        continue
+                    m = _KEY_RE.match(member.name)
+                    if m is None:
+                        continue
+                    samples.setdefault(m.group(1), {}).setdefault(m.group(2).lower(), member)
+            except (tarfile.TarError, EOFError) as exc:
+                raise ValueError(self._truncated(shard, len(samples), f"{type(exc).__name__}: {exc}")) from exc
+            # A complete archive ends with two zero blocks; without them tarfile stops quietly at the cut.
+            end = tf.offset
+            tf.fileobj.seek(0, os.SEEK_END)
+            if tf.fileobj.tell() - end < 2 * tarfile.BLOCKSIZE:
+                raise ValueError(self._truncated(shard, len(samples), "no end-of-archive marker"))
             no_caption = []
             for key, parts in samples.items():
                 image = next((parts[e] for e in _WDS_IMAGE_EXTENSIONS if e in parts), None)
@@ -333,6 +341,11 @@ class WebDatasetPairs(ImageTextPairs):
                 f"sample '{no_caption[0]}' in shard '{shard}' has an image but no caption{more}; "
                 "expected a non-empty '<key>.txt' or a '<key>.json' with a 'caption' field"
             )
+
+    @staticmethod
+    def _truncated(shard: str, n_keys: int, why: str) -> str:
+        return (f"shard '{shard}' is truncated or corrupt ({why}; {n_keys} sample keys read before the damage): "
+                "download or copy it again, or leave it out")
 
     @staticmethod
     def _read_caption(tf: tarfile.TarFile, shard: str, parts: dict[str, tarfile.TarInfo]) -> str | None:

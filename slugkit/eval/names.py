@@ -58,6 +58,13 @@ class NameEvaluator:
             self.cache()
         return self._metrics(self._img, self._names, self._caps)
 
+    def why_unmeasured(self, metric: str) -> str | None:
+        """Why ``metric`` is NaN (for the run's warnings), or None when it is measurable."""
+        if metric.startswith("retain") and not (self.labels[self.n_forget:] >= 0).any():
+            return (f"no retain picture's caption names exactly one of the classes {self.classes[1:]}; "
+                    "pass classes the retain captions mention")
+        return None
+
     def prepare(self, tower: str, block: int) -> None:
         """Nothing to prepare: user data sets are small, the whole tower is recomputed."""
 

@@ -171,5 +171,8 @@ def predict(adapter, images: np.ndarray | torch.Tensor, attribute: str = "identi
 
 def toy_eval(adapter, n_test: int = 2000, seed: int = 0) -> dict:
     """``{attribute: {"top1", "top5", "per_concept"}}`` on the MiniCanvas test split (the eval contract)."""
+    from ..bounds import check_pictures, check_seed
+
+    n_test, seed = check_pictures(n_test, "n_test"), check_seed(seed)
     scores = zero_shot(adapter, cached_split(n_test, seed, "test"))
     return {a: {k: v for k, v in s.items() if k != "confusion"} for a, s in scores.items()}

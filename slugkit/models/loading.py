@@ -93,13 +93,13 @@ def _load_toy(name: str, device, hf: bool) -> CLIPAdapter:
     if not hf:
         from slugkit.adapters.openclip import OpenCLIPAdapter
 
-        return OpenCLIPAdapter.from_model(model, ARCH, name=name)
+        return _checked(OpenCLIPAdapter.from_model(model, ARCH, name=name))
     from slugkit.adapters.hf_clip import HFCLIPAdapter
     from slugkit.models.hf_convert import clip_tokenizer_from_openclip, image_processor_from_openclip, openclip_to_hf
 
     hf_model = openclip_to_hf(model).to(device).eval()
     tokenizer = clip_tokenizer_from_openclip(int(model.context_length))
-    return HFCLIPAdapter(hf_model, tokenizer, image_processor_from_openclip(model), name=name)
+    return _checked(HFCLIPAdapter(hf_model, tokenizer, image_processor_from_openclip(model), name=name))
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -116,7 +116,7 @@ def _openclip_checkpoint(name: str, arch: str, cfg: dict, cache_dir: Optional[st
     from open_clip.pretrained import download_pretrained, has_hf_hub
 
     how = (
-        f"put its weights in the Hugging Face cache (HF_HOME, or pass cache_dir=...) while online, "
+        f"put its weights in the Hugging Face cache (HF_HOME, or --cache-dir DIR / cache_dir=DIR) while online, "
         f"or give a local weights file as 'openclip:{arch}/<path>'"
     )
     if offline and not (cfg.get("hf_hub") and has_hf_hub()) and cfg.get("url"):
@@ -178,9 +178,38 @@ def _load_openclip(name: str, spec: str, device, cache_dir: Optional[str]) -> CL
     except OSError as err:  # e.g. an HF text tower / tokenizer that is not cached
         raise ModelNotAvailableError(
             f"model {name!r} is not available: a file it needs could not be loaded ({err.__class__.__name__}); "
-            "put it in the Hugging Face cache or pass cache_dir=..."
+            "put it in the Hugging Face cache (HF_HOME, or --cache-dir DIR / cache_dir=DIR)"
         ) from err
-    return OpenCLIPAdapter(model.eval(), tokenizer, transform, name=name)
+    except Exception as err:  # UnpicklingError, SafetensorError, EOFError, KeyError, state-dict mismatch ...
+        raise _unreadable_weights(name, weights, arch, err) from err
+    return _checked(OpenCLIPAdapter(model.eval(), tokenizer, transform, name=name))
+
+
+def _first_line(err: BaseException, limit: int = 100) -> str:
+    import pickle
+
+    if isinstance(err, pickle.UnpicklingError):  # torch's message is a page about weights_only
+        return "UnpicklingError: not a readable torch checkpoint"
+    text = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text[:limit]}" if text else type(err).__name__
+
+
+def _unreadable_weights(name: str, weights: str, arch: str, err: BaseException) -> ValueError:
+    """One sentence for weights that exist but cannot be read as a checkpoint of ``arch``."""
+    if isinstance(err, RuntimeError) and "state_dict" in str(err):
+        why = f"its tensors do not fit the {arch} architecture"
+    else:
+        why = f"it is corrupt or not a checkpoint of {arch}"
+    return ValueError(f"cannot load model {name!r}: the weights {weights!r} cannot be read, {why} "
+                      f"({_first_line(err)}); replace the file with a good copy")
+
+
+def _checked(adapter: CLIPAdapter) -> CLIPAdapter:
+    """``adapter`` after refusing weights that hold NaN or infinite values (named layer by layer)."""
+    from slugkit.bounds import check_finite_weights
+
+    check_finite_weights(adapter.model, adapter.name)
+    return adapter
 
 
 def _load_hf(name: str, src: str, device, cache_dir: Optional[str]) -> CLIPAdapter:
@@ -208,9 +237,11 @@ def _load_hf(name: str, src: str, device, cache_dir: Optional[str]) -> CLIPAdapt
             "offline and not in the Hugging Face cache" if offline else "it could not be downloaded or found in the cache"
         )
         raise ModelNotAvailableError(
-            f"model {name!r} is not available ({where}): put it in the Hugging Face cache (HF_HOME, or pass "
-            "cache_dir=...) while online, or give a local directory as 'hf:<path>'"
+            f"model {name!r} is not available ({where}): put it in the Hugging Face cache (HF_HOME, or "
+            "--cache-dir DIR / cache_dir=DIR) while online, or give a local directory as 'hf:<path>'"
         ) from err
+    except Exception as err:  # a corrupt model.safetensors / pytorch_model.bin in a local dir or the cache
+        raise _unreadable_weights(name, src, "CLIP", err) from err
     if len(tokenizer) < 256:  # transformers builds an empty CLIPTokenizer when no tokenizer files exist
         raise ModelNotAvailableError(
             f"model {name!r} has no usable tokenizer (only {len(tokenizer)} tokens): add tokenizer.json or "
@@ -221,4 +252,4 @@ def _load_hf(name: str, src: str, device, cache_dir: Optional[str]) -> CLIPAdapt
             processor = CLIPImageProcessor.from_pretrained(src, **kw)
     except (OSError, ValueError):  # no preprocessor_config.json: CLIP defaults + config image size
         processor = None
-    return HFCLIPAdapter(model.to(device).eval(), tokenizer, processor, name=name)
+    return _checked(HFCLIPAdapter(model.to(device).eval(), tokenizer, processor, name=name))
