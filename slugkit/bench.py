@@ -82,7 +82,8 @@ class _SkipReport:
         return {}
 
 
-def _without_report(task: Task) -> Task:
+def without_report(task: Task) -> Task:
+    """``task`` with SLUG's built-in report skipped (the bench evaluates afterwards, outside the timing)."""
     return Task(task.concept, task.forget, task.retain, task.search_evaluator, _SkipReport(), task.description)
 
 
@@ -154,7 +155,7 @@ def _slug(adapter, task: Task, target: Target, cfg: BenchConfig, seed: int):
     """SLUG with its built-in report skipped; returns (UnlearnResult, Cost)."""
     with CostMeter(adapter) as meter:
         result = unlearn(adapter, concept_label(task.concept) if not isinstance(task.concept, str) else task.concept,
-                         task=_without_report(task), policy=cfg.slug_policy, target=target,
+                         task=without_report(task), policy=cfg.slug_policy, target=target,
                          max_evals=cfg.slug_max_evals, seed=seed, store=None, progress=False)
     return result, meter.cost
 
@@ -348,8 +349,16 @@ def load_bench(path: str | Path) -> tuple[pd.DataFrame, dict]:
 # ----------------------------------------------------------------------------------------------------
 # Tables and figure
 # ----------------------------------------------------------------------------------------------------
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and np.isnan(x))
+
+
 def _pct(x) -> str:
-    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}"
+    return "–" if _missing(x) else f"{100 * x:.1f}"
+
+
+def _mb(x) -> str:
+    return "–" if _missing(x) else f"{x:.0f}"
 
 
 def summary_table(table: pd.DataFrame, kinds: Sequence[str]) -> pd.DataFrame:
@@ -387,7 +396,7 @@ def markdown_report(table: pd.DataFrame, config: dict) -> str:
         for m, r in char.iterrows():
             lines.append(f"| {m} | {r['met']} | {_pct(r['forget_top1'])} | {_pct(r['forget_top5'])} | {_pct(r['retain'])} "
                          f"| {_pct(r['utility'])} | {_pct(r['utility_drop'])} | {_pct(r['mia'])} ± {_pct(r['mia_std'])} "
-                         f"| {r['unlearn_seconds']:.1f} | {r['peak_rss_mb'] or 0:.0f} | {r['rss_increase_mb'] or 0:.0f} "
+                         f"| {r['unlearn_seconds']:.1f} | {_mb(r['peak_rss_mb'])} | {_mb(r['rss_increase_mb'])} "
                          f"| {r['changed_pct']:.2f} |")
         lines.append("")
     canvas = summary_table(table, ["style", "object", "colour"])
@@ -399,7 +408,7 @@ def markdown_report(table: pd.DataFrame, config: dict) -> str:
             lines.append(f"| {m} | {r['met']} | {_pct(r['ua'])} | {_pct(r['ira'])} | {_pct(r['cra'])} | "
                          f"{_pct(r['forget_top5'])} | {_pct(r['utility'])} | {_pct(r['utility_drop'])} | "
                          f"{_pct(r['mia'])} ± {_pct(r['mia_std'])} | {r['unlearn_seconds']:.1f} | "
-                         f"{r['peak_rss_mb'] or 0:.0f} | {r['changed_pct']:.2f} |")
+                         f"{_mb(r['peak_rss_mb'])} | {r['changed_pct']:.2f} |")
         lines.append("")
     multi = table[table["kind"].str.contains(" ")]
     if not multi.empty:
@@ -478,3 +487,38 @@ def tradeoff_figure(table: pd.DataFrame):
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def mia_figure(before: dict[str, np.ndarray], after: dict[str, np.ndarray], concept: str):
+    """Histograms of the image-text cosine of training ("forget") and unseen pictures, before and after.
+
+    ``before`` / ``after``: ``{"forget": (N,) cosines, "unseen": (M,) cosines}``. The MIA can only tell the
+    two apart where their histograms differ.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .viz import figures  # noqa: F401  (sets the seaborn theme once)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    colours = sns.color_palette("colorblind", 2)
+    lo = min(min(v.min() for v in d.values()) for d in (before, after))
+    hi = max(max(v.max() for v in d.values()) for d in (before, after))
+    bins = np.linspace(lo, hi, 30)
+    for ax, (label, scores) in zip(axes, (("before", before), ("after", after))):
+        for (role, values), colour in zip(scores.items(), colours):
+            ax.hist(values, bins=bins, alpha=0.6, color=colour, label=f"{role} pictures (n={len(values)})")
+        ax.set_title(f"{label} unlearning")
+        ax.set_xlabel(f"cosine(picture, prompt of {concept!r})")
+    axes[0].set_ylabel("pictures")
+    axes[0].legend(fontsize=8, frameon=False)
+    fig.suptitle("The attack can only tell training from unseen pictures where these histograms differ", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def shipped_bench() -> Path:
+    """The ``bench.json`` of a full run shipped with slugkit (``data/bench/bench.json``)."""
+    from .models.toy_clip import data_dir
+
+    return data_dir() / "bench" / "bench.json"

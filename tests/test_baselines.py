@@ -44,9 +44,9 @@ class LossEvaluator:
         return {"forget_cos": fc, "retain_loss": rl, "retain_top1": -rl, "utility": -rl}
 
 
-def _learn(adapter, evaluator, steps=40):
+def _learn(adapter, evaluator, steps=25):
     """Train the fake on its forget and retain pairs, so that there is something to unlearn."""
-    opt = torch.optim.Adam([p for n, p in adapter.model.named_parameters() if "logit_scale" not in n], lr=1e-2)
+    opt = torch.optim.Adam([p for n, p in adapter.model.named_parameters() if "logit_scale" not in n], lr=2e-2)
     (fp, ft), (rp, rt) = evaluator.forget, evaluator.retain
     for _ in range(steps):
         opt.zero_grad()
@@ -57,12 +57,19 @@ def _learn(adapter, evaluator, steps=40):
     adapter.model.zero_grad(set_to_none=True)
 
 
-@pytest.fixture
-def setup():
+@pytest.fixture(scope="module")
+def learned():
     adapter = FakeAdapter(seed=0)
+    _learn(adapter, LossEvaluator(adapter, _pairs(0, 16, "zq"), _pairs(1, 32, "ab")))
+    return {k: v.clone() for k, v in adapter.model.state_dict().items()}
+
+
+@pytest.fixture
+def setup(learned):
+    adapter = FakeAdapter(seed=0)
+    adapter.model.load_state_dict(learned)
     forget, retain = _pairs(0, 16, "zq"), _pairs(1, 32, "ab")
     evaluator = LossEvaluator(adapter, forget, retain)
-    _learn(adapter, evaluator)
     assert evaluator()["forget_cos"] > 0.5
     return adapter, Task("zq", forget, retain, evaluator, evaluator), evaluator
 

@@ -30,7 +30,9 @@ def test_bench_cli_writes_json_markdown_and_figure(tmp_path, capsys):
     assert slug["backward_passes"] >= 2 and slug["changed_bytes"] <= 0.02 * slug["model_bytes"]
     if slug["status"] == "ok":
         assert slug["ua"] > orig["ua"]  # the style is no longer recognised as often
-    assert ga["backward_passes"] == 2 and ga["changed_bytes"] > 0.5 * ga["model_bytes"]  # GA moves everything
+    # GA never met the target in 2 steps: both grid points ran to the end, and it moved much of the model
+    assert ga["status"] == "target-not-reached" and ga["backward_passes"] == 4
+    assert ga["changed_bytes"] > 0.2 * ga["model_bytes"] and ga["detail"]["evaluations"] == 4
     md = (out / "bench.md").read_text()
     assert "## Styles and objects" in md and "| SLUG |" in md and "SLUG changes at most" in md
     assert (out / "tradeoff.png").stat().st_size > 10_000

@@ -8,17 +8,18 @@ temperature ``logit_scale``, with Adam (no weight decay).
 =========  ==================================================================  ===========================
 method     update per step                                                     grid (tried in order)
 =========  ==================================================================  ===========================
-GA         ascend ``L_f`` on a forget batch                                    lr in {1e-5, 3e-5}
-FT         descend ``L_r`` on a retain batch (forgetting by fine-tuning only)  lr in {1e-4, 3e-4}
-GA+FT      ascend ``L_f`` and descend ``L_r`` (``-L_f + L_r``)                 lr in {1e-5, 3e-5}
-SalUn      GA+FT on the 50% of entries with the largest ``|g_f|`` (saliency)   lr in {1e-5, 3e-5}
+GA         ascend ``L_f`` on a forget batch                                    lr in {3e-5, 1e-4}
+FT         descend ``L_r`` on a retain batch (forgetting by fine-tuning only)  lr in {3e-4}
+GA+FT      ascend ``L_f`` and descend ``L_r`` (``-L_f + L_r``)                 lr in {3e-5, 1e-4}
+SalUn      GA+FT on the 50% of entries with the largest ``|g_f|`` (saliency)   lr in {3e-5, 1e-4}
 SSD        dampen entries whose forget importance exceeds ``alpha`` times the  dampening lambda in {1};
            retain importance: ``theta *= min(lambda I_r / I_f, 1)``; one step  steps: alpha = 100, 30, 10,
            per alpha, strongest selection last                                 3, 1, 0.3
 =========  ==================================================================  ===========================
 
-Each grid point runs at most ``max_steps`` steps (batches of 32 forget and/or 32 retain pairs) and
-stops at the first evaluation that meets the target.
+Grid points run in order, gentlest first, each for at most ``max_steps`` steps (batches of 32 forget
+and/or 32 retain pairs); the method stops at the first evaluation that meets the target. The rates
+were calibrated on the toy CLIP: GA+FT at 1e-4 reaches forget top-5 = 0 for "Captain Zorp" in 8 steps.
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ class GA(GradientBaseline):
 
     name = "GA"
     ascent = 1.0
-    grid = ({"lr": 1e-5}, {"lr": 3e-5})
+    grid = ({"lr": 3e-5}, {"lr": 1e-4})
 
 
 class FT(GradientBaseline):
@@ -90,7 +91,7 @@ class FT(GradientBaseline):
 
     name = "FT"
     descent = 1.0
-    grid = ({"lr": 1e-4}, {"lr": 3e-4})
+    grid = ({"lr": 3e-4},)  # a larger drift is FT's only way to forget; smaller rates never got there
 
 
 class GAFT(GradientBaseline):
@@ -98,7 +99,7 @@ class GAFT(GradientBaseline):
 
     name = "GA+FT"
     ascent = descent = 1.0
-    grid = ({"lr": 1e-5}, {"lr": 3e-5})
+    grid = ({"lr": 3e-5}, {"lr": 1e-4})
 
 
 class SalUn(GAFT):
