@@ -346,6 +346,25 @@ def load_bench(path: str | Path) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(data["rows"]), data["config"]
 
 
+def merge_benches(paths: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
+    """Merge the rows of several bench runs into one ``bench.json`` / ``bench.md`` in ``out``.
+
+    Rows repeated across runs (same method, concept and seed) are kept from the first run that has them;
+    the merged config lists every run's command.
+    """
+    tables, configs = zip(*(load_bench(p) for p in paths))
+    table = pd.concat(tables, ignore_index=True).drop_duplicates(["method", "concept", "seed"], keep="first")
+    config = dict(configs[0]) | {"command": "\n".join(c["command"] for c in configs), "merged_from": len(configs)}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    from .fingerprint import to_jsonable
+
+    (out / "bench.json").write_text(json.dumps(to_jsonable({"config": config, "seconds": None,
+                                                            "rows": table.to_dict(orient="records")}), indent=1))
+    (out / "bench.md").write_text(markdown_report(table, config))
+    return table
+
+
 # ----------------------------------------------------------------------------------------------------
 # Tables and figure
 # ----------------------------------------------------------------------------------------------------
@@ -369,20 +388,21 @@ def summary_table(table: pd.DataFrame, kinds: Sequence[str]) -> pd.DataFrame:
     orig = single[single["method_key"] == "original"].set_index(["concept", "seed"])["utility"]
     single["utility_drop"] = [orig.get((c, s), np.nan) - u for c, s, u in
                               zip(single["concept"], single["seed"], single["utility"])]
-    single["met"] = single["status"].isin(["ok", "unedited"])
+    single["met"] = single["status"].eq("ok")
     cols = ["forget_top1", "forget_top5", "retain", "utility", "utility_drop", "mia", "mia_std", "ua", "ira", "cra",
             "unlearn_seconds", "peak_rss_mb", "rss_increase_mb", "changed_pct", "backward_passes"]
     order = [m for m in METHOD_NAMES.values() if m in set(single["method"])]
     g = single.groupby("method", sort=False)
     summary = g[cols].mean(numeric_only=False).reindex(order)
-    summary.insert(0, "met", g["met"].sum().reindex(order).astype(int).astype(str) + "/" + g.size().reindex(order).astype(str))
+    met = g["met"].sum().reindex(order).astype(int).astype(str) + "/" + g.size().reindex(order).astype(str)
+    summary.insert(0, "met", met.where(met.index != METHOD_NAMES["original"], "–"))
     return summary
 
 
 def markdown_report(table: pd.DataFrame, config: dict) -> str:
     """The bench's tables as Markdown: characters, styles/objects, multi-concept, per concept, checks."""
-    lines = ["# slugkit bench: SLUG vs baselines in the toy world", "",
-             f"Command: `{config.get('command', '')}`", "",
+    commands = "\n".join(f"    {c}" for c in str(config.get("command", "")).splitlines())
+    lines = ["# slugkit bench: SLUG vs baselines in the toy world", "", "Made by:", "", commands, "",
              f"Target (every method, search split): `{config.get('target')} <= 0`. Accuracies in % on the "
              "held-out test split; utility = mean top-1 of the other attributes; MIA = cross-validated "
              "attack accuracy (50 = cannot tell training from unseen pictures); time = unlearning only; "
