@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: demo test unit notebooks lab toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets browser-test strip lock clean
+.PHONY: demo test unit notebooks lab toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets browser-test compare strip lock clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-llava: $(STAMP)
 ## SLUG on every toy character: the acceptance table
 bench: $(STAMP)
 	$(PY) scripts/bench_characters.py
+
+## SLUG vs GA, FT, GA+FT, SalUn, SSD on 3 characters, a style, an object (+ 3 characters at once)
+compare: $(STAMP)
+	$(PY) -m slugkit bench --model toy-clip --out runs/bench
 
 ## remove outputs from every notebook (tests fail on stored outputs)
 strip: $(STAMP)

@@ -5,6 +5,7 @@
     slugkit eval --model toy-clip [--patch runs/zorp/patch.safetensors] --json
     slugkit toy build
     slugkit demo
+    slugkit bench --model toy-clip --out runs/bench
 
 Every user mistake ends in one sentence on stderr and exit code 2; ``--debug`` shows the traceback
 instead. Exit codes: 0 done, 2 bad input, 3 the run finished but its status is not "ok", 1 an
@@ -205,6 +206,26 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, run_bench
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    default = BenchConfig()
+    pick = lambda given, fallback: list(fallback) if given is None else given  # noqa: E731
+    cfg = BenchConfig(model=args.model, concepts=pick(args.concepts, default.concepts),
+                      methods=pick(args.methods, default.methods), seeds=args.seeds,
+                      multi=pick(args.multi, default.multi), slug_policy=args.slug_policy, max_steps=args.max_steps,
+                      eval_every=args.eval_every, mia_pictures=args.mia_pictures, n_test=args.n_test)
+    table = run_bench(cfg, args.out, progress=not args.quiet)
+    out = Path(args.out)
+    print((out / "bench.md").read_text())
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'tradeoff.png'} ({len(table)} rows)")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``slugkit unlearn: error: ... (see `slugkit unlearn --help`)``."""
 
@@ -310,6 +331,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="llava: torch CPU threads (default all cores; 1 on a busy machine)")
     b.add_argument("--out", metavar="DIR", help="folder to write to (default: the data/ folder)")
     b.set_defaults(func=cmd_toy)
+
+    bp = sub.add_parser("bench", help="SLUG vs GA, FT, GA+FT, SalUn, SSD: bench.json, bench.md, tradeoff.png")
+    bp.add_argument("--model", default=DEFAULT_MODEL)
+    bp.add_argument("--concepts", nargs="*", help="concepts forgotten one at a time (default: 3 characters, "
+                    "1 style, 1 object)")
+    bp.add_argument("--methods", nargs="+", help="any of slug ga ft gaft salun ssd (default: all)")
+    bp.add_argument("--seeds", nargs="+", type=int, default=[0], help="data seeds (forget/retain draw and splits)")
+    bp.add_argument("--multi", nargs="*", help="characters forgotten together, by composed patches and by one "
+                    "joint run (default: the 3 default characters; no names: skip)")
+    bp.add_argument("--slug-policy", default="pareto", help="SLUG layer policy: pareto, deepest or a layer name")
+    bp.add_argument("--max-steps", type=int, default=20, help="baseline steps per grid point")
+    bp.add_argument("--eval-every", type=int, default=5, help="baseline steps between evaluations")
+    bp.add_argument("--mia-pictures", type=int, default=100, help="training and unseen pictures per concept for MIA")
+    bp.add_argument("--n-test", type=int, default=2000, help="held-out test pictures")
+    bp.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    bp.add_argument("--quiet", action="store_true", help="no progress bars")
+    bp.add_argument("--out", required=True, help="output folder")
+    bp.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="the quickstart: meet the toy world, unlearn one character",
                        description="Evaluate the toy CLIP, draw a sample sheet and unlearn one character; writes "

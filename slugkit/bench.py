@@ -1,0 +1,544 @@
+"""The paper's comparison in one command: SLUG and the baselines, same data, same evaluation, same stop rule.
+
+    slugkit bench --model toy-clip --out runs/bench
+
+For every concept x seed, every method runs on the task :func:`slugkit.tasks.toy_task` builds (SLUG's
+forget / retain pairs and search split), must meet the same :class:`~slugkit.step_size_search.Target`
+(default: forget top-5 = 0 on the search split), and is then measured by
+:func:`slugkit.eval.metrics.evaluate_unlearning` on the held-out test split. Multi-concept: three
+characters forgotten by composing three single-concept SLUG patches, and by one joint SLUG run.
+
+Writes ``bench.json`` (one row per method x concept x seed, plus the unedited model as "original"),
+``bench.md`` (the tables) and ``tradeoff.png`` (utility vs forget accuracy, marker area = time).
+
+Cost is measured by :class:`~slugkit.eval.metrics.CostMeter` around the unlearning procedure only
+(SLUG: gradients + layer identification + step-size search; baselines: their whole grid, including
+the evaluations their stop rule needs); the final evaluation is timed separately (``eval_seconds``).
+All methods run one after another in this process; memory is the peak RSS while the method ran
+(model and data included) after handing freed memory back to the OS, and its increase over the start.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .baselines import make_baseline, run_baseline
+from .data.minicanvas import cached_split, find_concept
+from .data.pairs import mentions
+from .eval.metrics import (ConceptSetEvaluator, CostMeter, changed_bytes, concept_label, evaluate_unlearning,
+                           mia_pictures, resolve_concepts, snapshot, toy_training_world)
+from .patch import compose
+from .slug import model_bytes, unlearn
+from .step_size_search import Target
+from .tasks import Task, toy_task
+
+DEFAULT_CONCEPTS = ("Captain Zorp", "Mira Quell", "Rex Calloway", "Stripes", "star")
+DEFAULT_METHODS = ("slug", "ga", "ft", "gaft", "salun", "ssd")
+DEFAULT_MULTI = ("Captain Zorp", "Mira Quell", "Rex Calloway")
+METHOD_NAMES = {"original": "Original", "slug": "SLUG", "ga": "GA", "ft": "FT", "gaft": "GA+FT", "salun": "SalUn",
+                "ssd": "SSD", "slug-composed": "SLUG (3 patches composed)", "slug-joint": "SLUG (one joint run)"}
+
+
+@dataclass
+class BenchConfig:
+    """What ``slugkit bench`` runs. ``multi``: characters forgotten together (empty: skip)."""
+
+    model: str = "toy-clip"
+    concepts: Sequence[str] = DEFAULT_CONCEPTS
+    methods: Sequence[str] = DEFAULT_METHODS
+    seeds: Sequence[int] = (0,)
+    multi: Sequence[str] = DEFAULT_MULTI
+    target: str = "forget_top5"
+    slug_policy: str = "pareto"
+    slug_max_evals: int = 10
+    max_steps: int = 20
+    eval_every: int = 5
+    mia_pictures: int = 100
+    n_test: int = 2000
+    n_val: int = 500
+    extra: dict = field(default_factory=dict)
+
+
+class _SkipReport:
+    """An evaluator that measures nothing: the bench evaluates every method itself, afterwards."""
+
+    def cache(self):
+        return self
+
+    def baseline(self) -> dict:
+        return {}
+
+    def prepare(self, tower, block) -> None:
+        return None
+
+    def __call__(self, edited_tower=None, block=None) -> dict:
+        return {}
+
+
+def without_report(task: Task) -> Task:
+    """``task`` with SLUG's built-in report skipped (the bench evaluates afterwards, outside the timing)."""
+    return Task(task.concept, task.forget, task.retain, task.search_evaluator, _SkipReport(), task.description)
+
+
+def toy_multi_task(adapter, concepts: Sequence[str], seed: int = 0, n_val: int = 500, n_test: int = 2000) -> Task:
+    """One task forgetting several concepts of one attribute at once (e.g. three characters).
+
+    Forget pairs: the union of each concept's :func:`~slugkit.tasks.toy_task` forget pairs; retain
+    pairs: the union of their retain pairs without any pair naming one of the concepts. Search and
+    report use :class:`~slugkit.eval.metrics.ConceptSetEvaluator` on the val / test splits (every val
+    picture of the concepts plus the first ``n_val`` others).
+    """
+    names, attribute = resolve_concepts(concepts)
+    if len(names) < 2:
+        raise ValueError(f"a multi-concept task needs at least two concepts, got {names}")
+    tasks = [toy_task(adapter, n, seed=seed, n_test=n_test) for n in names]
+    parent = tasks[0].forget._parent
+    forget_idx = sorted({i for t in tasks for i in t.forget.indices})
+    retain_idx = sorted({i for t in tasks for i in t.retain.indices} - set(forget_idx))
+    captions = parent.captions()
+    retain_idx = [i for i in retain_idx if not any(mentions(captions[i], n) for n in names)]
+    val_pool = cached_split(2000, seed, "val")
+    shows = np.isin(val_pool.labels(attribute), [_index(n) for n in names])
+    val = val_pool.take(np.sort(np.r_[np.flatnonzero(shows), np.flatnonzero(~shows)[:n_val]]))
+    test = cached_split(n_test, seed, "test")
+    forget, retain = parent.subset(forget_idx), parent.subset(retain_idx)
+    return Task(names, forget, retain, ConceptSetEvaluator(adapter, val, names), ConceptSetEvaluator(adapter, test, names),
+                description=f"MiniCanvas seed {seed}: {len(forget)} forget / {len(retain)} retain pairs for "
+                            f"{concept_label(names)}, search on {len(val)} val images, report on {n_test} test images")
+
+
+def _index(name: str) -> int:
+    from .data.minicanvas import ATTRIBUTES
+
+    c = find_concept(name)
+    return ATTRIBUTES[c["attribute"]].index(c["name"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# One method on one concept
+# ----------------------------------------------------------------------------------------------------
+def _row(method: str, concepts, seed: int, target: Target, status: str, metrics: dict, cost, changed: int,
+         adapter, eval_seconds: float, detail: dict) -> dict:
+    names, _ = resolve_concepts(concepts)
+    kind = find_concept(names[0])["kind"]
+    row = {"method": METHOD_NAMES.get(method, method), "method_key": method, "concept": concept_label(names),
+           "kind": kind if len(names) == 1 else f"{len(names)} {kind}s", "seed": seed, "status": status,
+           "target": f"{target.forget_metric} <= {target.threshold}"}
+    row |= {k: metrics.get(k) for k in ("forget_top1", "forget_top5", "retain", "utility", "mia", "mia_std",
+                                        "ua", "ira", "cra", "identity_top1", "object_top1", "style_top1",
+                                        "colour_top1", "forget_cosine", "unseen_cosine")}
+    c = cost.to_dict() if cost is not None else {}
+    row |= {"unlearn_seconds": c.get("seconds", 0.0), "eval_seconds": eval_seconds,
+            "peak_rss_mb": c.get("peak_rss_mb"), "rss_increase_mb": c.get("rss_increase_mb"),
+            "changed_bytes": changed, "model_bytes": model_bytes(adapter.model),
+            "forward_images": c.get("forward_images", 0), "forward_texts": c.get("forward_texts", 0),
+            "resumed_image_batches": c.get("resumed_image_batches", 0), "backward_passes": c.get("backward_passes", 0),
+            "detail": detail}
+    row["changed_pct"] = 100 * changed / row["model_bytes"]
+    return row
+
+
+def _evaluate(adapter, names, world, pictures) -> tuple[dict, float]:
+    t = time.perf_counter()
+    metrics = evaluate_unlearning(adapter, names, world=world, pictures=pictures)
+    return metrics, time.perf_counter() - t
+
+
+def _slug(adapter, task: Task, target: Target, cfg: BenchConfig, seed: int):
+    """SLUG with its built-in report skipped; returns (UnlearnResult, Cost)."""
+    with CostMeter(adapter) as meter:
+        result = unlearn(adapter, concept_label(task.concept) if not isinstance(task.concept, str) else task.concept,
+                         task=without_report(task), policy=cfg.slug_policy, target=target,
+                         max_evals=cfg.slug_max_evals, seed=seed, store=None, progress=False)
+    return result, meter.cost
+
+
+def _slug_detail(result) -> dict:
+    return {"layer": result.layer, "tower": result.tower, "step_size": result.step_size,
+            "layers_tried": len(result.searches), "evaluations": sum(len(s.trace) + 1 for s in result.searches),
+            "timings": result.timings}
+
+
+def run_method(adapter, method: str, concept: str, seed: int, cfg: BenchConfig, pictures: dict) -> dict:
+    """One bench row: ``method`` ("original", "slug" or a baseline name) forgetting ``concept``."""
+    target = Target(forget_metric=cfg.target)
+    task = toy_task(adapter, concept, seed=seed, n_val=cfg.n_val, n_test=cfg.n_test)
+    world = task.report_evaluator.world
+    names = [task.concept]
+    before = snapshot(adapter.model)
+    if method == "original":
+        metrics, secs = _evaluate(adapter, names, world, pictures)
+        return _row(method, names, seed, target, "unedited", metrics, None, 0, adapter, secs, {})
+    if method == "slug":
+        result, cost = _slug(adapter, task, target, cfg, seed)
+        detail = _slug_detail(result)
+        if result.patch is None:
+            metrics, secs = _evaluate(adapter, names, world, pictures)
+            return _row(method, names, seed, target, result.status, metrics, cost, 0, adapter, secs, detail)
+        result.patch.apply(adapter.model)
+        try:
+            changed = changed_bytes(before, adapter.model)
+            metrics, secs = _evaluate(adapter, names, world, pictures)
+        finally:
+            result.patch.revert(adapter.model)
+        detail["patch_bytes"] = result.patch.nbytes
+        return _row(method, names, seed, target, result.status, metrics, cost, changed, adapter, secs, detail)
+    baseline = make_baseline(method)
+    with CostMeter(adapter) as meter:
+        result = run_baseline(adapter, baseline, task, target, max_steps=cfg.max_steps, eval_every=cfg.eval_every,
+                              seed=seed, progress=False)
+    try:
+        changed = changed_bytes(before, adapter.model)
+        metrics, secs = _evaluate(adapter, names, world, pictures)
+    finally:
+        result.restore(adapter.model)
+    detail = {"hparams": result.hparams, "step": result.step, "evaluations": result.evaluations,
+              "grid": [dict(g) for g in baseline.grid]}
+    return _row(method, names, seed, target, result.status, metrics, meter.cost, changed, adapter, secs, detail)
+
+
+def run_multi(adapter, concepts: Sequence[str], seed: int, cfg: BenchConfig, pictures: dict) -> list[dict]:
+    """Forget several characters: three composed single-concept patches, and one joint SLUG run."""
+    target = Target(forget_metric=cfg.target)
+    names, _ = resolve_concepts(concepts)
+    joint_task = toy_multi_task(adapter, names, seed=seed, n_val=cfg.n_val, n_test=cfg.n_test)
+    world = joint_task.report_evaluator.world
+    before = snapshot(adapter.model)
+    rows = []
+    metrics, secs = _evaluate(adapter, names, world, pictures)
+    rows.append(_row("original", names, seed, target, "unedited", metrics, None, 0, adapter, secs, {}))
+
+    # composed: one SLUG run per concept, patches summed
+    parts, costs = [], []
+    for name in names:
+        result, cost = _slug(adapter, toy_task(adapter, name, seed=seed, n_val=cfg.n_val, n_test=cfg.n_test),
+                             target, cfg, seed)
+        parts.append(result)
+        costs.append(cost)
+    cost = costs[0]
+    cost.seconds = sum(c.seconds for c in costs)
+    cost.peak_rss_mb = max(c.peak_rss_mb for c in costs)
+    cost.rss_increase_mb = max(c.rss_increase_mb for c in costs)
+    for f in ("forward_images", "forward_texts", "resumed_image_batches", "backward_passes"):
+        setattr(cost, f, sum(getattr(c, f) for c in costs))
+    patches = [r.patch for r in parts if r.patch is not None]
+    detail = {"parts": [{"concept": r.concept, **_slug_detail(r)} for r in parts]}
+    if len(patches) == len(parts):
+        combined = compose(patches)
+        combined.apply(adapter.model)
+        try:
+            search = joint_task.search_evaluator.cache().baseline()
+            status = "ok" if target.reached(search) else "target-not-reached"
+            changed = changed_bytes(before, adapter.model)
+            metrics, secs = _evaluate(adapter, names, world, pictures)
+        finally:
+            combined.revert(adapter.model)
+        detail["search_forget"] = search[cfg.target]
+    else:
+        status, changed = "target-not-reached", 0
+        metrics, secs = _evaluate(adapter, names, world, pictures)
+    rows.append(_row("slug-composed", names, seed, target, status, metrics, cost, changed, adapter, secs, detail))
+
+    # joint: one forget set holding every concept
+    result, cost = _slug(adapter, joint_task, target, cfg, seed)
+    detail = _slug_detail(result)
+    changed = 0
+    if result.patch is not None:
+        result.patch.apply(adapter.model)
+        try:
+            changed = changed_bytes(before, adapter.model)
+            metrics, secs = _evaluate(adapter, names, world, pictures)
+        finally:
+            result.patch.revert(adapter.model)
+    else:
+        metrics, secs = _evaluate(adapter, names, world, pictures)
+    rows.append(_row("slug-joint", names, seed, target, result.status, metrics, cost, changed, adapter, secs, detail))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# The whole bench
+# ----------------------------------------------------------------------------------------------------
+def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run every method on every concept and seed (and the multi-concept rows); write the outputs to ``out``."""
+    from .models.loading import TOY_MODELS, load_clip
+
+    if cfg.model not in TOY_MODELS:
+        raise ValueError(f"`slugkit bench` runs on the toy world models {', '.join(TOY_MODELS)}, got {cfg.model!r}; "
+                         "see the README for a real model")
+    methods = [m.lower() for m in cfg.methods]
+    for m in methods:
+        if m != "slug":
+            make_baseline(m)  # fails early on an unknown name
+    concepts = [find_concept(c)["name"] for c in cfg.concepts]
+    multi = [find_concept(c)["name"] for c in cfg.multi]
+    if not concepts and not multi:
+        raise ValueError("nothing to benchmark: give at least one concept (or a multi-concept set)")
+    adapter = load_clip(cfg.model)
+    n_train, train_seed = toy_training_world()
+    jobs = [(s, c, m) for s in cfg.seeds for c in concepts for m in ["original", *methods]]
+    jobs += [(s, tuple(multi), "multi") for s in cfg.seeds if multi and "slug" in methods]
+    pictures: dict = {}
+    rows = []
+    start = time.perf_counter()
+    bar = tqdm(jobs, desc="bench", disable=not progress)
+    for seed, concept, method in bar:
+        bar.set_postfix_str(f"{METHOD_NAMES.get(method, 'multi')} on {concept_label(list(concept)) if isinstance(concept, tuple) else concept}")
+        key = concept if isinstance(concept, tuple) else (concept,)
+        if key not in pictures:
+            pictures[key] = mia_pictures(list(key), n=cfg.mia_pictures, seed=train_seed, n_train=n_train)
+        if method == "multi":
+            rows += run_multi(adapter, list(concept), seed, cfg, pictures[key])
+        else:
+            rows.append(run_method(adapter, method, concept, seed, cfg, pictures[key]))
+        if out is not None:  # partial results survive an interrupted run
+            write_outputs(pd.DataFrame(rows), cfg, Path(out), seconds=time.perf_counter() - start, figure=False)
+    table = pd.DataFrame(rows)
+    if out is not None:
+        write_outputs(table, cfg, Path(out), seconds=time.perf_counter() - start)
+    return table
+
+
+def write_outputs(table: pd.DataFrame, cfg: BenchConfig, out: Path, seconds: float | None = None,
+                  figure: bool = True) -> dict[str, Path]:
+    """``bench.json``, ``bench.md`` and (with ``figure``) ``tradeoff.png`` in ``out``; returns their paths."""
+    from .fingerprint import to_jsonable
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = asdict(cfg) | {"command": command_line(cfg)}
+    paths = {"json": out / "bench.json", "md": out / "bench.md", "figure": out / "tradeoff.png"}
+    paths["json"].write_text(json.dumps(to_jsonable({"config": config, "seconds": seconds,
+                                                     "rows": table.to_dict(orient="records")}), indent=1))
+    paths["md"].write_text(markdown_report(table, config))
+    if not figure:
+        return paths
+    fig = tradeoff_figure(table)
+    fig.savefig(paths["figure"], dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+def command_line(cfg: BenchConfig) -> str:
+    """The ``slugkit bench`` command that reproduces ``cfg``."""
+    q = lambda xs: " ".join(f'"{x}"' if " " in str(x) else str(x) for x in xs)  # noqa: E731
+    parts = [f"slugkit bench --model {cfg.model}", f"--concepts {q(cfg.concepts)}", f"--methods {q(cfg.methods)}",
+             f"--seeds {q(cfg.seeds)}", f"--multi {q(cfg.multi)}" if cfg.multi else "--multi",
+             f"--slug-policy {cfg.slug_policy}", f"--max-steps {cfg.max_steps}", f"--eval-every {cfg.eval_every}",
+             f"--mia-pictures {cfg.mia_pictures}", f"--n-test {cfg.n_test}"]
+    return " ".join(parts)
+
+
+def load_bench(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """The rows and config of a ``bench.json`` (a file or the folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "bench.json"
+    data = json.loads(path.read_text())
+    return pd.DataFrame(data["rows"]), data["config"]
+
+
+def merge_benches(paths: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
+    """Merge the rows of several bench runs into one ``bench.json`` / ``bench.md`` in ``out``.
+
+    Rows repeated across runs (same method, concept and seed) are kept from the first run that has them;
+    the merged config lists every run's command.
+    """
+    tables, configs = zip(*(load_bench(p) for p in paths))
+    table = pd.concat(tables, ignore_index=True).drop_duplicates(["method", "concept", "seed"], keep="first")
+    config = dict(configs[0]) | {"command": "\n".join(c["command"] for c in configs), "merged_from": len(configs)}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    from .fingerprint import to_jsonable
+
+    (out / "bench.json").write_text(json.dumps(to_jsonable({"config": config, "seconds": None,
+                                                            "rows": table.to_dict(orient="records")}), indent=1))
+    (out / "bench.md").write_text(markdown_report(table, config))
+    return table
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tables and figure
+# ----------------------------------------------------------------------------------------------------
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and np.isnan(x))
+
+
+def _pct(x) -> str:
+    return "–" if _missing(x) else f"{100 * x:.1f}"
+
+
+def _mb(x) -> str:
+    return "–" if _missing(x) else f"{x:.0f}"
+
+
+def summary_table(table: pd.DataFrame, kinds: Sequence[str]) -> pd.DataFrame:
+    """Mean over concepts x seeds of each method on single concepts of ``kinds``; utility drop vs original."""
+    single = table[table["kind"].isin(kinds)].copy()
+    if single.empty:
+        return pd.DataFrame()
+    orig = single[single["method_key"] == "original"].set_index(["concept", "seed"])["utility"]
+    single["utility_drop"] = [orig.get((c, s), np.nan) - u for c, s, u in
+                              zip(single["concept"], single["seed"], single["utility"])]
+    single["met"] = single["status"].eq("ok")
+    cols = ["forget_top1", "forget_top5", "retain", "utility", "utility_drop", "mia", "mia_std", "ua", "ira", "cra",
+            "unlearn_seconds", "peak_rss_mb", "rss_increase_mb", "changed_pct", "backward_passes"]
+    order = [m for m in METHOD_NAMES.values() if m in set(single["method"])]
+    g = single.groupby("method", sort=False)
+    summary = g[cols].mean(numeric_only=False).reindex(order)
+    met = g["met"].sum().reindex(order).astype(int).astype(str) + "/" + g.size().reindex(order).astype(str)
+    summary.insert(0, "met", met.where(met.index != METHOD_NAMES["original"], "–"))
+    return summary
+
+
+def markdown_report(table: pd.DataFrame, config: dict) -> str:
+    """The bench's tables as Markdown: characters, styles/objects, multi-concept, per concept, checks."""
+    commands = "\n".join(f"    {c}" for c in str(config.get("command", "")).splitlines())
+    lines = ["# slugkit bench: SLUG vs baselines in the toy world", "", "Made by:", "", commands, "",
+             f"Target (every method, search split): `{config.get('target')} <= 0`. Accuracies in % on the "
+             "held-out test split; utility = mean top-1 of the other attributes; MIA = cross-validated "
+             "attack accuracy (50 = cannot tell training from unseen pictures); time = unlearning only; "
+             "changed = share of the model's bytes the method changed.", ""]
+    char = summary_table(table, ["character"])
+    if not char.empty:
+        lines += ["## Characters (identity unlearning, mean over concepts x seeds)", "",
+                  "| method | target met | forget top-1 | forget top-5 | retain | utility | utility drop | MIA | "
+                  "time (s) | peak RSS (MB) | RSS increase (MB) | changed (%) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for m, r in char.iterrows():
+            lines.append(f"| {m} | {r['met']} | {_pct(r['forget_top1'])} | {_pct(r['forget_top5'])} | {_pct(r['retain'])} "
+                         f"| {_pct(r['utility'])} | {_pct(r['utility_drop'])} | {_pct(r['mia'])} ± {_pct(r['mia_std'])} "
+                         f"| {r['unlearn_seconds']:.1f} | {_mb(r['peak_rss_mb'])} | {_mb(r['rss_increase_mb'])} "
+                         f"| {r['changed_pct']:.2f} |")
+        lines.append("")
+    canvas = summary_table(table, ["style", "object", "colour"])
+    if not canvas.empty:
+        lines += ["## Styles and objects (UnlearnCanvas metrics, mean over concepts x seeds)", "",
+                  "| method | target met | UA | IRA | CRA | forget top-5 | utility | utility drop | MIA | time (s) | "
+                  "peak RSS (MB) | changed (%) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for m, r in canvas.iterrows():
+            lines.append(f"| {m} | {r['met']} | {_pct(r['ua'])} | {_pct(r['ira'])} | {_pct(r['cra'])} | "
+                         f"{_pct(r['forget_top5'])} | {_pct(r['utility'])} | {_pct(r['utility_drop'])} | "
+                         f"{_pct(r['mia'])} ± {_pct(r['mia_std'])} | {r['unlearn_seconds']:.1f} | "
+                         f"{_mb(r['peak_rss_mb'])} | {r['changed_pct']:.2f} |")
+        lines.append("")
+    multi = table[table["kind"].str.contains(" ")]
+    if not multi.empty:
+        lines += ["## Several characters at once", "",
+                  "| method | concepts | status | forget top-1 | forget top-5 | retain | utility | MIA | time (s) | "
+                  "changed (%) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for _, r in multi.iterrows():
+            lines.append(f"| {r['method']} | {r['concept']} | {r['status']} | {_pct(r['forget_top1'])} | "
+                         f"{_pct(r['forget_top5'])} | {_pct(r['retain'])} | {_pct(r['utility'])} | {_pct(r['mia'])} | "
+                         f"{r['unlearn_seconds']:.1f} | {r['changed_pct']:.2f} |")
+        lines.append("")
+    lines += ["## Every run", "", "| method | concept | seed | status | forget top-1 | forget top-5 | retain | utility | "
+              "MIA | UA | IRA | CRA | time (s) | backward passes | changed (%) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in table[~table["kind"].str.contains(" ")].iterrows():
+        lines.append(f"| {r['method']} | {r['concept']} | {r['seed']} | {r['status']} | {_pct(r['forget_top1'])} | "
+                     f"{_pct(r['forget_top5'])} | {_pct(r['retain'])} | {_pct(r['utility'])} | {_pct(r['mia'])} | "
+                     f"{_pct(r['ua'])} | {_pct(r['ira'])} | {_pct(r['cra'])} | {r['unlearn_seconds']:.1f} | "
+                     f"{r['backward_passes']} | {r['changed_pct']:.2f} |")
+    lines += ["", "## Checks (the claims of the paper, in this run)", ""] + [f"- {c}" for c in claim_checks(table)]
+    return "\n".join(lines) + "\n"
+
+
+def claim_checks(table: pd.DataFrame) -> list[str]:
+    """The issue's "must hold" claims, each as one line saying whether this run shows it."""
+    single = table[~table["kind"].str.contains(" ")]
+    slug = single[single["method_key"] == "slug"]
+    if slug.empty:
+        return ["SLUG was not run"]
+    out = []
+    met = slug["status"].eq("ok")
+    out.append(f"{'HOLDS' if met.all() else 'FAILS'}: SLUG meets the target on {met.sum()}/{len(slug)} "
+               f"concept x seed runs" + ("" if met.all() else f" (not: {', '.join(slug.loc[~met, 'concept'])})"))
+    pct = slug["changed_pct"].max()
+    out.append(f"{'HOLDS' if pct <= 2 else 'FAILS'}: SLUG changes at most {pct:.2f}% of the model's bytes (<= 2%)")
+    orig = single[single["method_key"] == "original"].set_index(["concept", "seed"])["utility"]
+
+    def drop(rows):
+        return np.mean([orig.get((c, s), np.nan) - u for c, s, u in zip(rows["concept"], rows["seed"], rows["utility"])])
+
+    t_slug, d_slug = slug["unlearn_seconds"].mean(), drop(slug)
+    for key, rule in (("ga", "no larger than"), ("gaft", "within 2 points of"), ("salun", "within 2 points of")):
+        other = single[single["method_key"] == key]
+        if other.empty:
+            continue
+        name = METHOD_NAMES[key]
+        d_other = drop(other)
+        ok = d_slug <= d_other + 1e-9 if key == "ga" else d_slug <= d_other + 0.02
+        out.append(f"{'HOLDS' if ok else 'FAILS'}: SLUG's utility drop {100 * d_slug:.1f} pts is {rule} "
+                   f"{name}'s {100 * d_other:.1f} pts (mean over concepts)")
+        if key in ("gaft", "salun"):
+            ratio = other["unlearn_seconds"].mean() / max(t_slug, 1e-9)
+            out.append(f"{'HOLDS' if ratio >= 10 else 'FAILS'}: {name} takes {ratio:.1f}x SLUG's unlearning time "
+                       f"({other['unlearn_seconds'].mean():.1f} s vs {t_slug:.1f} s; the claim needs >= 10x)")
+    return out
+
+
+def tradeoff_figure(table: pd.DataFrame):
+    """Utility vs forget top-5 per method and concept; marker area grows with unlearning time."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .viz import figures  # noqa: F401  (sets the seaborn theme once)
+
+    rows = table[~table["kind"].str.contains(" ")].copy()
+    rows["forget top-5 (%)"] = 100 * rows["forget_top5"].astype(float)
+    rows["utility (%)"] = 100 * rows["utility"].astype(float)
+    rows["time (s)"] = rows["unlearn_seconds"].astype(float).clip(lower=0.5)
+    order = [m for m in METHOD_NAMES.values() if m in set(rows["method"])]
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    sns.scatterplot(data=rows, x="forget top-5 (%)", y="utility (%)", hue="method", hue_order=order,
+                    style="kind", size="time (s)", sizes=(30, 500), alpha=0.75, palette="colorblind", ax=ax)
+    ax.set_xlabel("forget accuracy, top-5 on held-out pictures of the concept (%)  - lower is better")
+    ax.set_ylabel("utility: zero-shot top-1 on the other attributes (%)")
+    ax.set_title("Forgetting vs utility per concept: best is top-left; marker area = unlearning time")
+    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def mia_figure(before: dict[str, np.ndarray], after: dict[str, np.ndarray], concept: str):
+    """Histograms of the image-text cosine of training ("forget") and unseen pictures, before and after.
+
+    ``before`` / ``after``: ``{"forget": (N,) cosines, "unseen": (M,) cosines}``. The MIA can only tell the
+    two apart where their histograms differ.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .viz import figures  # noqa: F401  (sets the seaborn theme once)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    colours = sns.color_palette("colorblind", 2)
+    lo = min(min(v.min() for v in d.values()) for d in (before, after))
+    hi = max(max(v.max() for v in d.values()) for d in (before, after))
+    bins = np.linspace(lo, hi, 30)
+    for ax, (label, scores) in zip(axes, (("before", before), ("after", after))):
+        for (role, values), colour in zip(scores.items(), colours):
+            ax.hist(values, bins=bins, alpha=0.6, color=colour, label=f"{role} pictures (n={len(values)})")
+        ax.set_title(f"{label} unlearning")
+        ax.set_xlabel(f"cosine(picture, prompt of {concept!r})")
+    axes[0].set_ylabel("pictures")
+    axes[0].legend(fontsize=8, frameon=False)
+    fig.suptitle("The attack can only tell training from unseen pictures where these histograms differ", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def shipped_bench() -> Path:
+    """The ``bench.json`` of a full run shipped with slugkit (``data/bench/bench.json``)."""
+    from .models.toy_clip import data_dir
+
+    return data_dir() / "bench" / "bench.json"
