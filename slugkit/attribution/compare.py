@@ -50,8 +50,8 @@ class Probe:
 
 def probe_set(concept: str, n_images: int = 8, seed: int = 0, split: str = "test", pool: int = 2000) -> Probe:
     """``n_images`` held-out MiniCanvas pictures of ``concept`` and ``n_images`` of other classes."""
-    if n_images < 2:
-        raise ValueError(f"n_images must be at least 2 (CKA compares several pictures), got {n_images}")
+    if n_images < 3:  # two centred examples always have CKA 1
+        raise ValueError(f"n_images must be at least 3 (CKA compares several pictures), got {n_images}")
     c = find_concept(concept)
     world = cached_split(pool, seed, split)
     classes = ATTRIBUTES[c["attribute"]]
@@ -100,14 +100,14 @@ class AttributionReport:
     def to_dict(self) -> dict:
         """The JSON contract of ``slugkit attribute`` (plus ``blocks``: the label of each per-block entry,
         and ``edited_block``: the label(s) of the edited block)."""
-        def r(x):
-            return None if x is None or not np.isfinite(x) else round(float(x), 4)
+        def r(x, digits=4):
+            return None if x is None or not np.isfinite(x) else round(float(x), digits)
 
         return {
             "concept": self.concept, "method": self.method, "n_images": self.n_images,
             "mask_mass": {g: {k: r(v) for k, v in d.items()} for g, d in self.mask_mass.items()},
             "completeness_error": r(self.completeness_error),
-            "cka": {g: [r(v) for v in vs] for g, vs in self.cka.items()},
+            "cka": {g: [r(v, 6) for v in vs] for g, vs in self.cka.items()},
             "block_attribution": {g: {s: [r(v) for v in vs] for s, vs in d.items()}
                                   for g, d in self.block_attribution.items()},
             "blocks": list(self.blocks),
