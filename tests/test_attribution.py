@@ -141,6 +141,8 @@ def test_compare_confines_change_to_the_edited_block(which, method):
         assert cka[0] == pytest.approx(1.0, abs=1e-6)  # upstream of the edit: untouched
         assert report.cka[g][1] < 1 - 1e-4  # the edited block changed
         assert cka[2:] == pytest.approx([1.0, 1.0], abs=1e-6)  # the other tower: untouched
+        change = out["relative_change"][g]
+        assert change[0] == change[2] == change[3] == 0.0 and change[1] > 0.01
         assert 0 <= out["mask_mass"][g]["uniform"] <= 1
         assert out["block_attribution"][g]["before"] != out["block_attribution"][g]["after"]
     assert np.isfinite(out["completeness_error"])  # its size is tested on the trained toy model

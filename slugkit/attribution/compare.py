@@ -92,14 +92,16 @@ class AttributionReport:
     block_attribution: dict
     blocks: list[str]
     edited_blocks: list[str]
+    relative_change: dict = field(default_factory=dict)  # group -> per block ||after - before|| / ||before||
     pixels: dict = field(repr=False, default_factory=dict)  # group -> state -> PixelAttribution
     block_detail: dict = field(repr=False, default_factory=dict)  # group -> state -> BlockAttribution
     cka_detail: dict = field(repr=False, default_factory=dict)  # group -> CKAProfile
     probe: Probe | None = field(repr=False, default=None)
 
     def to_dict(self) -> dict:
-        """The JSON contract of ``slugkit attribute`` (plus ``blocks``: the label of each per-block entry,
-        and ``edited_block``: the label(s) of the edited block)."""
+        """The JSON contract of ``slugkit attribute``, plus ``blocks`` (the label of each per-block entry),
+        ``edited_block`` (label(s) of the edited block) and ``relative_change`` (per block, see
+        :class:`~slugkit.attribution.CKAProfile`)."""
         def r(x, digits=4):
             return None if x is None or not np.isfinite(x) else round(float(x), digits)
 
@@ -111,6 +113,7 @@ class AttributionReport:
             "block_attribution": {g: {s: [r(v) for v in vs] for s, vs in d.items()}
                                   for g, d in self.block_attribution.items()},
             "blocks": list(self.blocks),
+            "relative_change": {g: [r(v) for v in vs] for g, vs in self.relative_change.items()},
             "edited_block": self.edited_blocks[0] if len(self.edited_blocks) == 1 else list(self.edited_blocks),
         }  # fmt: skip
 
@@ -124,12 +127,14 @@ class AttributionReport:
                  f"  positive attribution inside the mask  {'before':>8s}{'after':>8s}{'uniform':>9s}"]
         for g in GROUPS:
             lines.append(f"    {g:34s}{m[g]['before']:8.2f}{m[g]['after']:8.2f}{m[g]['uniform']:9.2f}")
-        lines.append(f"  {'block':10s}{'CKA forget':>11s}{'CKA retain':>11s}   contribution to the cosine "
-                     "forget before/after, retain before/after")
+        lines.append(f"  {'block':10s}{'CKA forget':>11s}{'CKA retain':>11s}{'change f/r':>13s}   contribution to "
+                     "the cosine: forget before/after, retain before/after")
         ba = self.block_attribution
         for k, label in enumerate(self.blocks):
             mark = " <- edited" if label in self.edited_blocks else ""
-            lines.append(f"  {label:10s}{self.cka['forget'][k]:11.3f}{self.cka['retain'][k]:11.3f}   "
+            ch = self.relative_change
+            lines.append(f"  {label:10s}{self.cka['forget'][k]:11.4f}{self.cka['retain'][k]:11.4f}"
+                         f"{ch['forget'][k]:7.2f}/{ch['retain'][k]:.2f}   "
                          f"{ba['forget']['before'][k]:+.3f} {ba['forget']['after'][k]:+.3f}   "
                          f"{ba['retain']['before'][k]:+.3f} {ba['retain']['after'][k]:+.3f}{mark}")
         return "\n".join(lines)
@@ -180,6 +185,7 @@ def compare(adapter: CLIPAdapter, patch, concept: str | None = None, method: str
         concept=probe.concept, method=method, n_images=n_images, mask_mass=mass,
         completeness_error=float(max(errors)),
         cka={g: ckas[g].values.tolist() for g in GROUPS},
+        relative_change={g: ckas[g].change.tolist() for g in GROUPS},
         block_attribution={g: {s: blocks[g][s].mean().tolist() for s in STATES} for g in GROUPS},
         blocks=labels, edited_blocks=edited, pixels=attributions, block_detail=blocks, cka_detail=ckas, probe=probe,
     )  # fmt: skip

@@ -33,10 +33,13 @@ def linear_cka(x, y) -> float:
 @dataclass
 class CKAProfile:
     """``values[k]``: linear CKA of block ``k``'s output (labels as in :class:`BlockAttribution`)
-    between the original model and the model with the patch applied."""
+    between the original model and the model with the patch applied; ``change[k]``: the relative size of
+    the change, ``||after - before|| / ||before||``. CKA is blind to a shift shared by all pictures (it
+    centres them), ``change`` is not: read the two together."""
 
     labels: list[str]
     values: np.ndarray
+    change: np.ndarray
 
 
 def cka_profile(adapter: CLIPAdapter, patch, pixels: torch.Tensor, tokens: torch.Tensor) -> CKAProfile:
@@ -46,9 +49,10 @@ def cka_profile(adapter: CLIPAdapter, patch, pixels: torch.Tensor, tokens: torch
     before = {t: residual_stream(adapter, t, inputs[t])[1:] for t in TOWERS}
     with patched(adapter.model, patch):
         after = {t: residual_stream(adapter, t, inputs[t])[1:] for t in TOWERS}
-    labels, values = [], []
+    labels, values, change = [], [], []
     for t in TOWERS:
         for k, (b, a) in enumerate(zip(before[t], after[t])):
             labels.append(f"{t} {k}")
             values.append(linear_cka(b.cpu(), a.cpu()))
-    return CKAProfile(labels, np.array(values))
+            change.append(float((a - b).norm() / b.norm().clamp_min(1e-12)))
+    return CKAProfile(labels, np.array(values), np.array(change))
