@@ -146,6 +146,41 @@ def test_compare_confines_change_to_the_edited_block(which, method):
         assert 0 <= out["mask_mass"][g]["uniform"] <= 1
         assert out["block_attribution"][g]["before"] != out["block_attribution"][g]["after"]
     assert np.isfinite(out["completeness_error"])  # its size is tested on the trained toy model
+    if which == "open_clip":
+        check_figures(report)
+
+
+def check_figures(report):
+    import matplotlib.pyplot as plt
+
+    from slugkit.attribution import figures
+
+    for fig in (figures.heatmap_grid(report, n=1), figures.block_profile(report), figures.cka_figure(report),
+                figures.mask_mass_figure(report)):
+        assert any(ax.get_xlabel() or ax.get_ylabel() for ax in fig.axes)
+        assert fig.get_suptitle() or any(ax.get_title() for ax in fig.axes)
+        plt.close(fig)
+
+
+def test_widget_static_fallback_and_controls(pictures):
+    import matplotlib.pyplot as plt
+
+    from slugkit.attribution.widget import AttributionExplorer
+
+    adapter = tiny("hf")
+    patch = block_patch(adapter, tower="vision", block=1, scale=2.0)
+    explorer = AttributionExplorer(adapter, patch, pictures.images["forget"], pictures.masks["forget"][:2],
+                                   captions=[ZORP, "a photo of Mira Quell."], n_steps=4, n_samples=2)
+    fig = explorer.figure(1, "a photo of Mira Quell.", "saliency-nt")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "before: cosine" in titles[1] and "in mask" in titles[1] and "after: cosine" in titles[2]
+    before, after = explorer.compute(1, "a photo of Mira Quell.", "saliency-nt")
+    assert not torch.equal(before.attributions, after.attributions)
+    plt.close(fig)
+    box = explorer.widget()
+    assert len(box.children) == 3  # pickers, method, figure
+    with pytest.raises(ValueError, match="picture index"):
+        explorer.compute(5, ZORP)
 
 
 @pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
