@@ -86,7 +86,8 @@ def _mark_edited(ax, labels, edited):
         if e in labels:
             k = labels.index(e)
             ax.axvspan(k - 0.45, k + 0.45, color="0.85", zorder=0)
-            ax.annotate("edited", (k, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=9)
+            ax.annotate("edited", (k, 0.97), xycoords=("data", "axes fraction"), ha="center", va="top", fontsize=8,
+                        rotation=90)
 
 
 def _tower_divider(ax, labels):
