@@ -12,14 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..adapters.base import CLIPAdapter
 from ..data.minicanvas import ATTRIBUTES, ZERO_SHOT_PROMPTS, cached_split, find_concept
 from .mask import mask_mass, mask_share, resize_masks
-from .methods import METHODS, BlockAttribution, PixelAttribution, attribute_blocks, attribute_pixels
-from .representation import CKAProfile, cka_profile
+from .methods import METHODS, attribute_blocks, attribute_pixels
+from .representation import cka_profile
 from .similarity import locate, patched
 
 GROUPS = ("forget", "retain")
