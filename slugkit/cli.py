@@ -206,6 +206,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_attribute(args) -> int:
+    from .attribution import compare
+    from .models.loading import load_clip
+    from .patch import Patch
+
+    patch = Patch.load(args.patch)
+    adapter = load_clip(args.model)
+    report = compare(adapter, patch, args.concept, method=args.method, n_images=args.n_images,
+                     n_steps=args.n_steps, block_steps=args.block_steps, seed=args.seed, progress=True)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.summary())
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import BenchConfig, run_bench
 
@@ -357,6 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace a previous demo in --out")
     d.add_argument("--forget", default="Captain Zorp", metavar="CONCEPT", help="the character to forget (default 'Captain Zorp')")
     d.set_defaults(func=cmd_demo)
+    a = sub.add_parser("attribute", help="Captum attributions of the image-text cosine before vs after a patch")
+    a.add_argument("--model", default=DEFAULT_MODEL)
+    a.add_argument("--patch", required=True, help="patch.safetensors written by `slugkit unlearn`")
+    a.add_argument("--concept", help="MiniCanvas concept whose pictures to explain (default: the patch's)")
+    a.add_argument("--method", choices=["ig", "saliency-nt", "gradshap"], default="ig", help="pixel attribution")
+    a.add_argument("--n-images", type=int, default=8, help="pictures per group (forget, retain)")
+    a.add_argument("--n-steps", type=int, default=32, help="integration steps of pixel IG")
+    a.add_argument("--block-steps", type=int, default=16, help="integration steps of the per-block IG")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_attribute)
     _add_debug_everywhere(p)
     return p
 

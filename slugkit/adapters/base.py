@@ -96,3 +96,21 @@ class CLIPAdapter(ABC):
         if name not in params:
             raise KeyError(f"unknown layer {name!r}: the model has no parameter of that name")
         return params[name]
+
+    # Module handles for slugkit.attribution (Captum hooks); optional for adapters that never explain.
+    def blocks(self, tower: str) -> list[nn.Module]:
+        """The transformer blocks of ``tower`` ("vision" or "text"), in order; each maps the residual
+        stream to the next (batch-first ``(B, T, W)`` unless :meth:`blocks_batch_first` says otherwise)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its transformer blocks")
+
+    def blocks_batch_first(self, tower: str) -> bool:
+        """Whether the blocks of ``tower`` take and return ``(B, T, W)`` (else ``(T, B, W)``)."""
+        return True
+
+    def token_embedding(self) -> nn.Module:
+        """The text tower's token-embedding module: ids ``(B, ctx)`` -> ``(B, ctx, W)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its token embedding")
+
+    def token_strings(self, tokens: torch.Tensor) -> list[str]:
+        """Readable text of each id of one tokenised caption ``(ctx,)``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot show its tokens")

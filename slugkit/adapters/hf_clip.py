@@ -113,6 +113,20 @@ class HFCLIPAdapter(CLIPAdapter):
         pooled = self.model.text_model(input_ids=tokens.to(self.device), return_dict=True).pooler_output
         return F.normalize(self.model.text_projection(pooled), dim=-1)
 
+    def blocks(self, tower: str) -> list[nn.Module]:
+        """The ``encoder.layers`` of ``vision_model`` or ``text_model``, in order (batch-first)."""
+        if tower not in ("vision", "text"):
+            raise ValueError(f"unknown tower {tower!r}; expected 'vision' or 'text'")
+        return list(getattr(self.model, f"{tower}_model").encoder.layers)
+
+    def token_embedding(self) -> nn.Module:
+        """``text_model.embeddings.token_embedding`` (an ``nn.Embedding``)."""
+        return self.model.text_model.embeddings.token_embedding
+
+    def token_strings(self, tokens: torch.Tensor) -> list[str]:
+        """The tokenizer's piece for each id."""
+        return list(self.tokenizer.convert_ids_to_tokens([int(t) for t in tokens]))
+
     supports_vision_resume = True
 
     def vision_state(self, pixels: torch.Tensor, block: int) -> torch.Tensor:

@@ -168,6 +168,36 @@ class OpenCLIPAdapter(CLIPAdapter):
         feats = self.model.encode_text(tokens.to(self.device))
         return F.normalize(feats, dim=-1)
 
+    def _tower_transformer(self, tower: str) -> nn.Module:
+        if tower not in ("vision", "text"):
+            raise ValueError(f"unknown tower {tower!r}; expected 'vision' or 'text'")
+        trf = self.model.visual.transformer if tower == "vision" else getattr(self.model, "transformer", None)
+        if trf is None or not hasattr(trf, "resblocks"):
+            raise ValueError(f"this open_clip model's {tower} tower has no built-in transformer blocks")
+        return trf
+
+    def blocks(self, tower: str) -> list[nn.Module]:
+        """The ``resblocks`` of the vision or text transformer, in order."""
+        return list(self._tower_transformer(tower).resblocks)
+
+    def blocks_batch_first(self, tower: str) -> bool:
+        return bool(getattr(self._tower_transformer(tower), "batch_first", True))
+
+    def token_embedding(self) -> nn.Module:
+        """``model.token_embedding`` (an ``nn.Embedding``)."""
+        emb = getattr(self.model, "token_embedding", None)
+        if emb is None:
+            raise ValueError("this open_clip model has a custom text tower without a token_embedding module")
+        return emb
+
+    def token_strings(self, tokens: torch.Tensor) -> list[str]:
+        """BPE pieces of each id (``</w>`` ends a word); ``<start_of_text>``/``<end_of_text>``/``!`` padding."""
+        decoder = getattr(self.tokenizer, "decoder", None)
+        ids = [int(t) for t in tokens]
+        if decoder is not None:
+            return [decoder.get(i, f"<{i}>") for i in ids]
+        return [self.tokenizer.decode([i]) for i in ids]
+
     @property
     def supports_vision_resume(self) -> bool:
         v = self.model.visual
