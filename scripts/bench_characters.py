@@ -12,7 +12,8 @@ the per-character criteria. Then checks the criteria of the set:
 - retain drop <= 3 points on average over the characters and <= 10 points for the worst,
 - utility drop <= 3 points for every character.
 
-Writes table.csv and table.txt (both rules) to ``--out``.
+Both rules share one gradient computation per character (a gradient store in ``--out``). Writes
+table.csv and table.txt (both rules) to ``--out``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from slugkit.data.minicanvas import CHARACTER_NAMES
+from slugkit.gradients import GradientStore
 from slugkit.models.loading import load_clip
 from slugkit.slug import unlearn
 from slugkit.step_size_search import Target
@@ -33,30 +35,26 @@ RETAIN_DROP_WORST_MAX = 0.10
 UTILITY_DROP_MAX = 0.03
 
 
-def run_rule(adapter, rule: str, characters, policy: str) -> pd.DataFrame:
-    rows = []
-    print(f"\n== stop rule forget_{rule} <= 0 ==")
-    print(f"{'character':16s} {'layer':45s} {'top-1 %':>13s} {'top-5 %':>13s} {'retain drop':>11s} "
-          f"{'utility drop':>12s} {'s':>5s}")
-    for name in characters:
-        t = time.perf_counter()
-        r = unlearn(adapter, name, policy=policy, target=Target(forget_metric=f"forget_{rule}"), progress=False)
-        b, a = r.before, r.after
-        row = {"rule": rule, "character": name, "status": r.status, "layer": r.layer, "lambda": r.step_size,
-               "forget_top1_before": b["forget_top1"], "forget_top1_after": a["forget_top1"],
-               "forget_top5_before": b["forget_top5"], "forget_top5_after": a["forget_top5"],
-               "retain_before": b["retain_top1"], "retain_after": a["retain_top1"],
-               "utility_before": b["utility"], "utility_after": a["utility"],
-               "retain_drop": b["retain_top1"] - a["retain_top1"], "utility_drop": b["utility"] - a["utility"],
-               "patch_pct_of_model": 100 * (r.patch.nbytes if r.patch else 0) / r.model_bytes,
-               "seconds": time.perf_counter() - t}
-        row["ok"] = (row["forget_top5_after"] <= FORGET_TOP5_MAX and row["retain_drop"] <= RETAIN_DROP_WORST_MAX
-                     and row["utility_drop"] <= UTILITY_DROP_MAX)
-        rows.append(row)
-        print(f"{name:16s} {str(r.layer):45s} {100 * b['forget_top1']:5.1f}->{100 * a['forget_top1']:5.1f} "
-              f"{100 * b['forget_top5']:5.1f}->{100 * a['forget_top5']:5.1f} {100 * row['retain_drop']:11.1f} "
-              f"{100 * row['utility_drop']:12.1f} {row['seconds']:5.1f}  {'ok' if row['ok'] else 'MISS'}", flush=True)
-    return pd.DataFrame(rows)
+def run(adapter, name: str, rule: str, policy: str, store: GradientStore) -> dict:
+    """One character under one stop rule (gradients come from ``store`` after the first rule)."""
+    t = time.perf_counter()
+    r = unlearn(adapter, name, policy=policy, target=Target(forget_metric=f"forget_{rule}"), store=store,
+                progress=False)
+    b, a = r.before, r.after
+    row = {"rule": rule, "character": name, "status": r.status, "layer": r.layer, "lambda": r.step_size,
+           "forget_top1_before": b["forget_top1"], "forget_top1_after": a["forget_top1"],
+           "forget_top5_before": b["forget_top5"], "forget_top5_after": a["forget_top5"],
+           "retain_before": b["retain_top1"], "retain_after": a["retain_top1"],
+           "utility_before": b["utility"], "utility_after": a["utility"],
+           "retain_drop": b["retain_top1"] - a["retain_top1"], "utility_drop": b["utility"] - a["utility"],
+           "patch_pct_of_model": 100 * (r.patch.nbytes if r.patch else 0) / r.model_bytes,
+           "seconds": time.perf_counter() - t}
+    row["ok"] = (row["forget_top5_after"] <= FORGET_TOP5_MAX and row["retain_drop"] <= RETAIN_DROP_WORST_MAX
+                 and row["utility_drop"] <= UTILITY_DROP_MAX)
+    print(f"{name:16s} {rule:5s} {str(r.layer):45s} {100 * b['forget_top1']:5.1f}->{100 * a['forget_top1']:5.1f} "
+          f"{100 * b['forget_top5']:5.1f}->{100 * a['forget_top5']:5.1f} {100 * row['retain_drop']:11.1f} "
+          f"{100 * row['utility_drop']:12.1f} {row['seconds']:6.1f}  {'ok' if row['ok'] else 'MISS'}", flush=True)
+    return row
 
 
 def verdict(table: pd.DataFrame) -> str:
@@ -81,10 +79,18 @@ def main() -> None:
     ap.add_argument("--policy", default="pareto")
     args = ap.parse_args()
     adapter = load_clip("toy-clip")
-    tables = [run_rule(adapter, rule, args.characters, args.policy) for rule in args.rules]
-    table = pd.concat(tables, ignore_index=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    store = GradientStore(out / "gradients")  # both rules share one gradient computation per character
+    print(f"{'character':16s} {'rule':5s} {'layer':45s} {'top-1 %':>13s} {'top-5 %':>13s} {'retain drop':>11s} "
+          f"{'utility drop':>12s} {'s':>6s}")
+    rows = []
+    for name in args.characters:
+        for rule in args.rules:
+            rows.append(run(adapter, name, rule, args.policy, store))
+            pd.DataFrame(rows).to_csv(out / "table.csv", index=False)  # partial results survive an interruption
+    table = pd.DataFrame(rows)
+    tables = [table[table["rule"] == rule] for rule in args.rules]
     table.to_csv(out / "table.csv", index=False)
     pct = table.copy()
     for c in [c for c in pct if c.endswith(("_before", "_after", "_drop"))]:
