@@ -53,10 +53,23 @@ def format_zero_shot(metrics: dict) -> str:
 
 
 def cmd_eval(args) -> int:
+    from .adapters.host import is_host_name, load_host
     from .eval.zeroshot import toy_eval
     from .models.loading import TOY_MODELS, load_clip
     from .patch import Patch
 
+    if is_host_name(args.model):  # SD / LLaVA: the same contract, measured on the host's own outputs
+        host = load_host(args.model)
+        if args.patch:
+            host.apply(Patch.load(args.patch))
+        metrics = host.evaluate()
+        if args.json:
+            _print_json({"model": args.model, "patch": args.patch, "metrics": metrics})
+        else:
+            print(f"accuracy of {args.model}" + (f" + {args.patch}" if args.patch else ""))
+            for what, m in metrics.items():
+                print(f"{what:10s}{100 * m['top1']:7.1f}%")
+        return 0
     if args.model not in TOY_MODELS:  # refuse before loading (and maybe downloading) real weights
         raise ValueError(f"no built-in evaluation set for {args.model!r}: `slugkit eval` measures the toy world "
                          f"models {', '.join(TOY_MODELS)}")
@@ -73,16 +86,22 @@ def cmd_eval(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
+    from .adapters.host import is_host_name, load_host
     from .models.loading import load_clip
     from .step_size_search import Target
-    from .slug import unlearn
+    from .slug import unlearn, unlearn_host
 
-    adapter = load_clip(args.model)
     target = Target(forget_metric=f"forget_{args.target}") if args.target else None
-    result = unlearn(adapter, args.forget, data=args.data, classes=args.classes, policy=args.policy,
-                     include=args.include, exclude=args.exclude, tower=args.tower, preset=args.preset,
-                     candidates=args.candidates, target=target, max_evals=args.max_evals, seed=args.seed,
-                     store=None if args.no_cache else _cache_dir() / "gradients")
+    options = dict(data=args.data, classes=args.classes, policy=args.policy, include=args.include,
+                   exclude=args.exclude, tower=args.tower, preset=args.preset, candidates=args.candidates,
+                   target=target, max_evals=args.max_evals,
+                   seed=args.seed, store=None if args.no_cache else _cache_dir() / "gradients")
+    if is_host_name(args.model):
+        result = unlearn_host(load_host(args.model), args.forget, search=args.search, **options)
+    else:
+        if args.search != "clip":
+            raise ValueError(f"--search {args.search} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
+        result = unlearn(load_clip(args.model), args.forget, **options)
     out = result.save(args.out)
     print(result.summary())
     print(f"wrote {out / 'report.json'}" + (f" and {out / 'patch.safetensors'}" if result.patch else ""))
@@ -151,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--max-evals", type=int, help="evaluations per searched layer (default 10)")
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
+    u.add_argument("--search", choices=["clip", "generation"], default="clip",
+                   help="hosts only: search lambda on the matching CLIP's forget metric (fast) or on the "
+                        "host's own generations (judged pictures for SD, answers for LLaVA)")
     u.set_defaults(func=cmd_unlearn)
 
     e = sub.add_parser("eval", help="zero-shot accuracy per attribute, optionally with a patch")

@@ -1,7 +1,10 @@
 """An unlearning result as a small, revertible object: weight deltas plus where they belong.
 
 A :class:`Patch` holds ``delta = lambda * g_f`` for each edited layer, the fingerprint of the base
-weights it was made for, and the metrics of the search. It is stored as one ``.safetensors`` file
+weights it was made for, and the metrics of the search. A patch may be *scoped* to one tower
+(``scope="text_model"`` of a Hugging Face CLIP): its fingerprint is then that tower's, and it applies to
+every model that embeds that exact tower — the CLIP it was made on, or the text encoder of a Stable
+Diffusion pipeline, or the vision tower of a LLaVA model — and refuses all others. It is stored as one ``.safetensors`` file
 (deltas in fp32, metadata as JSON in the header), applied in place and reverted bit-exactly.
 
 Example::
@@ -48,11 +51,15 @@ class Patch:
     step_sizes: dict[str, float]
     metrics: dict = field(default_factory=dict)
     created_by: str = "slugkit"
+    scope: str = ""  # submodule whose fingerprint is ``base_fingerprint`` ("" = the whole model)
 
     def __post_init__(self):
         self.deltas = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.deltas.items()}
         if set(self.layers) != set(self.deltas):
             raise ValueError(f"patch layers {self.layers} do not match its deltas {list(self.deltas)}")
+        outside = [n for n in self.deltas if self.scope and not n.startswith(self.scope + ".")]
+        if outside:
+            raise ValueError(f"patch scoped to {self.scope!r} edits {outside[:3]}, which lie outside it")
 
     @classmethod
     def from_step(
@@ -64,11 +71,16 @@ class Patch:
         grad: torch.Tensor,
         base_fingerprint: str,
         metrics: dict | None = None,
+        scope: str = "",
     ) -> Patch:
-        """The patch of one SLUG step ``theta_layer += lam * grad`` (delta computed in fp32)."""
+        """The patch of one SLUG step ``theta_layer += lam * grad`` (delta computed in fp32).
+
+        With ``scope``, ``base_fingerprint`` must be the fingerprint of that submodule
+        (see :func:`scope_fingerprint`) and ``layer`` must lie inside it.
+        """
         delta = float(lam) * grad.detach().to("cpu", torch.float32)
         return cls({layer: delta}, base_fingerprint, model_name, concept, [layer], {layer: float(lam)},
-                   dict(metrics or {}))  # fmt: skip
+                   dict(metrics or {}), scope=scope)  # fmt: skip
 
     @property
     def label(self) -> str:
@@ -89,7 +101,7 @@ class Patch:
         return json.loads(canonical_json({
             "model": self.model, "concept": self.concept, "layers": self.layers,
             "step_sizes": self.step_sizes, "metrics": self.metrics,
-            "base_fingerprint": self.base_fingerprint, "created_by": self.created_by,
+            "base_fingerprint": self.base_fingerprint, "created_by": self.created_by, "scope": self.scope,
         }))  # fmt: skip
 
     def digest(self) -> str:
@@ -126,57 +138,75 @@ class Patch:
             return cls(deltas=deltas, base_fingerprint=meta["base_fingerprint"], model=meta["model"],
                        concept=meta["concept"], layers=list(meta["layers"]),
                        step_sizes=dict(meta["step_sizes"]), metrics=meta.get("metrics", {}),
-                       created_by=meta.get("created_by", "slugkit"))  # fmt: skip
+                       created_by=meta.get("created_by", "slugkit"), scope=meta.get("scope", ""))  # fmt: skip
         except (KeyError, TypeError, json.JSONDecodeError, ValueError) as err:
             raise ValueError(f"{path} has corrupt slugkit patch metadata: {err}") from err
 
     # ------------------------------------------------------------------ model edits
+    def _target(self, model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
+        """The module the fingerprint covers and ``{delta name: parameter name in that module}``.
+
+        Unscoped: ``model`` itself. Scoped: ``model``'s submodule ``scope`` when it has one (the CLIP the
+        patch was made on), otherwise ``model`` is taken to *be* the tower (a host's embedded copy).
+        """
+        if not self.scope:
+            return model, {name: name for name in self.deltas}
+        try:
+            target = model.get_submodule(self.scope)
+        except AttributeError:
+            target = model
+        return target, {name: name[len(self.scope) + 1:] for name in self.deltas}
+
     def check(self, model: nn.Module) -> None:
         """Raise :class:`PatchMismatchError` unless this patch fits ``model`` exactly."""
-        fp = model_fingerprint(model)
+        target, names = self._target(model)
+        fp = model_fingerprint(target)
         if fp != self.base_fingerprint:
+            what = f"the {self.scope!r} tower" if self.scope else "weights"
             raise PatchMismatchError(
-                f"patch for model {self.model!r}, concept {self.label!r} was made for weights with "
+                f"patch for model {self.model!r}, concept {self.label!r} was made for {what} with "
                 f"fingerprint {self.base_fingerprint[:12]}, but this model has {fp[:12]}: "
                 f"it is another model, another precision, or already edited"
             )
-        params = dict(model.named_parameters())
+        params = dict(target.named_parameters())
         for name, delta in self.deltas.items():
-            if name not in params:
+            if names[name] not in params:
                 raise PatchMismatchError(f"patch {self.label!r} edits {name!r}, which the model does not have")
-            if tuple(params[name].shape) != tuple(delta.shape):
+            if tuple(params[names[name]].shape) != tuple(delta.shape):
                 raise PatchMismatchError(
                     f"patch {self.label!r} has a delta of shape {tuple(delta.shape)} for {name!r}, "
-                    f"but the model's parameter has shape {tuple(params[name].shape)}"
+                    f"but the model's parameter has shape {tuple(params[names[name]].shape)}"
                 )
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Add the deltas to ``model`` in place (after :meth:`check`); returns ``model``.
 
-        Exact copies of the touched tensors are kept on the model (on CPU) so :meth:`revert` can
-        restore them bit-exactly.
+        Exact copies of the touched tensors are kept on the edited module (on CPU) so :meth:`revert`
+        can restore them bit-exactly.
         """
         self.check(model)
-        params = dict(model.named_parameters())
-        originals = {name: params[name].detach().to("cpu", copy=True) for name in self.deltas}
+        target, names = self._target(model)
+        params = dict(target.named_parameters())
+        originals = {names[name]: params[names[name]].detach().to("cpu", copy=True) for name in self.deltas}
         with torch.no_grad():
             try:
                 for name, delta in self.deltas.items():
-                    p = params[name]
+                    p = params[names[name]]
                     dtype = torch.promote_types(p.dtype, torch.float32)
                     p.copy_((p.to(dtype) + delta.to(p.device, dtype)).to(p.dtype))
             except BaseException:
                 for name, original in originals.items():
                     params[name].copy_(original)
                 raise
-        if getattr(model, _STACK, None) is None:
-            object.__setattr__(model, _STACK, [])
-        getattr(model, _STACK).append((self.digest(), self.label, originals))
+        if getattr(target, _STACK, None) is None:
+            object.__setattr__(target, _STACK, [])
+        getattr(target, _STACK).append((self.digest(), self.label, originals))
         return model
 
     def revert(self, model: nn.Module) -> nn.Module:
         """Restore the tensors this patch changed, bit-exactly; it must be the last one applied."""
-        stack = getattr(model, _STACK, None)
+        target, _ = self._target(model)
+        stack = getattr(target, _STACK, None)
         if not stack:
             raise PatchMismatchError(f"cannot revert patch {self.label!r}: no slugkit patch is applied")
         digest, label, originals = stack[-1]
@@ -185,7 +215,7 @@ class Patch:
                 f"cannot revert patch {self.label!r}: the last patch applied to this model is "
                 f"{label!r}; revert that one first"
             )
-        params = dict(model.named_parameters())
+        params = dict(target.named_parameters())
         with torch.no_grad():
             for name, original in originals.items():
                 params[name].copy_(original)
@@ -193,9 +223,14 @@ class Patch:
         return model
 
 
+def scope_fingerprint(model: nn.Module, scope: str = "") -> str:
+    """Fingerprint of ``model``'s submodule ``scope`` (the whole model for ``""``): what a scoped patch records."""
+    return model_fingerprint(model.get_submodule(scope) if scope else model)
+
+
 def applied_patches(model: nn.Module) -> list[str]:
-    """Labels of the patches currently applied to ``model``, oldest first."""
-    return [label for _, label, _ in getattr(model, _STACK, None) or []]
+    """Labels of the patches currently applied to ``model`` or any of its submodules, oldest first per module."""
+    return [label for m in model.modules() for _, label, _ in getattr(m, _STACK, None) or []]
 
 
 def compose(patches: Sequence[Patch]) -> Patch:
@@ -207,9 +242,9 @@ def compose(patches: Sequence[Patch]) -> Patch:
     patches = list(patches)
     if not patches:
         raise ValueError("compose needs at least one patch")
-    base = patches[0].base_fingerprint
+    base, scope = patches[0].base_fingerprint, patches[0].scope
     for p in patches[1:]:
-        if p.base_fingerprint != base:
+        if p.base_fingerprint != base or p.scope != scope:
             raise PatchMismatchError(
                 f"cannot compose: patch {p.label!r} was made for weights {p.base_fingerprint[:12]} but "
                 f"patch {patches[0].label!r} for {base[:12]}"
@@ -227,5 +262,5 @@ def compose(patches: Sequence[Patch]) -> Patch:
     return Patch(
         deltas=deltas, base_fingerprint=base, model=patches[0].model, concept=concepts,
         layers=list(deltas), step_sizes=step_sizes,
-        metrics={"components": [p.meta() for p in patches]},
+        metrics={"components": [p.meta() for p in patches]}, scope=scope,
     )  # fmt: skip

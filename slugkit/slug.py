@@ -17,12 +17,13 @@ from typing import Sequence
 import pandas as pd
 
 from .adapters.base import CLIPAdapter
+from .adapters.host import Host
 from .data.pairs import ImageTextPairs, pair_loader
-from .fingerprint import model_fingerprint, to_jsonable
+from .fingerprint import to_jsonable
 from .gradients import GradientStore, Gradients, compute_gradients
 from .layer_identification import candidate_infos, layer_table, select_layers
 from .models.loading import TOY_MODELS
-from .patch import Patch
+from .patch import Patch, scope_fingerprint
 from .step_size_search import SearchResult, Target, search_step_size
 from .tasks import Task, data_task, toy_task
 
@@ -69,10 +70,24 @@ class UnlearnResult:
     candidates: str = "default"
     target: str = ""
 
+    host: str | None = None  # set by :func:`unlearn_host`: the model that embeds the edited tower
+    host_metrics: dict = field(default_factory=dict)  # the host's NAME_before / NAME_after metrics
+    edited_model_bytes: int | None = None  # bytes of the host's edited tower
+
     @property
     def chosen_search(self) -> SearchResult | None:
         """The search of the chosen layer (``None`` when no layer met the target)."""
         return next((s for s in self.searches if s.layer == self.layer), None)
+
+    @property
+    def unlearn_seconds(self) -> float:
+        """Wall time of the method itself: gradients, layer identification and step-size search."""
+        return sum(self.timings.get(k, 0.0) for k in ("gradients", "layer_identification", "step_size_search"))
+
+    @property
+    def report_seconds(self) -> float:
+        """Wall time of the before/after evaluation (the CLIP report split, and the host's metrics)."""
+        return self.timings.get("report", 0.0) + self.timings.get("host_report", 0.0)
 
     def report(self, patch_bytes: int | None = None) -> dict:
         """The ``report.json`` contract of design.md (accuracies as fractions in [0, 1])."""
@@ -91,13 +106,16 @@ class UnlearnResult:
             "retain_acc_before": b.get("retain_top1"), "retain_acc_after": a.get("retain_top1"),
             "utility_before": b.get("utility"), "utility_after": a.get("utility"),
             "metrics_before": b, "metrics_after": a,
-            "seconds": round(self.seconds, 2), "timings": self.timings, "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "seconds": round(self.seconds, 2), "unlearn_seconds": round(self.unlearn_seconds, 2),
+            "report_seconds": round(self.report_seconds, 2), "timings": self.timings,
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
             "patch_bytes": patch_bytes if patch_bytes is not None else (self.patch.nbytes if self.patch else 0),
             "model_bytes": self.model_bytes,
             "layers_tried": [s.layer for s in self.searches],
             "search": [s.to_dict() for s in self.searches],
             "layer_table": self.table.assign(shape=self.table["shape"].map(list)).to_dict(orient="records"),
-        })  # fmt: skip
+        } | ({"host": self.host, "clip_model": self.model, "edited_model_bytes": self.edited_model_bytes,
+              **self.host_metrics} if self.host else {}))  # fmt: skip
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``report.json`` (and ``patch.safetensors`` when a patch was found); returns the folder."""
@@ -123,6 +141,11 @@ class UnlearnResult:
         for label, key in (("forget top-1", "forget_top1"), ("forget top-5", "forget_top5"),
                            ("retain top-1", "retain_top1"), ("utility", "utility")):
             lines.append(f"  {label:20s}{pct(b.get(key)):>8s}{pct(a.get(key)):>8s}")
+        if self.host:
+            lines.append(f"  on the host {self.host}:")
+            for key in sorted(k[:-len("_before")] for k in self.host_metrics if k.endswith("_before")):
+                lines.append(f"  {key:20s}{pct(self.host_metrics[key + '_before']):>8s}"
+                             f"{pct(self.host_metrics.get(key + '_after')):>8s}")
         patch = f"{self.patch.nbytes / 1024:.0f} KiB" if self.patch else "none"
         lines.append(f"  {len(self.searches)} layer(s) tried, {self.seconds:.1f} s, peak memory "
                      f"{self.peak_rss_mb:.0f} MiB, patch {patch} "
@@ -168,7 +191,8 @@ def resolve_preset(preset: str = "slugkit", candidates: str | None = None, targe
 
 
 def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | None = None,
-            classes: Sequence[str] | None = None, task: Task | None = None, policy: str = "pareto",
+            classes: Sequence[str] | None = None, task: Task | None = None, layers: Sequence[str] | None = None,
+            policy: str = "pareto",
             include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
             tower: str | None = None, preset: str = "slugkit", candidates: str | None = None,
             target: Target | None = None, max_evals: int | None = None, rtol: float | None = None,
@@ -178,7 +202,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
     Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text) or a
-    parameter name.
+    parameter name. ``layers`` limits the candidates to these parameter names (default: all).
 
     - ``candidates``: "default" (2-D attention and MLP weights of every block) or "reference" (the
       authors' open_clip set: every parameter except biases, ``logit_scale``, positional and token
@@ -199,6 +223,11 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     if isinstance(store, (str, Path)):
         store = GradientStore(store)
     infos = candidate_infos(adapter, candidates, include=include, exclude=exclude)
+    if layers is not None:
+        infos = [i for i in infos if i.name in set(layers)]
+        if not infos:
+            raise ValueError(f"none of the {len(layers)} requested layers is a {candidates!r} candidate left by "
+                             f"include/exclude (e.g. {list(layers)[:3]})")
 
     t = time.perf_counter()
     forget_loader = pair_loader(task.forget, adapter, batch_size=batch_size)
@@ -234,8 +263,9 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     before = report.cache().baseline()
     patch, after = None, before
     if best is not None:
+        scope = adapter.patch_scope(best.layer)
         patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda, grads.forget[best.layer],
-                                model_fingerprint(adapter.model), best.best_metrics)
+                                scope_fingerprint(adapter.model, scope), best.best_metrics, scope=scope)
         patch.apply(adapter.model)
         try:
             after = report(edited_tower=edited_tower, block=edited_block)
@@ -250,3 +280,60 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, preset=preset,
         candidates=candidates, target=target.describe())
+
+
+class _HostSearch:
+    """The :class:`~slugkit.tasks.Evaluator` protocol around a host's generation evaluator (no caching:
+    every call regenerates from the current weights)."""
+
+    def __init__(self, evaluate):
+        self.evaluate = evaluate
+
+    def cache(self) -> "_HostSearch":
+        return self
+
+    def baseline(self) -> dict:
+        return dict(self.evaluate())
+
+    def prepare(self, tower: str, block: int) -> None:
+        """Nothing to prepare: the host regenerates from scratch."""
+
+    def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict:
+        return dict(self.evaluate(edited_tower=edited_tower, block=block))
+
+
+def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, search: str = "clip",
+                 data=None, classes: Sequence[str] | None = None, seed: int = 0, progress: bool = True,
+                 **kwargs) -> UnlearnResult:
+    """SLUG on a model that embeds a CLIP tower (Stable Diffusion, LLaVA).
+
+    Runs :func:`unlearn` on the matching CLIP (``clip``, default ``load_clip(host.clip_name)``) with the
+    candidates restricted to layers the host reads (its tower, blocks up to ``host.max_block``), then
+    measures the host before and after the tower-scoped patch. ``search="clip"`` searches lambda on the
+    CLIP's forget target (fast); ``"generation"`` on the host's own outputs (judged pictures, answers).
+    Other keyword arguments go to :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
+    """
+    if search not in ("clip", "generation"):
+        raise ValueError(f"search must be 'clip' or 'generation', got {search!r}")
+    if clip is None:
+        from .models.loading import load_clip
+
+        clip = load_clip(host.clip_name)
+    allowed = [info.name for info in clip.candidate_layers() if host.accepts(info)]
+    if not allowed:
+        raise ValueError(f"{clip.name!r} has no candidate layer that {host.name!r} reads "
+                         f"({host.tower} tower, blocks <= {host.max_block})")
+    task = kwargs.pop("task", None) or make_task(clip, concept, data, classes, seed)
+    if search == "generation":
+        task.search_evaluator = _HostSearch(host.generation_evaluator(task.concept, clip))
+    result = unlearn(clip, concept, task=task, layers=allowed, seed=seed, progress=progress, **kwargs)
+    if result.patch is not None and result.patch.scope != host.scope:
+        raise ValueError(f"the patch of {result.layer!r} is scoped to {result.patch.scope!r}, not to the "
+                         f"{host.scope!r} tower {host.name!r} embeds")
+    t = time.perf_counter()
+    if result.patch is not None:
+        result.host_metrics = host.report_metrics(result.concept, result.patch, progress=progress)
+    result.timings["host_report"] = round(time.perf_counter() - t, 2)
+    result.host, result.edited_model_bytes = host.name, host.edited_model_bytes()
+    result.peak_rss_mb = peak_rss_mb()
+    return result

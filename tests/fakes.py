@@ -145,3 +145,23 @@ def tiny_hf(image_size=32, seed=0):
         projection_dim=24,
     )
     return CLIPModel(config).eval()
+
+
+FACE_NAMES = ["Captain Zorp", "Mira Quell", "Rex Calloway"]
+
+
+def make_faces_folder(root, names=FACE_NAMES):
+    """An image folder of noisy flat-colour "portraits" (40x40 PNG + caption .txt), four per name."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    k = 0
+    for name in names:
+        base = rng.integers(0, 256, size=3)
+        for template in ("a photo of {}.", "{} smiling.", "a portrait of {}.", "{} at a party."):
+            img = np.clip(base + rng.normal(0, 40, size=(40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / f"img{k:02d}.png")
+            (root / f"img{k:02d}.txt").write_text(template.format(name))
+            k += 1
+    return root

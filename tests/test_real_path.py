@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from slugkit.adapters.hf_clip import HFCLIPAdapter
 from slugkit.adapters.openclip import OpenCLIPAdapter
@@ -14,24 +13,12 @@ from slugkit.models.loading import load_clip
 from slugkit.patch import Patch, PatchMismatchError
 from slugkit.slug import unlearn
 
-from fakes import tiny_hf, tiny_openclip
-
-NAMES = ["Captain Zorp", "Mira Quell", "Rex Calloway"]
+from fakes import FACE_NAMES as NAMES, make_faces_folder, tiny_hf, tiny_openclip
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(0)
-    k = 0
-    for name in NAMES:
-        base = rng.integers(0, 256, size=3)
-        for template in ("a photo of {}.", "{} smiling.", "a portrait of {}.", "{} at a party."):
-            img = np.clip(base + rng.normal(0, 40, size=(40, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / f"img{k:02d}.png")
-            (root / f"img{k:02d}.txt").write_text(template.format(name))
-            k += 1
-    return root
+    return make_faces_folder(tmp_path_factory.mktemp("faces"))
 
 
 def adapters(tmp_path):

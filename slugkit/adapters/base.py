@@ -147,6 +147,14 @@ class CLIPAdapter(ABC):
         """Finish the vision tower from :meth:`vision_state` output: L2-normalised ``(B, D)``."""
         raise NotImplementedError(f"{type(self).__name__} cannot resume its vision tower")
 
+    def patch_scope(self, layer: str) -> str:
+        """The submodule a patch of ``layer`` is scoped to ("" = the whole model).
+
+        Families whose towers are self-contained submodules (Hugging Face CLIP) scope a patch to the
+        edited tower, so it also applies to hosts that embed that tower (Stable Diffusion, LLaVA).
+        """
+        return ""
+
     def parameter(self, name: str) -> nn.Parameter:
         params = dict(self.model.named_parameters())
         if name not in params:

@@ -139,6 +139,12 @@ class HFCLIPAdapter(CLIPAdapter):
         pooled = vm.post_layernorm(h[:, 0])
         return F.normalize(self.model.visual_projection(pooled), dim=-1)
 
+    TOWER_SCOPES = {"vision": "vision_model", "text": "text_model"}
+
+    def patch_scope(self, layer: str) -> str:
+        """``"text_model"`` or ``"vision_model"`` for a layer inside a tower (what SD / LLaVA embed), else ``""``."""
+        return next((s for s in self.TOWER_SCOPES.values() if layer.startswith(s + ".")), "")
+
     def logit_scale(self) -> torch.Tensor:
         """``exp(model.logit_scale)``, a scalar tensor."""
         return self.model.logit_scale.exp().reshape(())

@@ -1,0 +1,99 @@
+"""Hosts: models that embed one tower of a CLIP (Stable Diffusion's text encoder, LLaVA's vision tower).
+
+SLUG's unit stays the CLIP: gradients, the layer table and the step-size search run on the CLIP that
+matches the host (``clip_name``), and the resulting patch — scoped to the edited tower, so it carries
+that tower's fingerprint — moves into the host by parameter name. A host adds only what is its own:
+which tower it embeds, the deepest block it reads (candidates stop there), how it generates, and its
+metrics.
+
+Example::
+
+    host = load_host("toy-sd")
+    result = slugkit.slug.unlearn_host(host, "Captain Zorp")
+    host.apply(result.patch)            # the pipeline now draws someone else
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Callable
+
+from torch import nn
+
+from .base import LayerInfo
+
+# name (exact) or prefix (ending in ":") -> "module:function" building the host from the name
+HOST_LOADERS = {
+    "toy-sd": "slugkit.adapters.sd:load_toy_sd",
+    "sd:": "slugkit.adapters.sd:load_sd",
+    "toy-llava": "slugkit.adapters.llava:load_toy_llava",
+    "llava:": "slugkit.adapters.llava:load_llava",
+}
+
+
+class Host(ABC):
+    """A model embedding one CLIP tower. Subclasses live next to the CLIP adapters, one per family."""
+
+    name: str  # e.g. "toy-sd"
+    clip_name: str  # the CLIP SLUG runs on, loadable by ``load_clip`` (e.g. "toy-clip-hf")
+    tower: str  # "text" or "vision": the tower the host embeds
+    scope: str  # the tower's submodule name in the matching CLIP ("text_model" / "vision_model")
+    max_block: int | None = None  # deepest 0-based block of ``tower`` whose edit reaches the host's output
+
+    @abstractmethod
+    def tower_module(self) -> nn.Module:
+        """The host's copy of the tower, with the parameter names of the CLIP's ``scope`` submodule."""
+
+    @abstractmethod
+    def evaluate(self, progress: bool = True) -> dict:
+        """The eval contract: ``{ATTRIBUTE or QUESTION_TYPE: {"top1": x, "per_concept": {NAME: x}}}``."""
+
+    @abstractmethod
+    def report_metrics(self, concept: str, patch, progress: bool = True) -> dict:
+        """Host metrics before and after ``patch`` (applied and reverted here): flat ``NAME_before`` /
+        ``NAME_after`` keys as fractions in [0, 1], plus any extras (e.g. ``fid_after``, ``examples``)."""
+
+    def generation_evaluator(self, concept: str, clip) -> Callable[..., dict]:
+        """For ``search="generation"``: ``evaluate(edited_tower=None, block=None) -> {"forget_top1",
+        "forget_top5", "retain_top1", "utility"}`` measured on the host's own outputs, reading the current
+        (possibly edited) tower weights of ``clip``. Hosts that cannot do this keep the default."""
+        raise NotImplementedError(f"{self.name!r} has no generation-based search; use search='clip'")
+
+    # ------------------------------------------------------------------ shared behaviour
+    def accepts(self, layer: LayerInfo) -> bool:
+        """Whether an edit of ``layer`` (a candidate of the matching CLIP) can reach the host."""
+        if layer.tower != self.tower or not layer.name.startswith(self.scope + "."):
+            return False
+        return self.max_block is None or 0 <= layer.block <= self.max_block
+
+    def apply(self, patch) -> None:
+        """Apply a patch made on the matching CLIP's tower to the host's copy of it (refuses any other)."""
+        patch.apply(self.tower_module())
+
+    def revert(self, patch) -> None:
+        """Undo :meth:`apply`, bit-exactly."""
+        patch.revert(self.tower_module())
+
+    def edited_model_bytes(self) -> int:
+        """Bytes of the tower SLUG edits, as held in memory."""
+        return sum(p.numel() * p.element_size() for p in self.tower_module().parameters())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, clip={self.clip_name!r}, tower={self.tower!r})"
+
+
+def is_host_name(name: str) -> bool:
+    """Whether ``name`` names a host (``toy-sd``, ``toy-llava``, ``sd:...``, ``llava:...``) rather than a CLIP."""
+    name = name.strip()
+    return any(name == key or (key.endswith(":") and name.startswith(key)) for key in HOST_LOADERS)
+
+
+def load_host(name: str, **kwargs) -> Host:
+    """Build the host ``name``. Real hosts fail at once, in one sentence, when their weights are not local."""
+    name = name.strip()
+    for key, target in HOST_LOADERS.items():
+        if name == key or (key.endswith(":") and name.startswith(key)):
+            module, func = target.split(":")
+            loader = getattr(importlib.import_module(module), func)
+            return loader(**kwargs) if name == key else loader(name, **kwargs)
+    raise ValueError(f"{name!r} is not a host model; hosts: {', '.join(HOST_LOADERS)}")

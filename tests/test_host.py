@@ -1,0 +1,121 @@
+"""Hosts (models embedding a CLIP tower) and tower-scoped patches, on tiny random Hugging Face CLIPs."""
+import copy
+import json
+
+import pytest
+import torch
+
+from slugkit.adapters.hf_clip import HFCLIPAdapter
+from slugkit.adapters.host import Host, is_host_name, load_host
+from slugkit.models.hf_convert import clip_tokenizer_from_openclip
+from slugkit.patch import Patch, PatchMismatchError, applied_patches, scope_fingerprint
+from slugkit.slug import unlearn_host
+
+from fakes import FACE_NAMES, make_faces_folder, tiny_hf
+
+
+def hf_adapter(seed=0):
+    return HFCLIPAdapter(tiny_hf(seed=seed), clip_tokenizer_from_openclip(16), name=f"tiny-hf-{seed}")
+
+
+class TowerHost(Host):
+    """A host holding its own copy of one tower of a CLIP; its metric is how far that tower moved."""
+
+    name = "tiny-host"
+    clip_name = "unused"
+
+    def __init__(self, clip: HFCLIPAdapter, tower: str, max_block=None):
+        self.tower, self.scope, self.max_block = tower, clip.TOWER_SCOPES[tower], max_block
+        self.copy = copy.deepcopy(clip.model.get_submodule(self.scope))
+        self.reference = {k: v.clone() for k, v in self.copy.state_dict().items()}
+
+    def tower_module(self):
+        return self.copy
+
+    def moved(self) -> float:
+        return float(any(not torch.equal(v, self.reference[k]) for k, v in self.copy.state_dict().items()))
+
+    def evaluate(self, progress=True):
+        return {"moved": {"top1": self.moved(), "per_concept": {}}}
+
+    def report_metrics(self, concept, patch, progress=True):
+        before = self.moved()
+        self.apply(patch)
+        try:
+            after = self.moved()
+        finally:
+            self.revert(patch)
+        return {"moved_before": before, "moved_after": after}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_faces_folder(tmp_path_factory.mktemp("faces"))
+
+
+def test_tower_scoped_patch_moves_between_models_that_embed_the_tower():
+    clip = hf_adapter()
+    layer = "text_model.encoder.layers.1.mlp.fc1.weight"
+    assert clip.patch_scope(layer) == "text_model" and clip.patch_scope("text_projection.weight") == ""
+    delta = torch.randn_like(clip.parameter(layer))
+    patch = Patch.from_step(clip.name, "Zorp", layer, 0.1, delta, scope_fingerprint(clip.model, "text_model"),
+                            scope="text_model")
+    embedded = copy.deepcopy(clip.model.text_model)  # e.g. Stable Diffusion's text encoder
+    original = {k: v.clone() for k, v in embedded.state_dict().items()}
+    for model, name in ((clip.model, layer), (embedded, layer.removeprefix("text_model."))):
+        before = dict(model.named_parameters())[name].detach().clone()
+        patch.apply(model)
+        assert applied_patches(model) == ["Zorp"]
+        assert torch.allclose(dict(model.named_parameters())[name], before + 0.1 * delta)
+        patch.revert(model)
+        assert torch.equal(dict(model.named_parameters())[name], before) and applied_patches(model) == []
+    assert all(torch.equal(v, original[k]) for k, v in embedded.state_dict().items())
+    # another CLIP's vision tower does not matter to a text-tower patch; another text tower does
+    same_text = tiny_hf(seed=1)
+    same_text.text_model.load_state_dict(clip.model.text_model.state_dict())
+    patch.apply(same_text)
+    patch.revert(same_text)
+    with pytest.raises(PatchMismatchError, match="'text_model' tower"):
+        patch.apply(tiny_hf(seed=1).text_model)
+    with pytest.raises(ValueError, match="outside it"):
+        Patch.from_step(clip.name, "Zorp", "vision_model.encoder.layers.0.mlp.fc1.weight", 0.1,
+                        torch.zeros(96, 48), "x", scope="text_model")
+
+
+def test_scoped_patch_round_trips_through_a_file(tmp_path):
+    clip = hf_adapter()
+    layer = "vision_model.encoder.layers.0.self_attn.q_proj.weight"
+    patch = Patch.from_step(clip.name, "Zorp", layer, 0.5, torch.ones_like(clip.parameter(layer)),
+                            scope_fingerprint(clip.model, "vision_model"), scope="vision_model")
+    loaded = Patch.load(patch.save(tmp_path / "p.safetensors"))
+    assert loaded.scope == "vision_model" and loaded.digest() == patch.digest()
+    loaded.apply(copy.deepcopy(clip.model.vision_model))
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")  # random weights may name nobody
+@pytest.mark.parametrize("tower,max_block", [("text", None), ("vision", 0)])
+def test_unlearn_host_searches_only_layers_the_host_reads(tower, max_block, folder, tmp_path):
+    clip = hf_adapter()
+    host = TowerHost(clip, tower, max_block)
+    result = unlearn_host(host, "Captain Zorp", clip=clip, data=folder, classes=FACE_NAMES[1:], max_evals=3,
+                          progress=False)
+    table = result.table
+    assert set(table["tower"]) == {tower}
+    assert table["name"].str.startswith(host.scope + ".").all()
+    if max_block is not None:
+        assert (table["block"] <= max_block).all()
+    assert result.searches and all(s.layer in set(table["name"]) for s in result.searches)
+    report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
+    assert report["host"] == "tiny-host" and report["clip_model"] == clip.name
+    assert report["edited_model_bytes"] == sum(p.numel() * p.element_size() for p in host.copy.parameters())
+    assert report["unlearn_seconds"] > 0 and report["report_seconds"] >= 0
+    assert result.status == "ok" and result.patch.scope == host.scope  # seed 0 reaches the target
+    assert report["moved_before"] == 0.0 and report["moved_after"] == 1.0
+    assert host.moved() == 0.0  # reverted after measuring
+
+
+def test_host_names():
+    assert is_host_name("toy-sd") and is_host_name("llava:llava-hf/llava-1.5-7b-hf")
+    assert not is_host_name("toy-clip") and not is_host_name("hf:openai/clip-vit-large-patch14")
+    with pytest.raises(ValueError, match="not a host model"):
+        load_host("toy-clip")
