@@ -220,6 +220,11 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     settings = resolve_preset(preset, candidates, target, max_evals, rtol)
     candidates, target, max_evals, rtol = (settings[k] for k in ("candidates", "target", "max_evals", "rtol"))
     task = task or make_task(adapter, concept, data, classes, seed)
+    names = getattr(task.search_evaluator, "classes", None)  # the names a user-data evaluator chooses among
+    if target.forget_metric == "forget_top5" and names is not None and len(names) <= 5:
+        raise ValueError(f"the stop rule forget_top5 <= 0 needs at least 6 names to choose among (the concept and "
+                         f"5 others) but the task has {len(names)}: pass more classes or target=Target('forget_top1') "
+                         "(--target top1)")
     if isinstance(store, (str, Path)):
         store = GradientStore(store)
     infos = candidate_infos(adapter, candidates, include=include, exclude=exclude)

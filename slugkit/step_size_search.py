@@ -151,6 +151,19 @@ class SearchResult:
         return cls(**{k: v for k, v in d.items() if k not in derived}, trace=trace)
 
 
+def non_monotone_steps(result: SearchResult, metric: str = "forget_top5") -> pd.DataFrame:
+    """Pairs of evaluations of one search where the larger lambda gave a *higher* ``metric``.
+
+    Bisection assumes the forget metric only falls as lambda grows; every row here is a counterexample.
+    Columns: lam_small, lam_large, ``{metric}_small``, ``{metric}_large`` (sorted by lam_small).
+    """
+    steps = sorted(result.trace, key=lambda s: s.lam)
+    rows = [{"lam_small": a.lam, "lam_large": b.lam, f"{metric}_small": _get(a.metrics, metric),
+             f"{metric}_large": _get(b.metrics, metric)}
+            for i, a in enumerate(steps) for b in steps[i + 1:] if _get(b.metrics, metric) > _get(a.metrics, metric)]
+    return pd.DataFrame(rows, columns=["lam_small", "lam_large", f"{metric}_small", f"{metric}_large"])
+
+
 def _check(param: torch.Tensor, grad: torch.Tensor, layer_name: str) -> None:
     label = repr(layer_name) if layer_name else "the layer"
     if tuple(grad.shape) != tuple(param.shape):

@@ -11,7 +11,7 @@ from slugkit.data.pairs import InMemoryPairs, pair_loader
 from slugkit.gradients import accumulate_gradients, compute_gradients
 from slugkit.layer_identification import candidate_infos, layer_table
 from slugkit.slug import PRESETS, resolve_preset, unlearn
-from slugkit.step_size_search import Target, search_step_size
+from slugkit.step_size_search import Target, non_monotone_steps, search_step_size
 from slugkit.tasks import Task
 
 
@@ -225,6 +225,10 @@ def test_non_monotone_forget_accuracy_returns_a_met_lambda_and_records_the_last(
     assert res.last_met is False and res.last_lambda == res.trace[-1].lam != res.best_lambda
     d = res.to_dict()
     assert d["last_lambda"] == res.last_lambda and d["last_met"] is False
+    bumps = non_monotone_steps(res)  # e.g. 0 at lambda 2, back to 0.4 at lambda 4
+    assert len(bumps) and (bumps["lam_small"] < bumps["lam_large"]).all()
+    assert (bumps["forget_top5_small"] < bumps["forget_top5_large"]).all()
+    assert ((bumps["lam_small"] == pytest.approx(2.0)) & (bumps["lam_large"] == 4.0)).any()
 
 
 class CosineEvaluator:
