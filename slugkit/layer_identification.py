@@ -104,7 +104,8 @@ def candidate_infos(
     include, exclude = _as_list(include), _as_list(exclude)
     infos = adapter.candidate_layers(candidates)
     names = {i.name for i in infos}
-    extra = [p for p in include if p not in LAYER_KINDS and p not in names and p in dict(adapter.model.named_parameters())]
+    params = dict(adapter.model.named_parameters())
+    extra = [p for p in include if p not in LAYER_KINDS and p not in names and p in params]
     added_kinds = [p for p in include if p in LAYER_KINDS and not any(i.kind == p for i in infos)]
     if extra or added_kinds:
         wanted = {adapter.layer_info(p).name for p in extra}  # raises for parameters of no tower

@@ -242,7 +242,8 @@ class CosineEvaluator:
 
     @torch.no_grad()
     def _cos(self, batch):
-        return F.cosine_similarity(self.adapter.encode_image(batch[0]), self.adapter.encode_text(batch[1])).mean().item()
+        img, txt = self.adapter.encode_image(batch[0]), self.adapter.encode_text(batch[1])
+        return F.cosine_similarity(img, txt).mean().item()
 
     def cache(self):
         self.c0 = self._cos(self.forget)

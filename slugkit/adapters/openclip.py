@@ -179,7 +179,8 @@ class OpenCLIPAdapter(CLIPAdapter):
     def _check_block(self, block: int) -> None:
         n = len(self.model.visual.transformer.resblocks)
         if not 0 <= block <= n:
-            raise ValueError(f"vision resume block must be in 0..{n} (stem parameters need the full tower), got {block}")
+            raise ValueError(f"vision resume block must be in 0..{n} (an edit before block 0 needs the whole "
+                             f"tower), got {block}")
 
     def vision_state(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
         self._check_block(block)
