@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: demo test unit notebooks lab toy bench strip lock clean
+.PHONY: demo test unit notebooks lab toy toy-llava bench bench-llava strip lock clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ lab: $(STAMP)
 ## rebuild the shipped toy checkpoints in data/ from scratch
 toy: $(STAMP)
 	$(PY) -m slugkit toy build
+
+## rebuild the toy LLaVA (projector + language model) in data/
+toy-llava: $(STAMP)
+	$(PY) -m slugkit toy build llava
+
+## SLUG on the toy LLaVA for three characters: the VLM acceptance table
+bench-llava: $(STAMP)
+	$(PY) scripts/bench_llava.py
 
 ## SLUG on every toy character: the acceptance table
 bench: $(STAMP)

@@ -109,12 +109,24 @@ def cmd_unlearn(args) -> int:
 
 
 def cmd_toy(args) -> int:
+    if getattr(args, "target", "clip") == "llava":
+        return cmd_toy_llava(args)
     from .models.toy_clip import build, checkpoint_metadata
 
     path = build(args.out)
     meta = checkpoint_metadata(path)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {meta['train_seconds']:.0f} s; "
           f"zero-shot top-1 on held-out images: {meta['zero_shot_top1']}")
+    return 0
+
+
+def cmd_toy_llava(args) -> int:
+    from .models.toy_llava import build, checkpoint_metadata
+
+    path = build(args.out, threads=args.threads)
+    meta = checkpoint_metadata(path)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {meta['train_seconds']:.0f} s; "
+          f"answer accuracy on held-out pictures and phrasings: {meta['answer_top1']}")
     return 0
 
 
@@ -184,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("toy", help="toy-world checkpoints")
     tsub = t.add_subparsers(dest="toy_command", required=True)
-    b = tsub.add_parser("build", help="train the toy CLIP from scratch into data/")
+    b = tsub.add_parser("build", help="train the toy CLIP (or another toy model) from scratch into data/")
+    b.add_argument("target", nargs="?", default="clip", choices=["clip", "llava"],
+                   help="which toy model: 'clip' (default) or 'llava' (needs the toy CLIP)")
+    b.add_argument("--threads", type=int, help="llava: torch CPU threads (default all cores; 1 on a busy machine)")
     b.add_argument("--out", help="folder to write to (default: the data/ folder)")
     b.set_defaults(func=cmd_toy)
 
