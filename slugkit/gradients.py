@@ -2,7 +2,9 @@
 
 ``g_f`` is the gradient of the forget loss ``mean_i (1 - cos(v_i, t_i))``; ``g_r`` that of the CLIP
 contrastive loss on the retain set. Both are averages of per-batch mean gradients, with the
-gradients zeroed before every batch.
+gradients zeroed before every batch. The contrastive loss of a batch depends on its size (its
+negatives), so the retain batches should all be equally large: ``pair_loader(...,
+equal_batches=True)`` drops the remainder, and :func:`compute_gradients` warns when they are not.
 
 Example::
 
@@ -32,7 +34,7 @@ from slugkit.fingerprint import canonical_json, data_fingerprint, model_fingerpr
 
 LOSSES = ("forget", "retain")
 _FORMAT = "slugkit.gradients"
-_KEY_VERSION = "slugkit.gradients.v1"  # bump when the losses or the accumulation change
+_KEY_VERSION = "slugkit.gradients.v2"  # bump when the losses, the accumulation or the retain batching change
 
 
 def forget_loss(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
@@ -78,7 +80,7 @@ def _resolve(adapter: CLIPAdapter, layers: Sequence[str]) -> dict[str, torch.nn.
 def _accumulate(
     adapter: CLIPAdapter, loader: Iterable, loss: str, layers: Sequence[str], desc: str | None,
     progress: bool = True,
-) -> tuple[dict[str, torch.Tensor], int]:
+) -> tuple[dict[str, torch.Tensor], list[int]]:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     model = adapter.model
@@ -88,7 +90,7 @@ def _accumulate(
     modes = [(m, m.training) for m in model.modules()]
     device = adapter.device
     sums: dict[str, torch.Tensor] = {}
-    n = 0
+    sizes: list[int] = []  # pairs per batch
     try:
         for p in all_params:
             p.requires_grad_(False)
@@ -124,16 +126,16 @@ def _accumulate(
                     sums[name] += g
                 else:
                     sums[name] = g.clone()
-            n += 1
+            sizes.append(int(img.shape[0]))
     finally:
         model.zero_grad(set_to_none=True)
         for p, flag in zip(all_params, flags):
             p.requires_grad_(flag)
         for m, mode in modes:
             m.training = mode
-    if n == 0:
+    if not sizes:
         raise ValueError(f"{loss} loader is empty: it yielded no batch")
-    return {name: (s / n).cpu() for name, s in sums.items()}, n
+    return {name: (s / len(sizes)).cpu() for name, s in sums.items()}, sizes
 
 
 def accumulate_gradients(
@@ -287,13 +289,19 @@ def compute_gradients(
             return cached
         meta["key"] = key
     t0 = time.perf_counter()
-    forget, n_forget = _accumulate(adapter, forget_loader, "forget", layers, "forget gradients", progress)
+    forget, forget_sizes = _accumulate(adapter, forget_loader, "forget", layers, "forget gradients", progress)
     t1 = time.perf_counter()
-    retain, n_retain = _accumulate(adapter, retain_loader, "retain", layers, "retain gradients", progress)
+    retain, retain_sizes = _accumulate(adapter, retain_loader, "retain", layers, "retain gradients", progress)
     t2 = time.perf_counter()
+    if len(set(retain_sizes)) > 1:
+        warnings.warn(f"retain batches have unequal sizes {sorted(set(retain_sizes))}: each weighs the same in "
+                      "g_r, so a small last batch moves it; build the retain loader with "
+                      "pair_loader(..., equal_batches=True)", stacklevel=2)
     meta |= {
-        "forget_batches": n_forget,
-        "retain_batches": n_retain,
+        "forget_batches": len(forget_sizes),
+        "retain_batches": len(retain_sizes),
+        "retain_batch_size": retain_sizes[0],
+        "retain_pairs": sum(retain_sizes),
         "seconds": {"forget": round(t1 - t0, 4), "retain": round(t2 - t1, 4)},
     }
     grads = Gradients(forget=forget, retain=retain, meta=meta)

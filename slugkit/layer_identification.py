@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from slugkit.adapters.base import LAYER_KINDS, TOWERS, CLIPAdapter
+from slugkit.adapters.base import LAYER_KINDS, TOWERS, CLIPAdapter, LayerInfo
 from slugkit.gradients import Gradients
 
 POLICIES = ("pareto", "deepest")
@@ -80,11 +80,44 @@ def pareto_front(importance: Sequence[float], alignment: Sequence[float]) -> np.
 
 
 def _matches(info, patterns: Sequence[str]) -> bool:
-    return any(p == info.kind if p in LAYER_KINDS else re.search(p, info.name) for p in patterns)
+    return any(p == info.kind if p in LAYER_KINDS else (p == info.name or re.search(p, info.name))
+               for p in patterns)
 
 
 def _as_list(x) -> list[str]:
     return [x] if isinstance(x, str) else list(x or [])
+
+
+def candidate_infos(
+    adapter: CLIPAdapter,
+    candidates: str = "default",
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+) -> list[LayerInfo]:
+    """The layers SLUG considers: candidate set ``candidates``, then ``include`` / ``exclude``.
+
+    Entries of ``include`` / ``exclude`` are layer kinds (e.g. ``"mlp_fc"``, ``"norm"``), exact
+    parameter names, or regexes searched in the name. An ``include`` entry that is a kind or an exact
+    parameter name outside the set *adds* those parameters (e.g. ``include=["visual.proj"]`` on the
+    default set); then only layers matching some ``include`` entry and no ``exclude`` entry are kept.
+    """
+    include, exclude = _as_list(include), _as_list(exclude)
+    infos = adapter.candidate_layers(candidates)
+    names = {i.name for i in infos}
+    params = dict(adapter.model.named_parameters())
+    extra = [p for p in include if p not in LAYER_KINDS and p not in names and p in params]
+    added_kinds = [p for p in include if p in LAYER_KINDS and not any(i.kind == p for i in infos)]
+    if extra or added_kinds:
+        wanted = {adapter.layer_info(p).name for p in extra}  # raises for parameters of no tower
+        everything = adapter.describe_parameters()
+        order = {i.name: k for k, i in enumerate(everything)}
+        infos = sorted(infos + [i for i in everything if i.name not in names
+                                and (i.name in wanted or i.kind in added_kinds)], key=lambda i: order[i.name])
+    selected = [i for i in infos if (not include or _matches(i, include)) and not _matches(i, exclude)]
+    if not selected:
+        raise ValueError(f"no candidate layer left in the {candidates!r} set after include={include} and "
+                         f"exclude={exclude}")
+    return selected
 
 
 def layer_table(
@@ -93,15 +126,20 @@ def layer_table(
     layers: Sequence[str] | None = None,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
+    candidates: str = "default",
+    infos: Sequence[LayerInfo] | None = None,
 ) -> pd.DataFrame:
     """One row per candidate layer with its importance, alignment and Pareto membership.
 
-    ``layers`` defaults to every candidate layer that has gradients in ``grads``. ``include`` /
-    ``exclude`` entries are layer kinds (e.g. ``"mlp_fc"``) or regexes searched in the name. The
-    Pareto front is computed per tower. Columns: name, tower, block, kind, shape, importance,
-    alignment, grad_norm (``||g_f||_F``), weight_norm (``||theta||_F``), pareto.
+    The layers are ``infos`` if given (e.g. from :func:`candidate_infos`), else
+    ``candidate_infos(adapter, candidates, include, exclude)``; ``layers`` then restricts them, and
+    defaults to every one with gradients in ``grads``. The Pareto front is computed per tower.
+    Columns: name, tower, block, kind, shape, importance, alignment, grad_norm (``||g_f||_F``),
+    weight_norm (``||theta||_F``), pareto.
     """
-    infos = {info.name: info for info in adapter.candidate_layers()}
+    if infos is None:
+        infos = candidate_infos(adapter, candidates, include=include, exclude=exclude)
+    infos = {info.name: info for info in infos}
     if layers is None:
         names = [n for n in infos if n in grads.forget and n in grads.retain]
     else:
@@ -113,11 +151,8 @@ def layer_table(
         missing = [n for n in names if n not in grads.forget or n not in grads.retain]
         if missing:
             raise KeyError(f"no forget/retain gradients for {missing[:5]}: recompute with these layers")
-    include, exclude = _as_list(include), _as_list(exclude)
     wanted = set(names)
-    selected = [info for name, info in infos.items()  # candidate order = forward order within a block
-                if name in wanted
-                and (not include or _matches(info, include)) and not _matches(info, exclude)]
+    selected = [info for name, info in infos.items() if name in wanted]  # candidate order = forward order
     if not selected:
         raise ValueError("no candidate layer left: check `layers`, `include` and `exclude`")
 

@@ -23,12 +23,19 @@ from .bounds import check_batch_size, check_finite_weights, check_fraction, chec
 from .data.pairs import ImageTextPairs, pair_loader
 from .fingerprint import tensor_digest, to_jsonable
 from .gradients import GradientStore, Gradients, compute_gradients
-from .layer_identification import layer_table, select_layers
+from .layer_identification import candidate_infos, layer_table, select_layers
 from .models.loading import TOY_MODELS
 from .patch import Patch, scope_fingerprint
 from .rundir import atomic_run_dir
 from .step_size_search import SearchResult, Target, search_step_size
 from .tasks import Task, data_task, toy_task
+
+# Named bundles of the choices that change results. "slugkit" is the default; "reference" reproduces the
+# authors' open_clip code: their candidate set, their stop rule, exactly 10 evaluations, no early stop.
+PRESETS = {
+    "slugkit": {"candidates": "default", "forget_metric": "forget_top5", "max_evals": 10, "rtol": 0.05},
+    "reference": {"candidates": "reference", "forget_metric": "forget_top5", "max_evals": 10, "rtol": 0.0},
+}
 
 
 def peak_rss_mb() -> float:
@@ -63,9 +70,18 @@ class UnlearnResult:
     model_bytes: int
     timings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    preset: str = "slugkit"
+    candidates: str = "default"
+    target: str = ""
+
     host: str | None = None  # set by :func:`unlearn_host`: the model that embeds the edited tower
     host_metrics: dict = field(default_factory=dict)  # the host's NAME_before / NAME_after metrics
     edited_model_bytes: int | None = None  # bytes of the host's edited tower
+
+    @property
+    def chosen_search(self) -> SearchResult | None:
+        """The search of the chosen layer (``None`` when no layer met the target)."""
+        return next((s for s in self.searches if s.layer == self.layer), None)
 
     @property
     def unlearn_seconds(self) -> float:
@@ -84,6 +100,12 @@ class UnlearnResult:
             "model": self.model, "concept": self.concept, "task": self.task,
             "layer": self.layer, "tower": self.tower, "step_size": self.step_size, "status": self.status,
             "warnings": list(self.warnings),
+            "preset": self.preset, "candidates": self.candidates, "target": self.target,
+            # the authors' code returns the last lambda its search tried; slugkit the best one that met the target
+            "last_lambda": self.chosen_search.last_lambda if self.chosen_search else None,
+            "last_met": self.chosen_search.last_met if self.chosen_search else None,
+            "retain_pairs": self.gradients.meta.get("retain_pairs"),
+            "retain_batches": self.gradients.meta.get("retain_batches"),
             "forget_acc_before": b.get("forget_top1"), "forget_acc_after": a.get("forget_top1"),
             "forget_top5_before": b.get("forget_top5"), "forget_top5_after": a.get("forget_top5"),
             "retain_acc_before": b.get("retain_top1"), "retain_acc_after": a.get("retain_top1"),
@@ -121,6 +143,7 @@ class UnlearnResult:
 
         b, a = self.before, self.after
         lines = [f"SLUG on {self.model}: forget {self.concept!r} -> {self.status}",
+                 f"  stop rule {self.target or 'n/a'}, {self.candidates} candidates (preset {self.preset})",
                  f"  layer {self.layer} ({self.tower} tower), step size {self.step_size:.4g}"
                  if self.layer else "  no layer met the target; the model is unchanged",
                  f"  {'':20s}{'before':>8s}{'after':>8s}"]
@@ -173,47 +196,96 @@ def make_task(adapter: CLIPAdapter, concept: str, data=None, classes: Sequence[s
     return data_task(adapter, concept, data, classes or [], seed=seed)
 
 
+def resolve_preset(preset: str = "slugkit", candidates: str | None = None, target: Target | None = None,
+                   max_evals: int | None = None, rtol: float | None = None) -> dict:
+    """The settings a run uses: the preset's, with explicit values overriding "slugkit" defaults.
+
+    ``preset="reference"`` fixes every setting it names; an explicit value that contradicts it raises.
+    Returns ``{"candidates", "target", "max_evals", "rtol"}``.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    p = PRESETS[preset]
+    if preset == "reference":
+        given = {"candidates": candidates, "forget_metric": target and target.forget_metric,
+                 "max_evals": max_evals, "rtol": rtol}
+        clash = {k: v for k, v in given.items() if v is not None and v != p[k]}
+        if target is not None and (target.threshold != 0 or target.guard_metric is not None):
+            clash["target"] = target.describe()
+        if clash:
+            fixed = ", ".join(f"{k}={v!r}" for k, v in p.items())
+            raise ValueError(f"preset 'reference' fixes {fixed} (stop rule forget_top5 <= 0); got {clash}: "
+                             "drop these arguments or use preset='slugkit'")
+    return {"candidates": candidates or p["candidates"],
+            "target": target or Target(forget_metric=p["forget_metric"]),
+            "max_evals": p["max_evals"] if max_evals is None else max_evals,
+            "rtol": p["rtol"] if rtol is None else rtol}
+
+
 def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | None = None,
             classes: Sequence[str] | None = None, task: Task | None = None, layers: Sequence[str] | None = None,
             policy: str = "pareto",
             include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
-            tower: str | None = None, target: Target | None = None, max_evals: int = 10, rtol: float = 0.05,
+            tower: str | None = None, preset: str = "slugkit", candidates: str | None = None,
+            target: Target | None = None, max_evals: int | None = None, rtol: float | None = None,
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
             progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
     Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text) or a
-    parameter name. ``layers`` limits the candidates to these parameter names (default: all);
-    ``include``/``exclude`` filter them by kind (e.g. "mlp_fc") or name regex. ``target`` defaults to forget top-1 = 0. Each layer's search stops after
-    ``max_evals`` evaluations or once lambda is bracketed within ``rtol`` (relative).
+    parameter name. ``layers`` limits the candidates to these parameter names (default: all).
+
+    - ``candidates``: "default" (2-D attention and MLP weights of every block) or "reference" (the
+      authors' open_clip set: every parameter except biases, ``logit_scale``, positional and token
+      embeddings). ``include``/``exclude`` filter them by kind (e.g. "mlp_fc") or name regex; an
+      ``include`` entry that is a parameter name or kind outside the set adds it.
+    - ``target`` defaults to forget top-5 = 0 (the authors' rule); ``Target("forget_top1")`` is weaker.
+    - Each layer's search stops after ``max_evals`` evaluations (default 10) or once lambda is
+      bracketed within ``rtol`` (relative, default 0.05: slugkit's shortcut; 0 = never stop early).
+    - ``preset="reference"`` reproduces the authors' choices (reference candidates, top-5 rule, exactly
+      10 evaluations, ``rtol=0``); the report then also shows their returned lambda (the last one tried).
+    - Retain gradients use equal contrastive batches of ``batch_size`` pairs (the remainder is dropped).
 
     Inputs are bounded (see :mod:`slugkit.bounds`): ``seed`` in 0..2**31-1, ``batch_size`` in 2..4096,
-    ``max_evals`` in 1..100, ``rtol`` in (0, 1); non-finite weights and a retain set of fewer than 2
+    ``max_evals`` in 1..100, ``rtol`` in [0, 1]; non-finite weights and a retain set of fewer than 2
     pairs are refused before any gradient work. ``result.status`` is "ok", "target-not-reached" (no
     layer met the target; no patch) or "incomplete" (a patch met the target but forget, retain or
     utility accuracy could not be measured: it is null in the report, explained in ``result.warnings``).
     """
     start = time.perf_counter()
     timings = {}
+    settings = resolve_preset(preset, candidates, target, max_evals, rtol)
+    candidates, target, max_evals, rtol = (settings[k] for k in ("candidates", "target", "max_evals", "rtol"))
     seed, batch_size, max_evals = check_seed(seed), check_batch_size(batch_size), check_max_evals(max_evals)
-    check_fraction("rtol", rtol, open_interval=True)
-    target = target or Target()
+    check_fraction("rtol", rtol)
     check_fraction("target threshold", target.threshold)
     check_finite_weights(adapter.model, adapter.name)  # before any data or gradient work
     task = task or make_task(adapter, concept, data, classes, seed)
     check_retain_set(len(task.retain), task.concept)
+    names = getattr(task.search_evaluator, "classes", None)  # the names a user-data evaluator chooses among
+    if target.forget_metric == "forget_top5" and names is not None and len(names) <= 5:
+        raise ValueError(f"the stop rule forget_top5 <= 0 needs at least 6 names to choose among (the concept and "
+                         f"5 others) but the task has {len(names)}: pass more classes or target=Target('forget_top1') "
+                         "(--target top1)")
     if isinstance(store, (str, Path)):
         store = GradientStore(store)
+    infos = candidate_infos(adapter, candidates, include=include, exclude=exclude)
+    if layers is not None:
+        infos = [i for i in infos if i.name in set(layers)]
+        if not infos:
+            raise ValueError(f"none of the {len(layers)} requested layers is a {candidates!r} candidate left by "
+                             f"include/exclude (e.g. {list(layers)[:3]})")
 
     t = time.perf_counter()
     forget_loader = pair_loader(task.forget, adapter, batch_size=batch_size)
-    retain_loader = pair_loader(task.retain, adapter, batch_size=batch_size)
-    grads = compute_gradients(adapter, forget_loader, retain_loader, layers=layers, store=store, progress=progress)
+    retain_loader = pair_loader(task.retain, adapter, batch_size=batch_size, equal_batches=True)
+    grads = compute_gradients(adapter, forget_loader, retain_loader, layers=[i.name for i in infos], store=store,
+                              progress=progress)
     timings["gradients"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    table = layer_table(adapter, grads, layers=layers, include=include, exclude=exclude)
+    table = layer_table(adapter, grads, infos=infos)
     layers = select_layers(table, policy, tower)
     towers = dict(zip(table["name"], table["tower"]))
     blocks = dict(zip(table["name"], table["block"]))
@@ -257,7 +329,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         searches=searches, layer=best.layer if best else None, tower=towers[best.layer] if best else None,
         step_size=best.best_lambda if best else None, status=status,
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
-        peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns)
+        peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
+        preset=preset, candidates=candidates, target=target.describe())
 
 
 class _HostSearch:

@@ -1,8 +1,23 @@
 """Stage 3 of SLUG: search the step size ``lambda`` of the single-layer update ``theta + lambda * g_f``.
 
 Binary search from ``lambda_0 = 0.1 ||theta|| / ||g_f||``: double ``lambda`` until the forget
-metric reaches its target, then bisect. Every step starts from a fresh copy of the original
-weights, and the original tensor is restored bit-exactly at the end.
+metric reaches its target (default: forget top-5 accuracy = 0, the authors' CLIP rule), then bisect.
+Every step starts from a fresh copy of the original weights, and the original tensor is restored
+bit-exactly at the end.
+
+Two things to know when reading a search trace:
+
+- **Forget accuracy is not monotone in lambda.** Bisection assumes "reached at lambda implies
+  reached at every larger lambda", but a bigger step can move the image embeddings past the
+  other names and back towards the forgotten one (on toy-clip one layer gives forget top-1 0.35 at
+  lambda = 279 but 0.85 at lambda = 558). So the search is a heuristic that evaluates at most
+  ``max_evals`` points, and the lambda it returns is always one *whose measured metrics met the
+  target* (the best such one), never an interpolated or untested value.
+- **Departures from the authors' code.** The authors return the *last* lambda tried, which may not
+  meet the target; slugkit returns the best lambda that met it (``best_lambda``) and also records the
+  last one (``last_lambda``, ``last_met``) so the two can be compared. slugkit also stops early once
+  the bracket is narrow (``hi - lo <= rtol * hi``); the authors always run all evaluations
+  (``rtol=0`` reproduces that).
 
 Example::
 
@@ -32,10 +47,12 @@ class Target:
 
     Reached: ``metrics[forget_metric] <= threshold``. Met: reached and, if ``guard_metric`` is set,
     ``metrics[guard_metric] >= baseline[guard_metric] - guard_tolerance``. Among met edits the best
-    has the highest mean of ``score_metrics``.
+    has the highest mean of ``score_metrics``. The default is the authors' CLIP stop rule, forget
+    top-5 accuracy = 0 (``Target("forget_top1")`` is the weaker rule that can leave the name in
+    second place).
     """
 
-    forget_metric: str = "forget_top1"
+    forget_metric: str = "forget_top5"
     threshold: float = 0.0
     score_metrics: Sequence[str] = ("retain_top1", "utility")
     guard_metric: str | None = None
@@ -46,6 +63,13 @@ class Target:
             raise ValueError("set guard_metric and guard_tolerance together (or neither)")
         if self.guard_tolerance is not None and self.guard_tolerance < 0:
             raise ValueError(f"guard_tolerance must be >= 0, got {self.guard_tolerance}")
+
+    def describe(self) -> str:
+        """The rule as one line, e.g. ``"forget_top5 <= 0"`` (what ``report.json`` records as ``target``)."""
+        rule = f"{self.forget_metric} <= {self.threshold:g}"
+        if self.guard_metric is not None:
+            rule += f" and {self.guard_metric} >= baseline - {self.guard_tolerance:g}"
+        return rule
 
     def reached(self, metrics: dict) -> bool:
         return _get(metrics, self.forget_metric) <= self.threshold
@@ -92,6 +116,16 @@ class SearchResult:
     status: str
     trace: list[SearchStep] = field(default_factory=list)
 
+    @property
+    def last_lambda(self) -> float | None:
+        """The last lambda tried: what the authors' code returns (it may not meet the target)."""
+        return self.trace[-1].lam if self.trace else None
+
+    @property
+    def last_met(self) -> bool | None:
+        """Whether :attr:`last_lambda` met the target (``None`` without any step)."""
+        return self.trace[-1].met if self.trace else None
+
     def to_frame(self) -> pd.DataFrame:
         """One row per evaluation: step, lam, reached, met, best, then one column per metric."""
         rows = [
@@ -106,6 +140,7 @@ class SearchResult:
         return to_jsonable({
             "layer": self.layer, "lambda0": self.lambda0, "best_lambda": self.best_lambda,
             "best_metrics": self.best_metrics, "baseline": self.baseline, "status": self.status,
+            "last_lambda": self.last_lambda, "last_met": self.last_met,
             "trace": [{"step": s.step, "lam": s.lam, "metrics": s.metrics, "reached": s.reached,
                        "met": s.met} for s in self.trace],
         })  # fmt: skip
@@ -113,7 +148,21 @@ class SearchResult:
     @classmethod
     def from_dict(cls, d: dict) -> SearchResult:
         trace = [SearchStep(**s) for s in d.get("trace", [])]
-        return cls(**{k: v for k, v in d.items() if k != "trace"}, trace=trace)
+        derived = ("trace", "last_lambda", "last_met")
+        return cls(**{k: v for k, v in d.items() if k not in derived}, trace=trace)
+
+
+def non_monotone_steps(result: SearchResult, metric: str = "forget_top5") -> pd.DataFrame:
+    """Pairs of evaluations of one search where the larger lambda gave a *higher* ``metric``.
+
+    Bisection assumes the forget metric only falls as lambda grows; every row here is a counterexample.
+    Columns: lam_small, lam_large, ``{metric}_small``, ``{metric}_large`` (sorted by lam_small).
+    """
+    steps = sorted(result.trace, key=lambda s: s.lam)
+    rows = [{"lam_small": a.lam, "lam_large": b.lam, f"{metric}_small": _get(a.metrics, metric),
+             f"{metric}_large": _get(b.metrics, metric)}
+            for i, a in enumerate(steps) for b in steps[i + 1:] if _get(b.metrics, metric) > _get(a.metrics, metric)]
+    return pd.DataFrame(rows, columns=["lam_small", "lam_large", f"{metric}_small", f"{metric}_large"])
 
 
 def _check(param: torch.Tensor, grad: torch.Tensor, layer_name: str) -> None:
@@ -162,13 +211,20 @@ def search_step_size(
 
     ``grad`` is the forget gradient (``+lambda g_f`` ascends the forget loss). ``evaluate()`` is
     called once on the unedited model (the baseline, not counted in ``max_evals``) and once per
-    step, and returns metrics such as ``{"forget_top1": 0.0, "retain_top1": 0.9, "utility": 0.6}``.
+    step, and returns metrics such as ``{"forget_top5": 0.0, "retain_top1": 0.9, "utility": 0.6}``.
     The lower bound starts at ``lambda = 0`` (the unedited model); the upper one is unset until the
-    target is reached, and the search stops early once ``hi - lo <= rtol * hi``.
+    target is reached, and the search stops early once ``hi - lo <= rtol * hi`` (slugkit's own
+    shortcut; ``rtol=0`` runs all ``max_evals`` evaluations as the authors do).
+
+    Forget accuracy need not fall monotonically with lambda, so bisection may bracket the wrong
+    interval; whatever happens, ``best_lambda`` is a lambda whose measured metrics met ``target``
+    (the highest score among them), or ``None`` with status "target-not-reached".
     """
     _check(param, grad, layer_name)
     if max_evals < 1:
         raise ValueError(f"max_evals must be >= 1, got {max_evals}")
+    if not rtol >= 0:
+        raise ValueError(f"rtol must be >= 0, got {rtol}")
     original = param.detach().clone()
     grad = grad.detach().to(param.device)
     if lambda0 is None:
@@ -200,7 +256,7 @@ def search_step_size(
             if hi is None:
                 lam = 2 * lam
             else:
-                if hi - lo <= rtol * hi:
+                if rtol > 0 and hi - lo <= rtol * hi:
                     break
                 lam = (lo + hi) / 2
     finally:

@@ -46,6 +46,10 @@ def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 2000, n_val: i
              n_test: int = 2000, n_retain: int | None = None) -> Task:
     """A MiniCanvas task: forget pairs are the training pairs whose caption names ``concept``.
 
+    The retain pairs are a seeded random sample of ``n_retain`` (default 1024 =
+    :data:`~slugkit.data.pairs.RETAIN_PAIRS`) training pairs that do not name it, so every other
+    concept is represented; :func:`slugkit.slug.unlearn` batches them in equal contrastive batches.
+
     The step size is searched on the ``val`` split — every picture of the concept among 2000 val
     samples plus the first ``n_val`` others, so the forget metric rests on as many pictures as the
     report's — and the report is measured on the ``test`` split, which the search never saw.
@@ -65,7 +69,11 @@ def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 2000, n_val: i
 
 def data_task(adapter, concept: str, data: str | ImageTextPairs, classes: Sequence[str],
               n_retain: int | None = None, seed: int = 0) -> Task:
-    """A task from user data: forget pairs are those whose caption mentions ``concept``."""
+    """A task from user data: forget pairs are those whose caption mentions ``concept``.
+
+    Retain pairs: a seeded sample of ``n_retain`` pairs that do not mention it (default: up to 1024, as
+    many as exist); :func:`slugkit.slug.unlearn` batches them in equal contrastive batches.
+    """
     from .data.sources import open_pairs
 
     pairs = data if isinstance(data, ImageTextPairs) else open_pairs(data)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slugkit.adapters.base import CLIPAdapter, LayerInfo
+from slugkit.adapters.base import CLIPAdapter, LayerInfo, select_candidates
 
 IMAGE_SIZE = 4
 CONTEXT = 6
@@ -83,15 +83,27 @@ class FakeAdapter(CLIPAdapter):
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp()
 
-    def candidate_layers(self) -> list[LayerInfo]:
-        kinds = {"qkv": "attn_qkv", "out": "attn_out", "fc": "mlp_fc", "proj": "mlp_proj"}
+    def describe_parameters(self) -> list[LayerInfo]:
+        kinds = {"qkv": "attn_qkv", "out": "attn_out", "fc": "mlp_fc", "proj": "mlp_proj", "norm": "norm"}
+        stems = {"vision": ("patch", "patch_embed"), "text": ("embed", "token_embed")}
         infos = []
         for tower in ("vision", "text"):
-            for b, block in enumerate(getattr(self.model, tower).blocks):
-                for attr, kind in kinds.items():
-                    w = getattr(block, attr).weight
-                    infos.append(LayerInfo(f"{tower}.blocks.{b}.{attr}.weight", tower, b, kind, tuple(w.shape)))
+            stem, stem_kind = stems[tower]
+            for pname, p in getattr(self.model, stem).named_parameters():
+                kind = "bias" if pname == "bias" else stem_kind
+                infos.append(LayerInfo(f"{stem}.{pname}", tower, -1, kind, tuple(p.shape)))
+            blocks = getattr(self.model, tower).blocks
+            for b, block in enumerate(blocks):
+                for attr in ("norm", "qkv", "out", "fc", "proj"):  # forward order
+                    for pname, p in getattr(block, attr).named_parameters():
+                        kind = "bias" if pname == "bias" else kinds[attr]
+                        infos.append(LayerInfo(f"{tower}.blocks.{b}.{attr}.{pname}", tower, b, kind, tuple(p.shape)))
+            head = getattr(self.model, tower).head.weight
+            infos.append(LayerInfo(f"{tower}.head.weight", tower, len(blocks), "proj", tuple(head.shape)))
         return infos
+
+    def candidate_layers(self, candidates: str = "default") -> list[LayerInfo]:
+        return select_candidates(self.describe_parameters(), candidates)
 
 
 def make_batches(n_batches: int, batch_size: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -9,6 +9,7 @@ from slugkit.adapters.hf_clip import HFCLIPAdapter
 from slugkit.adapters.host import Host, is_host_name, load_host
 from slugkit.models.hf_convert import clip_tokenizer_from_openclip
 from slugkit.patch import Patch, PatchMismatchError, applied_patches, scope_fingerprint
+from slugkit.step_size_search import Target
 from slugkit.slug import unlearn_host
 
 from fakes import FACE_NAMES, make_faces_folder, tiny_hf
@@ -98,7 +99,7 @@ def test_unlearn_host_searches_only_layers_the_host_reads(tower, max_block, fold
     clip = hf_adapter()
     host = TowerHost(clip, tower, max_block)
     result = unlearn_host(host, "Captain Zorp", clip=clip, data=folder, classes=FACE_NAMES[1:], max_evals=3,
-                          progress=False)
+                          target=Target("forget_top1"), progress=False)  # 3 names: top-5 is always 1
     table = result.table
     assert set(table["tower"]) == {tower}
     assert table["name"].str.startswith(host.scope + ".").all()

@@ -240,12 +240,13 @@ def tiny_real(tmp_path_factory):
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
 def test_real_path_end_to_end_on_tiny_llava(tiny_real, tmp_path):
     from slugkit.slug import unlearn_host
+    from slugkit.step_size_search import Target
 
     host = load_llava(f"llava:{tiny_real / 'llava'}", clip=f"hf:{tiny_real / 'clip'}", data=tiny_real / "faces",
                       classes=NAMES[1:], question="Who is this?")
     assert host.clip_name == f"hf:{tiny_real / 'clip'}" and host.max_block == 0  # 2 blocks, feature layer -2
     result = unlearn_host(host, "Captain Zorp", data=tiny_real / "faces", classes=NAMES[1:], max_evals=2,
-                          progress=False)
+                          target=Target("forget_top1"), progress=False)  # 3 names: top-5 is always 1
     assert result.searches and all(f".layers.0." in s.layer and s.layer.startswith("vision_model.")
                                    for s in result.searches)
     report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())

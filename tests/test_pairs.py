@@ -149,7 +149,7 @@ def test_mentions_rejects_empty_concept(concept):
 def test_forget_retain_split(pairs):
     forget, retain = forget_retain_sets(pairs, "Zorp", seed=3)
     assert forget.captions() == [CAPTIONS[0], CAPTIONS[2], CAPTIONS[6], CAPTIONS[9]]
-    assert len(retain) == len(forget) == 4
+    assert len(forget) == 4 and len(retain) == 6  # default: up to RETAIN_PAIRS, here every other pair
     assert forget.origin == retain.origin == "data/zorp.csv"
     assert not any(mentions(c, "Zorp") for c in retain.captions())
     assert set(forget.indices).isdisjoint(retain.indices)
@@ -157,19 +157,19 @@ def test_forget_retain_split(pairs):
 
 
 def test_forget_retain_deterministic_with_seed(pairs):
-    a = forget_retain_sets(pairs, "Zorp", seed=1)[1].indices
-    b = forget_retain_sets(pairs, "Zorp", seed=1)[1].indices
+    a = forget_retain_sets(pairs, "Zorp", n_retain=3, seed=1)[1].indices
+    b = forget_retain_sets(pairs, "Zorp", n_retain=3, seed=1)[1].indices
     assert a == b
-    others = {tuple(forget_retain_sets(pairs, "Zorp", seed=s)[1].indices) for s in range(10)}
+    others = {tuple(forget_retain_sets(pairs, "Zorp", n_retain=3, seed=s)[1].indices) for s in range(10)}
     assert len(others) > 1
 
 
 def test_forget_retain_sizes(pairs):
     forget, retain = forget_retain_sets(pairs, "zorp", n_retain=6)
     assert len(retain) == 6
-    # Only one caption mentions "cat": the default retain size is still two (a contrastive batch needs two).
+    # Only one caption mentions "cat": the default retain set is every other pair (fewer than RETAIN_PAIRS).
     forget, retain = forget_retain_sets(pairs, "cat")
-    assert len(forget) == 1 and len(retain) == 2
+    assert len(forget) == 1 and len(retain) == 9
     with pytest.raises(ValueError, match="n_retain=7 is larger than the 6 pairs in data/zorp.csv"):
         forget_retain_sets(pairs, "Zorp", n_retain=7)
     with pytest.raises(ValueError, match="n_retain must be a positive integer"):

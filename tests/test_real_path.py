@@ -11,6 +11,7 @@ from slugkit.adapters.openclip import OpenCLIPAdapter
 from slugkit.models.hf_convert import clip_tokenizer_from_openclip, save_hf
 from slugkit.models.loading import load_clip
 from slugkit.patch import Patch, PatchMismatchError
+from slugkit.step_size_search import Target
 from slugkit.slug import unlearn
 
 from fakes import FACE_NAMES as NAMES, make_faces_folder, tiny_hf, tiny_openclip
@@ -33,7 +34,8 @@ def adapters(tmp_path):
 def test_unlearn_runs_end_to_end_on_a_real_class(which, folder, tmp_path):
     adapter = adapters(tmp_path)[which]
     expected_kinds = {"attn_qkv"} if isinstance(adapter, OpenCLIPAdapter) else {"attn_q", "attn_k", "attn_v"}
-    result = unlearn(adapter, "Captain Zorp", data=folder, classes=NAMES[1:], max_evals=3, progress=False)
+    result = unlearn(adapter, "Captain Zorp", data=folder, classes=NAMES[1:], max_evals=3,
+                     target=Target("forget_top1"), progress=False)  # 3 names: top-5 is always 1
 
     table = result.table
     assert list(table["name"]) == [i.name for i in adapter.candidate_layers()]
@@ -63,6 +65,12 @@ def test_unlearn_runs_end_to_end_on_a_real_class(which, folder, tmp_path):
     other = tiny_openclip(seed=1) if which == 0 else tiny_hf(seed=1)
     with pytest.raises(PatchMismatchError):
         loaded.apply(other)
+
+
+def test_top5_rule_needs_more_than_five_names(folder):
+    adapter = OpenCLIPAdapter(tiny_openclip(), name="tiny-openclip")
+    with pytest.raises(ValueError, match="forget_top5 <= 0 needs at least 6 names.*has 3.*--target top1"):
+        unlearn(adapter, "Captain Zorp", data=folder, classes=NAMES[1:], progress=False)
 
 
 def test_real_data_needs_classes_and_a_mention(folder, tmp_path):

@@ -33,7 +33,7 @@ class Synthetic:
         lam = self.current_lambda()
         self.lams.append(lam)
         return {
-            "forget_top1": 0.0 if lam >= self.lam_star - 1e-4 else 0.6,
+            "forget_top5": 0.0 if lam >= self.lam_star - 1e-4 else 0.6,
             "retain_top1": 1.0 - lam / 100,
             "utility": 0.9 - self.slope * lam,
         }
@@ -58,7 +58,7 @@ def test_converges_to_threshold_with_exact_schedule():
     assert 0 <= res.best_lambda - ev.lam_star < 0.02
     assert res.best_metrics == res.trace[-1].metrics
     assert len(ev.lams) == 11  # baseline + 10 evaluations
-    assert ev.lams[0] == 0.0 and res.baseline["forget_top1"] == 0.6
+    assert ev.lams[0] == 0.0 and res.baseline["forget_top5"] == 0.6
 
 
 def test_each_step_uses_fresh_copy_and_restores_bit_exactly():
@@ -68,7 +68,7 @@ def test_each_step_uses_fresh_copy_and_restores_bit_exactly():
 
     def evaluate():
         snapshots.append(param.detach().clone())
-        return {"forget_top1": 0.0 if len(snapshots) > 4 else 1.0, "retain_top1": 1.0, "utility": 1.0}
+        return {"forget_top5": 0.0 if len(snapshots) > 4 else 1.0, "retain_top1": 1.0, "utility": 1.0}
 
     res = search_step_size(param, grad, evaluate, lambda0=0.37)
     for step, snap in zip(res.trace, snapshots[1:]):
@@ -99,7 +99,7 @@ def test_never_returns_a_lambda_that_did_not_meet_target():
         param, grad = _setup(seed=trial)
 
         def evaluate():
-            return {"forget_top1": rng.choice([0.0, 0.0, 0.3]), "retain_top1": rng.random(), "utility": rng.random()}
+            return {"forget_top5": rng.choice([0.0, 0.0, 0.3]), "retain_top1": rng.random(), "utility": rng.random()}
 
         res = search_step_size(param, grad, evaluate, max_evals=rng.randint(1, 12))
         met = [s for s in res.trace if s.met]
@@ -139,7 +139,7 @@ def test_ties_prefer_smaller_lambda():
     param, grad = _setup()
 
     def evaluate():
-        return {"forget_top1": 0.0, "retain_top1": 0.5, "utility": 0.5}
+        return {"forget_top5": 0.0, "retain_top1": 0.5, "utility": 0.5}
 
     with pytest.warns(UserWarning, match="already"):
         res = search_step_size(param, grad, evaluate, lambda0=1.0, max_evals=4)
@@ -167,14 +167,24 @@ def test_custom_forget_metric_and_threshold():
     param, grad = _setup()
 
     def evaluate():
-        return {"forget_top5": 0.04, "retain_top1": 1.0, "utility": 1.0}
+        return {"forget_top1": 0.04, "retain_top1": 1.0, "utility": 1.0}
 
-    target = Target(forget_metric="forget_top5", threshold=0.05)
+    target = Target(forget_metric="forget_top1", threshold=0.05)
+    assert target.describe() == "forget_top1 <= 0.05"
     with pytest.warns(UserWarning):
         res = search_step_size(param, grad, evaluate, target, max_evals=2)
     assert res.status == "ok"
-    with pytest.raises(KeyError, match="no 'forget_top1' metric"):
+    with pytest.raises(KeyError, match="no 'forget_top5' metric"):  # the default rule is the authors' top-5
         search_step_size(param, grad, evaluate)
+
+
+def test_default_target_is_top5_and_top1_is_weaker():
+    assert Target().forget_metric == "forget_top5" and Target().describe() == "forget_top5 <= 0"
+    guard = Target(guard_metric="utility", guard_tolerance=0.03)
+    assert guard.describe() == "forget_top5 <= 0 and utility >= baseline - 0.03"
+    # the name in second place: top-1 rule reached, top-5 rule not
+    second_place = {"forget_top1": 0.0, "forget_top5": 0.88}
+    assert Target("forget_top1").reached(second_place) and not Target().reached(second_place)
 
 
 def test_default_lambda0():
@@ -211,7 +221,7 @@ def test_result_serialisation():
     frame = res.to_frame()
     assert list(frame.columns[:5]) == ["step", "lam", "reached", "met", "best"]
     assert len(frame) == 6 and frame["best"].sum() == 1
-    assert {"forget_top1", "retain_top1", "utility"} <= set(frame.columns)
+    assert {"forget_top5", "retain_top1", "utility"} <= set(frame.columns)
 
 
 def test_apply_step_context_manager():

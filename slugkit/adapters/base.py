@@ -13,19 +13,67 @@ import torch
 from torch import nn
 
 TOWERS = ("vision", "text")
-# Kinds of candidate layer. Fused q/k/v (open_clip) is "attn_qkv"; separate ones are "attn_q/k/v".
-LAYER_KINDS = ("attn_qkv", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_fc", "mlp_proj")
+# Kinds of the 2-D block weights that make slugkit's default candidate set. Fused q/k/v (open_clip) is
+# "attn_qkv"; separate ones are "attn_q/k/v".
+BLOCK_KINDS = ("attn_qkv", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_fc", "mlp_proj")
+# Every kind a parameter can have:
+#   norm         LayerNorm gain (ln_1/ln_2 in a block; ln_pre, ln_post, ln_final / pre/post/final norms)
+#   patch_embed  the patch-embedding convolution (open_clip visual.conv1.weight, HF patch_embedding)
+#   class_embed  the vision class token
+#   proj         the final projection into the joint space (visual.proj, text_projection, visual_projection)
+#   bias, pos_embed, token_embed, other: never candidates unless asked for by name or kind (``include``)
+LAYER_KINDS = BLOCK_KINDS + ("norm", "patch_embed", "class_embed", "proj", "bias", "pos_embed", "token_embed", "other")
+# "default": slugkit's teaching set, the 2-D attention and MLP weights of every block.
+# "reference": the authors' open_clip set, every parameter except biases, logit_scale (which belongs to no
+# tower and is never described), positional and token embeddings.
+CANDIDATE_SETS = ("default", "reference")
+_NOT_REFERENCE = ("bias", "pos_embed", "token_embed")
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One candidate layer: a single 2-D weight tensor of one transformer block."""
+    """One parameter tensor seen as a SLUG layer.
+
+    ``block`` is the 0-based transformer block; parameters before the first block of their tower
+    (patch/class/position embeddings, pre-norm) have ``block = -1``, those after the last one (final
+    norm, projection) ``block = n_blocks``. A vision evaluator can resume from the input of ``block``
+    when ``block >= 0`` (``n_blocks`` = after every block) and must start from pixels when it is -1.
+    """
 
     name: str  # parameter name as in model.named_parameters()
     tower: str  # "vision" or "text"
-    block: int  # 0-based index of the transformer block
+    block: int  # -1 (stem), 0..n_blocks-1 (a block) or n_blocks (head)
     kind: str  # one of LAYER_KINDS
     shape: tuple[int, ...]
+
+
+def generic_kind(name: str) -> str:
+    """Kind of a parameter outside the block weights, from its name (shared naming of open_clip and HF)."""
+    last = name.rsplit(".", 1)[-1]
+    if last == "bias" or last.endswith("_bias"):
+        return "bias"
+    if any(k in name for k in ("positional_embedding", "position_embedding")):
+        return "pos_embed"
+    if "token_embedding" in name:
+        return "token_embed"
+    if "class_embedding" in name:
+        return "class_embed"
+    if any(k in name for k in ("conv1", "patch_embedding")):
+        return "patch_embed"
+    if any(k in name for k in ("ln_", "layer_norm", "layernorm", "layrnorm")):
+        return "norm"
+    if any(k in name for k in ("visual.proj", "text_projection", "visual_projection")):
+        return "proj"
+    return "other"
+
+
+def select_candidates(infos: list[LayerInfo], candidates: str) -> list[LayerInfo]:
+    """The members of candidate set ``candidates`` (see :data:`CANDIDATE_SETS`) among ``infos``."""
+    if candidates not in CANDIDATE_SETS:
+        raise ValueError(f"candidates must be one of {CANDIDATE_SETS}, got {candidates!r}")
+    if candidates == "default":
+        return [i for i in infos if i.kind in BLOCK_KINDS]
+    return [i for i in infos if i.kind not in _NOT_REFERENCE]
 
 
 class CLIPAdapter(ABC):
@@ -67,16 +115,32 @@ class CLIPAdapter(ABC):
         """The contrastive temperature ``s = exp(logit_scale)``, a scalar tensor."""
 
     @abstractmethod
-    def candidate_layers(self) -> list[LayerInfo]:
-        """All default SLUG candidates: 2-D attention and MLP weights of every block of both towers,
-        ordered by tower, then block, then position inside the block."""
+    def candidate_layers(self, candidates: str = "default") -> list[LayerInfo]:
+        """The SLUG candidates of one of :data:`CANDIDATE_SETS`, ordered by tower, then block, then
+        position in the forward pass. "default": the 2-D attention and MLP weights of every block of
+        both towers. "reference": the authors' set, every parameter except biases, ``logit_scale``,
+        positional and token embeddings (so also LayerNorm gains, the patch embedding, the class
+        token and both final projections)."""
+
+    def describe_parameters(self) -> list[LayerInfo]:
+        """Every parameter of either tower as a :class:`LayerInfo`, in candidate order."""
+        raise NotImplementedError(f"{type(self).__name__} describes only its default candidate layers")
+
+    def layer_info(self, name: str) -> LayerInfo:
+        """The :class:`LayerInfo` of any parameter of either tower (also outside the candidate sets)."""
+        for info in self.describe_parameters():
+            if info.name == name:
+                return info
+        self.parameter(name)  # unknown name: a clear KeyError
+        raise ValueError(f"parameter {name!r} belongs to neither tower, so it cannot be a SLUG layer")
 
     # Optional: resume the vision tower from a cached block input, so a search over a vision layer in
     # block b recomputes only blocks b.. (the evaluator checks ``supports_vision_resume``).
     supports_vision_resume: bool = False
 
     def vision_state(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
-        """The residual stream entering vision block ``block`` (layout private to the adapter)."""
+        """The residual stream entering vision block ``block`` in ``0..n_blocks`` (``n_blocks``: after
+        the last block; layout private to the adapter)."""
         raise NotImplementedError(f"{type(self).__name__} cannot resume its vision tower")
 
     def encode_image_from(self, state: torch.Tensor, block: int) -> torch.Tensor:

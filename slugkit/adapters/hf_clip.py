@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CLIPAdapter, LayerInfo
+from .base import CLIPAdapter, LayerInfo, generic_kind, select_candidates
 from .openclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _is_pil_list, uint8_to_pixels
 
 # (parameter suffix inside an encoder layer, kind), in order of position inside the block
@@ -20,6 +20,8 @@ _HF_BLOCK_PARAMS = (
     ("mlp.fc1.weight", "mlp_fc"),
     ("mlp.fc2.weight", "mlp_proj"),
 )
+# forward order inside an encoder layer (HF registers k, v, q and the norms in another order)
+_HF_FORWARD_ORDER = ("layer_norm1", "q_proj", "k_proj", "v_proj", "out_proj", "layer_norm2", "fc1", "fc2", "")
 
 try:  # the original CLIP / open_clip text cleaning; ftfy comes with open_clip
     import ftfy as _ftfy
@@ -129,7 +131,14 @@ class HFCLIPAdapter(CLIPAdapter):
 
     supports_vision_resume = True
 
+    def _check_block(self, block: int) -> None:
+        n = len(self.model.vision_model.encoder.layers)
+        if not 0 <= block <= n:
+            raise ValueError(f"vision resume block must be in 0..{n} (an edit before block 0 needs the whole "
+                             f"tower), got {block}")
+
     def vision_state(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
+        self._check_block(block)
         vm = self.model.vision_model
         h = vm.pre_layrnorm(vm.embeddings(pixels.to(self.device)))
         for layer in vm.encoder.layers[:block]:
@@ -137,6 +146,7 @@ class HFCLIPAdapter(CLIPAdapter):
         return h
 
     def encode_image_from(self, state: torch.Tensor, block: int) -> torch.Tensor:
+        self._check_block(block)
         vm = self.model.vision_model
         h = state
         for layer in vm.encoder.layers[block:]:
@@ -154,16 +164,39 @@ class HFCLIPAdapter(CLIPAdapter):
         """``exp(model.logit_scale)``, a scalar tensor."""
         return self.model.logit_scale.exp().reshape(())
 
-    def candidate_layers(self) -> list[LayerInfo]:
-        """q, k, v, out, fc1, fc2 of every vision encoder layer, then every text encoder layer."""
+    def describe_parameters(self) -> list[LayerInfo]:
+        """Every parameter but ``logit_scale``: tower, block (-1 before the encoder layers, ``n`` after) and kind.
+
+        Stem (block -1): ``embeddings.*`` and the vision ``pre_layrnorm``; head (block n):
+        ``post_layernorm`` / ``final_layer_norm`` and ``visual_projection`` / ``text_projection``.
+        """
         params = dict(self.model.named_parameters())
-        out: list[LayerInfo] = []
-        for tower, prefix in (("vision", "vision_model"), ("text", "text_model")):
+        kinds = dict(_HF_BLOCK_PARAMS)
+        rows = []
+        for t, (tower, prefix, head) in enumerate((("vision", "vision_model", "visual_projection"),
+                                                   ("text", "text_model", "text_projection"))):
             layers = getattr(self.model, prefix).encoder.layers
             for i in range(len(layers)):
-                for suffix, kind in _HF_BLOCK_PARAMS:
-                    pname = f"{prefix}.encoder.layers.{i}.{suffix}"
-                    if pname not in params:
-                        raise ValueError(f"unexpected CLIPModel layout: no parameter {pname!r}")
-                    out.append(LayerInfo(pname, tower, i, kind, tuple(params[pname].shape)))
-        return out
+                for suffix, _ in _HF_BLOCK_PARAMS:
+                    if f"{prefix}.encoder.layers.{i}.{suffix}" not in params:
+                        raise ValueError(f"unexpected CLIPModel layout: no parameter "
+                                         f"{prefix}.encoder.layers.{i}.{suffix!r}")
+            n, blocks = len(layers), f"{prefix}.encoder.layers."
+            for order, (name, p) in enumerate(params.items()):
+                if not (name.startswith(prefix + ".") or name.startswith(head + ".")):
+                    continue
+                if name.startswith(blocks):
+                    block, suffix = name[len(blocks):].split(".", 1)
+                    block, kind = int(block), kinds.get(suffix) or generic_kind(name)
+                    rank = next(k for k, part in enumerate(_HF_FORWARD_ORDER) if part in suffix)
+                else:
+                    stem = name.startswith((f"{prefix}.embeddings.", f"{prefix}.pre_layrnorm."))
+                    block, kind = (-1 if stem else n), generic_kind(name)
+                    rank = 1 if name.startswith(head + ".") else 0  # the projection comes after the final norm
+                rows.append((t, block, rank, order, LayerInfo(name, tower, block, kind, tuple(p.shape))))
+        return [r[-1] for r in sorted(rows, key=lambda r: r[:4])]
+
+    def candidate_layers(self, candidates: str = "default") -> list[LayerInfo]:
+        """Default: q, k, v, out, fc1, fc2 of every vision encoder layer, then every text encoder layer.
+        Reference: every parameter except biases, logit_scale, position and token embeddings."""
+        return select_candidates(self.describe_parameters(), candidates)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CLIPAdapter, LayerInfo
+from .base import TOWERS, CLIPAdapter, LayerInfo, generic_kind, select_candidates
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -20,6 +20,9 @@ _OPENCLIP_BLOCK_PARAMS = (
     ("mlp.c_fc.weight", "mlp_fc"),
     ("mlp.c_proj.weight", "mlp_proj"),
 )
+
+# forward order of the parameters outside the blocks (open_clip registers them in another order)
+_FORWARD_ORDER = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "ln_post", "ln_final", "proj")
 
 
 def _is_pil_list(images) -> bool:
@@ -203,7 +206,14 @@ class OpenCLIPAdapter(CLIPAdapter):
         v = self.model.visual
         return hasattr(v, "_embeds") and hasattr(v, "_pool") and hasattr(v, "transformer")
 
+    def _check_block(self, block: int) -> None:
+        n = len(self.model.visual.transformer.resblocks)
+        if not 0 <= block <= n:
+            raise ValueError(f"vision resume block must be in 0..{n} (an edit before block 0 needs the whole "
+                             f"tower), got {block}")
+
     def vision_state(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
+        self._check_block(block)
         v = self.model.visual
         x = v._embeds(pixels.to(self.device, next(v.parameters()).dtype))
         if not v.transformer.batch_first:
@@ -213,6 +223,7 @@ class OpenCLIPAdapter(CLIPAdapter):
         return x
 
     def encode_image_from(self, state: torch.Tensor, block: int) -> torch.Tensor:
+        self._check_block(block)
         v = self.model.visual
         x = state
         for blk in v.transformer.resblocks[block:]:
@@ -228,8 +239,7 @@ class OpenCLIPAdapter(CLIPAdapter):
         """``exp(model.logit_scale)``, a scalar tensor."""
         return self.model.logit_scale.exp().reshape(())
 
-    def candidate_layers(self) -> list[LayerInfo]:
-        """Fused qkv, attn out, mlp fc, mlp proj of every vision block, then every text block."""
+    def _check_layout(self) -> None:
         from open_clip.transformer import VisionTransformer
 
         visual = self.model.visual
@@ -244,13 +254,42 @@ class OpenCLIPAdapter(CLIPAdapter):
                 f"a custom text tower ({type(getattr(self.model, 'text', None)).__name__})"
             )
         params = dict(self.model.named_parameters())
-        out: list[LayerInfo] = []
-        towers = (("vision", "visual.transformer", visual.transformer), ("text", "transformer", self.model.transformer))
-        for tower, prefix, trf in towers:
+        for prefix, trf in (("visual.transformer", visual.transformer), ("transformer", self.model.transformer)):
             for i in range(len(trf.resblocks)):
-                for suffix, kind in _OPENCLIP_BLOCK_PARAMS:
-                    pname = f"{prefix}.resblocks.{i}.{suffix}"
-                    if pname not in params:
-                        raise ValueError(f"unexpected open_clip block layout: no parameter {pname!r}")
-                    out.append(LayerInfo(pname, tower, i, kind, tuple(params[pname].shape)))
-        return out
+                for suffix, _ in _OPENCLIP_BLOCK_PARAMS:
+                    if f"{prefix}.resblocks.{i}.{suffix}" not in params:
+                        raise ValueError(f"unexpected open_clip block layout: no parameter "
+                                         f"{prefix}.resblocks.{i}.{suffix!r}")
+
+    def describe_parameters(self) -> list[LayerInfo]:
+        """Every parameter but ``logit_scale``: tower, block (-1 before the blocks, ``n`` after) and kind.
+
+        Vision stem (block -1): ``visual.conv1``, ``class_embedding``, ``positional_embedding``, ``ln_pre``;
+        vision head (block n): ``ln_post``, ``proj``. Text stem: token and positional embeddings; text
+        head: ``ln_final``, ``text_projection``.
+        """
+        self._check_layout()
+        kinds = dict(_OPENCLIP_BLOCK_PARAMS)
+        towers = (("vision", "visual.transformer.resblocks.", len(self.model.visual.transformer.resblocks),
+                   ("visual.conv1", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre",
+                    "visual.patch_dropout")),
+                  ("text", "transformer.resblocks.", len(self.model.transformer.resblocks),
+                   ("token_embedding", "positional_embedding")))
+        rows = []
+        for order, (name, p) in enumerate(self.model.named_parameters()):
+            if name in ("logit_scale", "logit_bias"):
+                continue
+            tower, blocks, n, stem = towers[0] if name.startswith("visual.") else towers[1]
+            if name.startswith(blocks):
+                block, suffix = name[len(blocks):].split(".", 1)
+                block, kind = int(block), kinds.get(suffix) or generic_kind(name)
+            else:
+                block, kind = (-1 if name.startswith(stem) else n), generic_kind(name)
+            rank = next((k for k, part in enumerate(_FORWARD_ORDER) if part in name), 0) if block in (-1, n) else 0
+            rows.append((TOWERS.index(tower), block, rank, order, LayerInfo(name, tower, block, kind, tuple(p.shape))))
+        return [r[-1] for r in sorted(rows, key=lambda r: r[:4])]
+
+    def candidate_layers(self, candidates: str = "default") -> list[LayerInfo]:
+        """Default: fused qkv, attn out, mlp fc, mlp proj of every vision block, then every text block.
+        Reference: every parameter except biases, logit_scale, positional and token embeddings."""
+        return select_candidates(self.describe_parameters(), candidates)

@@ -24,7 +24,13 @@ __all__ = [
     "pair_loader",
     "mentions",
     "forget_retain_sets",
+    "RETAIN_PAIRS",
 ]
+
+# Default retain-set size: many times a typical forget set, and a whole number of 64-pair batches, so
+# the retain gradient averages 16 equal contrastive batches (the authors draw retain pairs from a
+# large shard in fixed-size batches).
+RETAIN_PAIRS = 1024
 
 
 class ImageTextPairs(Dataset):
@@ -182,12 +188,17 @@ def pair_loader(
     shuffle: bool = False,
     seed: int = 0,
     num_workers: int = 0,
+    equal_batches: bool = False,
 ) -> DataLoader:
     """A DataLoader yielding ``(pixels, tokens)`` batches prepared by ``adapter``.
 
     Images are stacked into a uint8 ``(B, H, W, 3)`` tensor when they are equally sized numpy
     arrays, and passed as a list of PIL images otherwise. Shuffling is driven by a generator
     seeded with ``seed``, so two loaders built with the same seed yield the same batches.
+
+    ``equal_batches=True`` (used for the contrastive retain loss) makes every batch exactly
+    ``min(batch_size, len(pairs))`` pairs: the last ``len(pairs) % batch_size`` pairs are dropped
+    rather than forming a small batch that would weigh as much as a full one in the mean over batches.
     """
     if len(pairs) == 0:
         raise ValueError(f"cannot build a loader from no pairs: {getattr(pairs, 'origin', '<unknown origin>')} is empty")
@@ -197,6 +208,8 @@ def pair_loader(
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
     generator = torch.Generator()
     generator.manual_seed(int(seed))
+    if equal_batches:
+        batch_size = min(batch_size, len(pairs))
     return DataLoader(
         pairs,
         batch_size=batch_size,
@@ -204,6 +217,7 @@ def pair_loader(
         num_workers=num_workers,
         collate_fn=_PairCollate(adapter),
         generator=generator,
+        drop_last=equal_batches,
     )
 
 
@@ -246,10 +260,9 @@ def forget_retain_sets(
     """Split ``pairs`` into the forget set and a retain set for ``concept``.
 
     The forget set holds every pair whose caption :func:`mentions` the concept. The retain set
-    is a random sample, seeded with ``seed``, of ``n_retain`` pairs (default: as many as the
-    forget set but at least 2, capped by what is available) drawn from the pairs that do not mention the
-    concept, or from all pairs when ``exclude_from_retain`` is False. Both keep the order of
-    ``pairs``.
+    is a random sample, seeded with ``seed``, of ``n_retain`` pairs (default: :data:`RETAIN_PAIRS`
+    = 1024, capped by what is available) drawn from the pairs that do not mention the concept, or
+    from all pairs when ``exclude_from_retain`` is False. Both keep the order of ``pairs``.
     """
     _check_concept(concept)
     origin = getattr(pairs, "origin", "<unknown origin>")
@@ -268,8 +281,8 @@ def forget_retain_sets(
             f"retain set is empty: every caption in {origin} mentions '{concept}'; "
             "add pairs that do not mention it or pass exclude_from_retain=False"
         )
-    if n_retain is None:  # at least 2 when there are: the contrastive retain loss of one pair is 0
-        k = max(min(2, len(pool)), min(len(forget_idx), len(pool)))
+    if n_retain is None:
+        k = min(RETAIN_PAIRS, len(pool))
     else:
         if isinstance(n_retain, bool) or not isinstance(n_retain, (int, np.integer)) or n_retain < 1:
             raise ValueError(f"n_retain must be a positive integer or None, got {n_retain!r}")

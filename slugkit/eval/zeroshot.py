@@ -123,8 +123,11 @@ class ConceptEvaluator:
 
     @torch.no_grad()
     def prepare(self, tower: str, block: int, batch_size: int = 512) -> None:
-        """Cache what enters ``block`` of ``tower`` (vision only; call on the unedited model)."""
-        if tower == "vision" and self.adapter.supports_vision_resume and block != self._block:
+        """Cache what enters ``block`` of ``tower`` (vision only; call on the unedited model).
+
+        ``block`` -1 (a stem parameter such as the patch embedding) caches nothing: an edit there changes
+        every block's input, so evaluations recompute the vision tower from pixels."""
+        if tower == "vision" and self.adapter.supports_vision_resume and 0 <= block and block != self._block:
             images = self.world.images
             self._states = [self.adapter.vision_state(self.adapter.preprocess(torch.tensor(images[i:i + batch_size])), block)
                             for i in range(0, len(images), batch_size)]
