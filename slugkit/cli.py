@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_toy)
 
     bp = sub.add_parser("bench", help="SLUG vs GA, FT, GA+FT, SalUn, SSD: bench.json, bench.md, tradeoff.png")
-    bp.add_argument("--model", default=DEFAULT_MODEL)
+    bp.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
+                    help="a toy CLIP: 'toy-clip' (default) or 'toy-clip-hf'")
     bp.add_argument("--concepts", nargs="*", help="concepts forgotten one at a time (default: 3 characters, "
                     "1 style, 1 object)")
     bp.add_argument("--methods", nargs="+", help="any of slug ga ft gaft salun ssd (default: all)")
@@ -382,15 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--forget", default="Captain Zorp", metavar="CONCEPT", help="the character to forget (default 'Captain Zorp')")
     d.set_defaults(func=cmd_demo)
     a = sub.add_parser("attribute", help="Captum attributions of the image-text cosine before vs after a patch")
-    a.add_argument("--model", default=DEFAULT_MODEL)
+    a.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=MODEL_HELP)
     a.add_argument("--patch", required=True, help="patch.safetensors written by `slugkit unlearn`")
     a.add_argument("--concept", help="MiniCanvas concept whose pictures to explain (default: the patch's)")
     a.add_argument("--method", choices=["ig", "saliency-nt", "gradshap"], default="ig", help="pixel attribution")
     a.add_argument("--n-images", type=int, default=8, help="pictures per group (forget, retain)")
     a.add_argument("--n-steps", type=int, default=32, help="integration steps of pixel IG")
     a.add_argument("--block-steps", type=int, default=16, help="integration steps of the per-block IG")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--seed", type=_int_in(SEED_MIN, SEED_MAX), default=0, metavar="N",
+                   help=f"which pictures to explain, {SEED_MIN}..{SEED_MAX} (default 0)")
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
     a.set_defaults(func=cmd_attribute)
     _add_debug_everywhere(p)
     return p

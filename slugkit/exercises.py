@@ -205,7 +205,7 @@ def _slugkit_trace(forget: Callable[[float], float], lambda0: float, max_evals: 
             tried.append(lam)
         return {"forget_top1": forget(lam) if lam else 1.0}
 
-    search_step_size(param, grad, evaluate, Target(score_metrics=()), max_evals=max_evals, lambda0=lambda0,
+    search_step_size(param, grad, evaluate, Target("forget_top1", score_metrics=()), max_evals=max_evals, lambda0=lambda0,
                      rtol=rtol, progress=False)
     return tried
 

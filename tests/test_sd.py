@@ -11,6 +11,7 @@ from slugkit.eval.generation import (frechet_distance, judged_accuracy, prompt_f
 from slugkit.models import judge as judge_mod
 from slugkit.models import toy_sd
 from slugkit.patch import Patch, PatchMismatchError, applied_patches, scope_fingerprint
+from slugkit.step_size_search import Target
 
 from fakes import FACE_NAMES, make_faces_folder, tiny_hf
 
@@ -185,6 +186,7 @@ def test_real_sd_path_end_to_end_on_tiny_random_configs(tmp_path):
     (tmp_path / "faces").mkdir()
     folder = make_faces_folder(tmp_path / "faces")
     result = unlearn_host(host, "Captain Zorp", clip=clip, data=folder, classes=FACE_NAMES[1:], max_evals=2,
+                          target=Target("forget_top1"),  # top-5 = 0 needs 6 names; the tiny data has 3
                           progress=False)
     report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
     if result.patch is not None:
