@@ -27,6 +27,14 @@ CHECKPOINT_NAME = "toy-clip.safetensors"
 _registered = False
 
 
+def warmup_cosine(step: int, peak: float, warmup: int, steps: int) -> float:
+    """Learning rate at ``step``: linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def register() -> str:
     """Register slugkit's model configs with open_clip (idempotent); returns the toy architecture name."""
     global _registered
@@ -116,10 +124,7 @@ def train_toy_clip(cfg: TrainConfig = TrainConfig(), progress: bool = True):
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
 
     def lr_at(step):
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+        return warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps)
 
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []

@@ -21,7 +21,6 @@ language model, with the LLaVA config, the tokenizer vocabulary and the measured
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.minicanvas import CHARACTER_NAMES, COLOUR_NAMES, OBJECTS, STYLES, MiniCanvas
-from .toy_clip import data_dir
+from .toy_clip import data_dir, warmup_cosine
 
 CHECKPOINT_NAME = "toy-llava.safetensors"
 QUESTION_TYPES = ("identity", "object", "colour", "style", "describe")
@@ -401,10 +400,7 @@ def train_toy_llava(cfg: TrainConfig = TrainConfig(), progress: bool = True, cli
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
 
     def lr_at(step):
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+        return warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps)
 
     rng = np.random.default_rng(cfg.seed)
     pad_id = tokenizer.convert_tokens_to_ids(PAD)
