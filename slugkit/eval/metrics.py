@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..data.minicanvas import ATTRIBUTES, MiniCanvas, cached_split, find_concept, zero_shot_prompts
-from .zeroshot import ConceptEvaluator, accuracy_from_embeddings, embed_images, embed_prompts
+from .zeroshot import ConceptEvaluator, embed_images, embed_prompts
 
 #: the attributes of UnlearnCanvas-like pictures (objects drawn in a style and a colour)
 CANVAS_ATTRIBUTES = ("object", "style", "colour")
@@ -77,22 +77,6 @@ class ConceptSetEvaluator(ConceptEvaluator):
         missing = [n for n, i in zip(names, self.indices) if not (labels == i).any()]
         if missing:
             raise ValueError(f"the evaluation set has no image of {missing}; use a larger split")
-
-    def metrics(self, image_emb: torch.Tensor, prompt_emb: dict[str, torch.Tensor]) -> dict[str, float]:
-        out = {}
-        for a in ATTRIBUTES:
-            labels = self.world.labels(a)
-            if a != self.attribute:
-                out[f"{a}_top1"] = accuracy_from_embeddings(image_emb, prompt_emb[a], labels)["top1"]
-                continue
-            shows = np.isin(labels, self.indices)
-            f = accuracy_from_embeddings(image_emb, prompt_emb[a], np.where(shows, labels, -1))
-            r = accuracy_from_embeddings(image_emb, prompt_emb[a], np.where((labels >= 0) & ~shows, labels, -1))
-            full = accuracy_from_embeddings(image_emb, prompt_emb[a], labels)
-            out |= {"forget_top1": f["top1"], "forget_top5": f["top5"], "retain_top1": r["top1"],
-                    "retain_top5": r["top5"], f"{a}_top1": full["top1"]}
-        out["utility"] = float(np.mean([out[f"{a}_top1"] for a in ATTRIBUTES if a != self.attribute]))
-        return out
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ class ConceptEvaluator:
         found = find_concept(concept)
         self.concept, self.attribute = found["name"], found["attribute"]
         self.index = ATTRIBUTES[self.attribute].index(self.concept)
+        self.indices = [self.index]  # forgotten classes of ``attribute`` (several in :class:`ConceptSetEvaluator`)
         labels = world.labels(self.attribute)
         if not (labels == self.index).any():
             raise ValueError(f"the evaluation set has no image of {self.concept!r}; use a larger split")
@@ -154,8 +155,9 @@ class ConceptEvaluator:
             if a != self.attribute:
                 out[f"{a}_top1"] = accuracy_from_embeddings(image_emb, prompt_emb[a], labels)["top1"]
                 continue
-            forget = np.where(labels == self.index, labels, -1)
-            retain = np.where((labels >= 0) & (labels != self.index), labels, -1)
+            shows = np.isin(labels, self.indices)  # the forgotten class(es)
+            forget = np.where(shows, labels, -1)
+            retain = np.where((labels >= 0) & ~shows, labels, -1)
             f = accuracy_from_embeddings(image_emb, prompt_emb[a], forget)
             r = accuracy_from_embeddings(image_emb, prompt_emb[a], retain)
             full = accuracy_from_embeddings(image_emb, prompt_emb[a], labels)
