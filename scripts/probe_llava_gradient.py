@@ -1,5 +1,8 @@
 """Probe (investigation, not part of the pipeline): SLUG's update with a forget gradient taken through LLaVA itself.
 
+Written for the first toy LLaVA, which read block 4's patch tokens (LLaVA-1.5's layout) and did not inherit SLUG's
+CLIP edit; it reads whatever the shipped checkpoint's config says (vision_feature_layer, select strategy).
+
     python scripts/probe_llava_gradient.py "Mira Quell" encoder.layers.4.self_attn.out_proj.weight
 
 The gradient of LLaVA's answer loss (name tokens, 8 training identity phrasings, up to 128 training pictures of
@@ -41,7 +44,8 @@ def answer_grad(indices):
         for k, x in enumerate(seqs):
             ids[k, :len(x)] = torch.tensor(x)
             labels[k, len(p):len(x)] = torch.tensor(x[len(p):])
-        hs = tower(pix, output_hidden_states=True).hidden_states[-2][:, 1:]
+        hs = tower(pix, output_hidden_states=True).hidden_states[m.config.vision_feature_layer]
+        hs = hs[:, 1:] if m.config.vision_feature_select_strategy == "default" else hs
         TL.answer_loss(m, hs, ids, labels).backward()
     return W.grad.detach() / len(qs)
 

@@ -90,7 +90,8 @@ def test_vision_tower_is_exactly_toy_clip_hf_and_processor_matches(host):
     world = MiniCanvas(n=4, seed=3, split="test")
     via_processor = host.processor(images=[Image.fromarray(im) for im in world.images],
                                    text=["USER: <image>\nWho is this? ASSISTANT:"] * 4, return_tensors="pt")
-    assert (via_processor["input_ids"] == host.model.config.image_token_id).sum(1).tolist() == [16] * 4
+    # 4 x 4 patch tokens + the class token ("full": the toy reads the class token too)
+    assert (via_processor["input_ids"] == host.model.config.image_token_id).sum(1).tolist() == [17] * 4
     assert torch.allclose(via_processor["pixel_values"], host.preprocess(world.images), atol=2e-2)
 
 
@@ -106,9 +107,9 @@ def test_chat_with_generate_agrees_with_batched_answers(host):
 # ----------------------------------------------------------------------------------------------- feature layer
 def test_max_block_follows_vision_feature_layer(host):
     cfg = host.model.config
-    assert cfg.vision_config.num_hidden_layers == 6 and cfg.vision_feature_layer == -2
-    assert host.max_block == 4
-    for layer, expected in ((-1, 5), (3, 2), ([-2, -5], 4), (1, 0)):
+    assert cfg.vision_config.num_hidden_layers == 6 and cfg.vision_feature_layer == TL.TOY_FEATURE_LAYER == -1
+    assert cfg.vision_feature_select_strategy == "full" and host.max_block == 5
+    for layer, expected in ((-2, 4), (3, 2), ([-2, -5], 4), (1, 0)):
         cfg2 = type(cfg).from_dict(cfg.to_dict())
         cfg2.vision_feature_layer = layer
         assert LlavaHost.deepest_read_block(cfg2) == expected
@@ -118,26 +119,30 @@ def test_max_block_follows_vision_feature_layer(host):
 
 
 def test_an_edit_after_the_read_layer_changes_nothing(host):
-    """The feature-layer rule: noise in block 5 changes LLaVA's logits by exactly 0, in block 4 it does not."""
+    """The feature-layer rule on a LLaVA-1.5 layout (penultimate hidden state, patch tokens only; a small random
+    language model on the toy CLIP's tower): noise in block 5 changes its logits by exactly 0, in block 4 it does not."""
     from slugkit.models.loading import load_clip
 
     clip = load_clip("toy-clip-hf")
+    model = tiny_llava_model(clip.model)
+    llava15 = LlavaHost(model, tiny_processor(model), "llava-1.5 layout", "toy-clip-hf")
+    assert model.config.vision_feature_layer == -2 and llava15.max_block == 4
     world = host.world.take(np.arange(24))
     q = TL.phrasings("identity", "test")[0]
 
     def logits():
-        return TL.first_answer_logits(host.model, host.tokenizer,
-                                      TL.image_embeddings(host.model, host.preprocess(world.images)), q)
+        return TL.first_answer_logits(model, host.tokenizer,
+                                      TL.image_embeddings(model, host.preprocess(world.images)), q)
 
     base = logits()
     changes = {}
     for block in (4, 5):
         patch = _noise_patch(clip, block)
-        host.apply(patch)
+        llava15.apply(patch)
         try:
             changes[block] = (logits() - base).abs().max().item()
         finally:
-            host.revert(patch)
+            llava15.revert(patch)
     assert changes[5] == 0.0
     assert changes[4] > 1e-3
     assert torch.equal(logits(), base)

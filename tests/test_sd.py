@@ -110,9 +110,10 @@ def test_toy_sd_draws_what_it_is_asked(host):
     acc = host.evaluate(progress=False)
     assert set(acc) == set(ATTRIBUTES)
     assert set(acc["identity"]["per_concept"]) == set(ATTRIBUTES["identity"])
-    # measured with TEST_SEEDS on the shipped checkpoint: identity 0.23, object 0.20, style 0.21, colour 0.125
-    # (chance: 1/13, 1/10, 1/7, 1/8); far below the goals, see README
-    floors = {"identity": 0.15, "object": 0.15, "style": 0.15, "colour": 0.1}
+    # measured with TEST_SEEDS on the shipped checkpoint: identity 0.962, object 1.0, style 0.5, colour 0.375
+    # (chance: 1/13, 1/10, 1/7, 1/8). Characters and objects: the goals (>= 80%, >= 90%); styles and
+    # colours: the measured level with a margin, below the colour goal (see README)
+    floors = {"identity": 0.8, "object": 0.9, "style": 0.35, "colour": 0.25}
     assert all(acc[a]["top1"] >= floors[a] for a in floors), {a: m["top1"] for a, m in acc.items()}
 
 

@@ -36,6 +36,12 @@ from ..data.minicanvas import CHARACTER_NAMES, COLOUR_NAMES, OBJECTS, STYLES, Mi
 from .toy_clip import data_dir, warmup_cosine
 
 CHECKPOINT_NAME = "toy-llava.safetensors"
+# What the toy LLaVA reads from its vision tower. LLaVA-1.5 reads the penultimate hidden state without the class
+# token (-2, "default"); the toy reads the last one with it (-1, "full"). Measured: a toy LLaVA trained on the
+# penultimate patch tokens learned its own identity read-out, and SLUG's CLIP edit (made through CLIP's class token)
+# left it naming the character 100% of the time; trained on the features CLIP aligns with names, it forgets with the
+# CLIP for most characters (README, "SLUG on LLaVA").
+TOY_FEATURE_LAYER, TOY_SELECT_STRATEGY = -1, "full"
 QUESTION_TYPES = ("identity", "object", "colour", "style", "describe")
 IMAGE_TOKEN, PAD, BOS, EOS, UNK = "<image>", "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE_TOKEN)
@@ -142,18 +148,24 @@ def build_tokenizer(vocab: list[str] | None = None):
     return fast
 
 
-def llava_config(vision_config, vocab_size: int, image_token_id: int):
-    """``LlavaConfig``: the given CLIP vision config + a tiny Llama (hidden 128, 2 layers, 4 heads)."""
+def llava_config(vision_config, vocab_size: int, image_token_id: int, feature_layer: int = -2,
+                 select_strategy: str = "default"):
+    """``LlavaConfig``: the given CLIP vision config + a tiny Llama (hidden 128, 2 layers, 4 heads).
+
+    ``feature_layer`` / ``select_strategy``: LLaVA's ``vision_feature_layer`` and ``vision_feature_select_strategy``
+    (LLaVA-1.5: -2, "default" = patch tokens only; "full" keeps the class token too)."""
     from transformers import LlamaConfig, LlavaConfig
 
     text = LlamaConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
                        pad_token_id=SPECIAL_TOKENS.index(PAD), bos_token_id=SPECIAL_TOKENS.index(BOS),
                        eos_token_id=SPECIAL_TOKENS.index(EOS), tie_word_embeddings=False)
-    n_patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    if select_strategy not in ("default", "full"):
+        raise ValueError(f"select_strategy must be 'default' or 'full', got {select_strategy!r}")
+    n_tokens = (vision_config.image_size // vision_config.patch_size) ** 2 + (select_strategy == "full")
     return LlavaConfig(vision_config=vision_config, text_config=text, image_token_id=image_token_id,
-                       vision_feature_layer=-2, vision_feature_select_strategy="default",
-                       projector_hidden_act="gelu", image_seq_length=n_patches, multimodal_projector_bias=True,
+                       vision_feature_layer=feature_layer, vision_feature_select_strategy=select_strategy,
+                       projector_hidden_act="gelu", image_seq_length=n_tokens, multimodal_projector_bias=True,
                        tie_word_embeddings=False)
 
 
@@ -174,8 +186,11 @@ def processor_for(clip_adapter, tokenizer, config):
                           num_additional_image_tokens=1, image_token=IMAGE_TOKEN)
 
 
-def create_toy_llava(clip_adapter=None, seed: int = 0, vocab: list[str] | None = None):
+def create_toy_llava(clip_adapter=None, seed: int = 0, vocab: list[str] | None = None,
+                     feature_layer: int = TOY_FEATURE_LAYER, select_strategy: str = TOY_SELECT_STRATEGY):
     """A toy LLaVA with the toy CLIP vision tower and a randomly initialised projector + language model.
+
+    ``feature_layer`` / ``select_strategy``: which hidden state of the tower LLaVA reads (see :func:`llava_config`).
 
     Returns ``(model, tokenizer, clip_adapter)``; ``model.model.vision_tower`` holds exactly the weights of
     ``clip_adapter.model.vision_model`` (frozen, ``requires_grad=False``).
@@ -185,7 +200,7 @@ def create_toy_llava(clip_adapter=None, seed: int = 0, vocab: list[str] | None =
     clip_adapter = clip_adapter or toy_clip_hf()
     tokenizer = build_tokenizer(vocab)
     config = llava_config(clip_adapter.model.config.vision_config, len(tokenizer),
-                          tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+                          tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), feature_layer, select_strategy)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     model.model.vision_tower.load_state_dict(clip_adapter.model.vision_model.state_dict())
@@ -331,6 +346,8 @@ class TrainConfig:
     warmup: int = 50
     eval_every: int = 750
     n_eval: int = 300             # held-out pictures for the accuracy printed during training
+    feature_layer: int = TOY_FEATURE_LAYER        # LLaVA's vision_feature_layer (LLaVA-1.5: -2)
+    select_strategy: str = TOY_SELECT_STRATEGY    # "full": class token + patch tokens (LLaVA-1.5: "default")
 
 
 def _answer_table(world: MiniCanvas, tokenizer) -> dict[str, tuple[np.ndarray, list[list[int]]]]:
@@ -384,7 +401,8 @@ def train_toy_llava(cfg: TrainConfig = TrainConfig(), progress: bool = True, cli
     history)``; ``history``: dicts with step, loss and (every ``eval_every`` steps) held-out accuracy per type."""
     from ..data.minicanvas import cached_split
 
-    model, tokenizer, clip_adapter = create_toy_llava(clip_adapter, seed=cfg.seed)
+    model, tokenizer, clip_adapter = create_toy_llava(clip_adapter, seed=cfg.seed, feature_layer=cfg.feature_layer,
+                                                      select_strategy=cfg.select_strategy)
     world = cached_split(n=cfg.n_train, seed=cfg.seed, split="train")
     pixels = clip_adapter.preprocess(torch.from_numpy(np.array(world.images)))
     feats = vision_features(model, pixels, progress=progress)  # the tower is frozen: computed once
@@ -489,7 +507,10 @@ def load_toy_llava_model(path: str | Path | None = None, clip_adapter=None):
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"toy LLaVA checkpoint {path} is corrupt or not a safetensors file ({err}); "
                          "rebuild it with `slugkit toy build llava`") from err
-    model, tokenizer, clip_adapter = create_toy_llava(clip_adapter, vocab=meta.get("vocab"))
+    stored = meta.get("llava_config", {})
+    model, tokenizer, clip_adapter = create_toy_llava(
+        clip_adapter, vocab=meta.get("vocab"), feature_layer=stored.get("vision_feature_layer", -2),
+        select_strategy=stored.get("vision_feature_select_strategy", "default"))
     expected = set(trained_state(model))
     if set(state) != expected:
         raise ValueError(f"toy LLaVA checkpoint {path} does not match the toy LLaVA architecture "

@@ -42,7 +42,7 @@ class ToySDConfig:
     vae_channels: tuple = (16, 32)        # 64x64 -> 32x32 (one down-sampling)
     latent_channels: int = 4
     vae_norm_groups: int = 4
-    unet_channels: tuple = (16, 32, 64, 64)  # 32x32, 16x16, 8x8, 4x4; cross-attention at 8x8 and 4x4 only
+    unet_channels: tuple = (24, 48, 96, 96)  # 32x32, 16x16, 8x8, 4x4; cross-attention at 8x8 and 4x4 only
     cross_attention_levels: int = 2
     unet_norm_groups: int = 8
     unet_head_dim: int = 16
@@ -72,12 +72,12 @@ class ToySDRecipe:
 
     seed: int = 0
     n_train: int = 24_000
-    vae_steps: int = 400
+    vae_steps: int = 1_500
     vae_batch: int = 16
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
     vae_sample: bool = False  # decode the posterior mean while training (a near-deterministic autoencoder)
-    unet_steps: int = 1_400
+    unet_steps: int = 3_000
     unet_batch: int = 32
     unet_lr: float = 1e-3
     ema_decay: float = 0.995
