@@ -116,6 +116,8 @@ def test_max_block_follows_vision_feature_layer(host):
     cfg2.vision_feature_layer = 9
     with pytest.raises(ValueError, match="outside"):
         LlavaHost.deepest_read_block(cfg2)
+    with pytest.raises(ValueError, match="select_strategy"):
+        TL.llava_config(cfg.vision_config, 10, 4, select_strategy="cls")
 
 
 def test_an_edit_after_the_read_layer_changes_nothing(host):
