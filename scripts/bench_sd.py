@@ -3,7 +3,7 @@
 Writes ``runs/sd-bench/<concept>/report.json`` (+ patch) per concept and ``runs/sd-bench/summary.json``.
 The CLIP side of each run (gradients, layer, step size) is :func:`slugkit.slug.unlearn_host`'s own call of
 :func:`slugkit.slug.unlearn`; the host side (judged generations) runs once the toy SD checkpoint exists
-(``--wait-pid`` of the build), with the same ``report_metrics`` / timing bookkeeping as ``unlearn_host``.
+(``--wait-pid`` of the build), through the same :func:`slugkit.slug.report_on_host`.
 
     python scripts/bench_sd.py --concepts "Captain Zorp" "Glimmer Queen" Stripes Checkerboard cross star
 """
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     from slugkit.models import judge as judge_mod
     from slugkit.models import toy_sd
     from slugkit.models.loading import load_clip
-    from slugkit.slug import peak_rss_mb, unlearn
+    from slugkit.slug import report_on_host, unlearn
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,12 +61,7 @@ def main(argv=None) -> int:
     print({a: round(m["top1"], 3) for a, m in before.items()}, flush=True)
     rows = []
     for concept, result in results.items():  # the host side, as in unlearn_host
-        t = time.perf_counter()
-        if result.patch is not None:
-            result.host_metrics = host.report_metrics(result.concept, result.patch, progress=False)
-        result.timings["host_report"] = round(time.perf_counter() - t, 2)
-        result.host, result.edited_model_bytes = host.name, host.edited_model_bytes()
-        result.peak_rss_mb = peak_rss_mb()
+        report_on_host(host, result, progress=False)
         result.save(out / concept.replace(" ", "_"))
         rep = result.report()
         row = {k: rep.get(k) for k in ("concept", "status", "layer", "step_size", "ua_before", "ua_after",

@@ -37,7 +37,7 @@ from .eval.metrics import (ConceptSetEvaluator, CostMeter, changed_bytes, concep
 from .patch import compose
 from .slug import STATUS_INCOMPLETE, model_bytes, unlearn
 from .step_size_search import Target
-from .tasks import Task, toy_task
+from .tasks import Evaluator, Task, toy_task
 
 DEFAULT_CONCEPTS = ("Captain Zorp", "Mira Quell", "Rex Calloway", "Stripes", "star")
 DEFAULT_METHODS = ("slug", "ga", "ft", "gaft", "salun", "ssd")
@@ -66,17 +66,8 @@ class BenchConfig:
     extra: dict = field(default_factory=dict)
 
 
-class _SkipReport:
+class _SkipReport(Evaluator):
     """An evaluator that measures nothing: the bench evaluates every method itself, afterwards."""
-
-    def cache(self):
-        return self
-
-    def baseline(self) -> dict:
-        return {}
-
-    def prepare(self, tower, block) -> None:
-        return None
 
     def __call__(self, edited_tower=None, block=None) -> dict:
         return {}

@@ -28,7 +28,7 @@ from .models.loading import TOY_MODELS
 from .patch import Patch, scope_fingerprint
 from .rundir import atomic_run_dir
 from .step_size_search import SearchResult, Target, search_step_size
-from .tasks import Task, data_task, toy_task
+from .tasks import Evaluator, Task, data_task, toy_task
 
 # Named bundles of the choices that change results. "slugkit" is the default; "reference" reproduces the
 # authors' open_clip code: their candidate set, their stop rule, exactly 10 evaluations, no early stop.
@@ -333,21 +333,12 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         preset=preset, candidates=candidates, target=target.describe())
 
 
-class _HostSearch:
+class _HostSearch(Evaluator):
     """The :class:`~slugkit.tasks.Evaluator` protocol around a host's generation evaluator (no caching:
     every call regenerates from the current weights)."""
 
     def __init__(self, evaluate):
         self.evaluate = evaluate
-
-    def cache(self) -> "_HostSearch":
-        return self
-
-    def baseline(self) -> dict:
-        return dict(self.evaluate())
-
-    def prepare(self, tower: str, block: int) -> None:
-        """Nothing to prepare: the host regenerates from scratch."""
 
     def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict:
         return dict(self.evaluate(edited_tower=edited_tower, block=block))
@@ -381,6 +372,12 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
     if result.patch is not None and result.patch.scope != host.scope:
         raise ValueError(f"the patch of {result.layer!r} is scoped to {result.patch.scope!r}, not to the "
                          f"{host.scope!r} tower {host.name!r} embeds")
+    return report_on_host(host, result, progress=progress)
+
+
+def report_on_host(host: Host, result: UnlearnResult, progress: bool = True) -> UnlearnResult:
+    """Add the host's side to a CLIP-side ``result``: its metrics before/after the patch (timed as
+    ``host_report``), the host's name, the bytes of the model the patch edits and the peak memory."""
     t = time.perf_counter()
     if result.patch is not None:
         result.host_metrics = host.report_metrics(result.concept, result.patch, progress=progress)

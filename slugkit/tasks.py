@@ -19,13 +19,19 @@ from .eval.zeroshot import ConceptEvaluator
 class Evaluator(Protocol):
     """Measures the current model. ``cache()`` embeds with the unedited model; a call with
     ``edited_tower="text"`` (or ``"vision"``) may reuse the other tower's cached embeddings, and
-    after ``prepare(tower, block)`` on the unedited model, activations upstream of ``block``."""
+    after ``prepare(tower, block)`` on the unedited model, activations upstream of ``block``.
 
-    def cache(self) -> "Evaluator": ...
+    An evaluator that caches nothing can subclass this and define only ``__call__``: the defaults
+    cache nothing, prepare nothing and measure the baseline with a plain call."""
 
-    def baseline(self) -> dict[str, float]: ...
+    def cache(self) -> "Evaluator":
+        return self
 
-    def prepare(self, tower: str, block: int) -> None: ...
+    def baseline(self) -> dict[str, float]:
+        return self()
+
+    def prepare(self, tower: str, block: int) -> None:
+        return None
 
     def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict[str, float]: ...
 

@@ -8,7 +8,7 @@ from slugkit.baselines import BASELINES, run_baseline, make_baseline
 from slugkit.data.pairs import InMemoryPairs, pair_loader
 from slugkit.gradients import forget_loss, retain_loss
 from slugkit.step_size_search import Target
-from slugkit.tasks import Task
+from slugkit.tasks import Evaluator, Task
 
 
 def _pairs(seed: int, n: int, word: str) -> InMemoryPairs:
@@ -17,7 +17,7 @@ def _pairs(seed: int, n: int, word: str) -> InMemoryPairs:
     return InMemoryPairs(images, [f"{word}{chr(97 + k % 26)}" for k in range(n)])
 
 
-class LossEvaluator:
+class LossEvaluator(Evaluator):
     """Search metrics of the fake model: forget cosine (as the 'forget' metric) and retain loss."""
 
     def __init__(self, adapter, forget, retain):
@@ -25,15 +25,6 @@ class LossEvaluator:
         self.forget = next(iter(pair_loader(forget, adapter, batch_size=len(forget))))
         self.retain = next(iter(pair_loader(retain, adapter, batch_size=len(retain))))
         self.calls = 0
-
-    def cache(self):
-        return self
-
-    def baseline(self):
-        return self()
-
-    def prepare(self, tower, block):
-        pass
 
     @torch.no_grad()
     def __call__(self, edited_tower=None, block=None):

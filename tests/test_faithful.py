@@ -12,7 +12,7 @@ from slugkit.gradients import accumulate_gradients, compute_gradients
 from slugkit.layer_identification import candidate_infos, layer_table
 from slugkit.slug import PRESETS, resolve_preset, unlearn
 from slugkit.step_size_search import Target, non_monotone_steps, search_step_size
-from slugkit.tasks import Task
+from slugkit.tasks import Evaluator, Task
 
 
 def _pairs(n, seed=0):
@@ -233,7 +233,7 @@ def test_non_monotone_forget_accuracy_returns_a_met_lambda_and_records_the_last(
     assert not (bumps["lam_small"] == res.best_lambda).any()  # nothing larger than the met lambda was tried
 
 
-class CosineEvaluator:
+class CosineEvaluator(Evaluator):
     """A cheap evaluator on a fake model: forget 'accuracy' falls as the forget pairs' cosine falls."""
 
     def __init__(self, adapter, forget, retain):
@@ -250,12 +250,6 @@ class CosineEvaluator:
     def cache(self):
         self.c0 = self._cos(self.forget)
         return self
-
-    def baseline(self):
-        return self()
-
-    def prepare(self, tower, block):
-        pass
 
     def __call__(self, edited_tower=None, block=None):
         c, r = self._cos(self.forget), self._cos(self.retain)

@@ -32,7 +32,7 @@ from slugkit.gradients import GradientStore, Gradients, compute_gradients
 from slugkit.patch import Patch, PatchMismatchError, compose
 from slugkit.slug import UnlearnResult, unlearn
 from slugkit.step_size_search import Target
-from slugkit.tasks import Task
+from slugkit.tasks import Evaluator, Task
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -84,21 +84,12 @@ def pictures(n, seed=0):
     return [rng.integers(0, 256, (4, 4, 3), dtype=np.uint8) for _ in range(n)]
 
 
-class StepEvaluator:
+class StepEvaluator(Evaluator):
     """Forget accuracy 1 on the unedited model and 0 once any weight moved; retain accuracy unmeasurable (NaN)."""
 
     def __init__(self, adapter):
         self.adapter = adapter
         self.original = {k: v.clone() for k, v in adapter.model.state_dict().items()}
-
-    def cache(self):
-        return self
-
-    def baseline(self):
-        return self()
-
-    def prepare(self, tower, block):
-        pass
 
     def __call__(self, edited_tower=None, block=None):
         moved = any(not torch.equal(v, self.original[k]) for k, v in self.adapter.model.state_dict().items())
