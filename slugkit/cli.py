@@ -327,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
     u.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
     u.add_argument("--search", choices=["clip", "generation"], default="clip",
-                   help="hosts only: search lambda on the matching CLIP's forget metric (fast) or on the "
-                        "host's own generations (judged pictures for SD, answers for LLaVA)")
+                   help="hosts only: search lambda on the matching CLIP's forget metric (fast), or choose the "
+                        "layer that way and search its lambda again on the host's own outputs (judged pictures "
+                        "for SD, answers for LLaVA)")
     u.set_defaults(func=cmd_unlearn)
 
     e = sub.add_parser("eval", help="zero-shot accuracy per attribute, optionally with a patch",

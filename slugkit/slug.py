@@ -74,19 +74,24 @@ class UnlearnResult:
     candidates: str = "default"
     target: str = ""
 
+    step_search: SearchResult | None = None  # the chosen layer's step size searched again (``step_evaluator``)
     host: str | None = None  # set by :func:`unlearn_host`: the model that embeds the edited tower
     host_metrics: dict = field(default_factory=dict)  # the host's NAME_before / NAME_after metrics
     edited_model_bytes: int | None = None  # bytes of the host's edited tower
 
     @property
     def chosen_search(self) -> SearchResult | None:
-        """The search of the chosen layer (``None`` when no layer met the target)."""
+        """The search that gave the step size: :attr:`step_search` when there was one, else the search of the
+        chosen layer (``None`` when no layer met the target)."""
+        if self.step_search is not None:
+            return self.step_search
         return next((s for s in self.searches if s.layer == self.layer), None)
 
     @property
     def unlearn_seconds(self) -> float:
-        """Wall time of the method itself: gradients, layer identification and step-size search."""
-        return sum(self.timings.get(k, 0.0) for k in ("gradients", "layer_identification", "step_size_search"))
+        """Wall time of the method itself: gradients, layer identification and step-size search(es)."""
+        return sum(self.timings.get(k, 0.0) for k in ("gradients", "layer_identification", "step_size_search",
+                                                      "step_size_search_again"))
 
     @property
     def report_seconds(self) -> float:
@@ -118,6 +123,7 @@ class UnlearnResult:
             "model_bytes": self.model_bytes,
             "layers_tried": [s.layer for s in self.searches],
             "search": [s.to_dict() for s in self.searches],
+            "step_search": self.step_search.to_dict() if self.step_search else None,
             "layer_table": self.table.assign(shape=self.table["shape"].map(list)).to_dict(orient="records"),
         } | ({"host": self.host, "clip_model": self.model, "edited_model_bytes": self.edited_model_bytes,
               **self.host_metrics} if self.host else {}))  # fmt: skip
@@ -229,7 +235,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             tower: str | None = None, preset: str = "slugkit", candidates: str | None = None,
             target: Target | None = None, max_evals: int | None = None, rtol: float | None = None,
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
-            progress: bool = True) -> UnlearnResult:
+            step_evaluator: Evaluator | None = None, progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
@@ -246,6 +252,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     - ``preset="reference"`` reproduces the authors' choices (reference candidates, top-5 rule, exactly
       10 evaluations, ``rtol=0``); the report then also shows their returned lambda (the last one tried).
     - Retain gradients use equal contrastive batches of ``batch_size`` pairs (the remainder is dropped).
+    - ``step_evaluator``: the layer is chosen as always (every layer's search on the task's evaluator),
+      then that one layer's step size is searched again, with the same target, on ``step_evaluator``
+      (e.g. a host's judged generations, :func:`unlearn_host` ``search="generation"``); the patch takes
+      that step size (``result.step_search``), and no patch is made when it meets nothing.
 
     Inputs are bounded (see :mod:`slugkit.bounds`): ``seed`` in 0..2**31-1, ``batch_size`` in 2..4096,
     ``max_evals`` in 1..100, ``rtol`` in [0, 1]; non-finite weights and a retain set of fewer than 2
@@ -303,6 +313,21 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
 
     met = [s for s in searches if s.status == "ok"]
     best = max(met, key=lambda s: target.score(s.best_metrics), default=None)
+    step_search, warns = None, []
+    if best is not None and step_evaluator is not None:
+        t = time.perf_counter()
+        edited_tower, edited_block = towers[best.layer], int(blocks[best.layer])
+        step_evaluator.cache()
+        step_evaluator.prepare(edited_tower, edited_block)
+        step_search = search_step_size(
+            adapter.parameter(best.layer), grads.forget[best.layer],
+            lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target, max_evals=max_evals,
+            layer_name=best.layer, rtol=rtol, progress=progress)
+        timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
+        if step_search.status != "ok":
+            warns.append(f"{best.layer} met the target at step size {best.best_lambda:.4g} on the task's evaluator, "
+                         f"but no step size of the second search met it: no patch")
+        best = step_search if step_search.status == "ok" else None
     t = time.perf_counter()
     report = task.report_evaluator
     if best is not None:  # activations upstream of the edit serve both the before and the after pass
@@ -322,7 +347,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             patch.revert(adapter.model)
         patch.metrics = {"search": best.best_metrics, "report_before": before, "report_after": after}
     timings["report"] = round(time.perf_counter() - t, 2)
-    missing, warns = unmeasured(before, after, report)
+    missing, unmeasured_warns = unmeasured(before, after, report)
+    warns += unmeasured_warns
     status = "target-not-reached" if best is None else STATUS_INCOMPLETE if missing else "ok"
     return UnlearnResult(
         model=adapter.name, concept=task.concept, task=task.description, gradients=grads, table=table,
@@ -330,7 +356,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         step_size=best.best_lambda if best else None, status=status,
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
-        preset=preset, candidates=candidates, target=target.describe())
+        preset=preset, candidates=candidates, target=target.describe(), step_search=step_search)
 
 
 class _HostSearch(Evaluator):
@@ -352,8 +378,10 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
     Runs :func:`unlearn` on the matching CLIP (``clip``, default ``load_clip(host.clip_name)``) with the
     candidates restricted to layers the host reads (its tower, blocks up to ``host.max_block``), then
     measures the host before and after the tower-scoped patch. ``search="clip"`` searches lambda on the
-    CLIP's forget target (fast); ``"generation"`` on the host's own outputs (judged pictures, answers).
-    Other keyword arguments go to :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
+    CLIP's forget target (fast). ``"generation"`` chooses the layer the same way, then searches that
+    layer's lambda again on the host's own outputs (judged pictures, answers): the forget target then
+    holds where it matters, at the cost of a few host evaluations. Other keyword arguments go to
+    :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
     """
     if search not in ("clip", "generation"):
         raise ValueError(f"search must be 'clip' or 'generation', got {search!r}")
@@ -367,7 +395,7 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
                          f"({host.tower} tower, blocks <= {host.max_block})")
     task = kwargs.pop("task", None) or make_task(clip, concept, data, classes, seed)
     if search == "generation":
-        task.search_evaluator = _HostSearch(host.generation_evaluator(task.concept, clip))
+        kwargs["step_evaluator"] = _HostSearch(host.generation_evaluator(task.concept, clip))
     result = unlearn(clip, concept, task=task, layers=allowed, seed=seed, progress=progress, **kwargs)
     if result.patch is not None and result.patch.scope != host.scope:
         raise ValueError(f"the patch of {result.layer!r} is scoped to {result.patch.scope!r}, not to the "

@@ -120,3 +120,49 @@ def test_host_names():
     assert not is_host_name("toy-clip") and not is_host_name("hf:openai/clip-vit-large-patch14")
     with pytest.raises(ValueError, match="not a host model"):
         load_host("toy-clip")
+
+
+class MovedSearchHost(TowerHost):
+    """Its "generations" forget the concept once the CLIP's tower has moved by ``radius`` (Frobenius norm)."""
+
+    def __init__(self, clip, tower, radius, reachable=True):
+        super().__init__(clip, tower)
+        self.radius, self.reachable = radius, reachable
+
+    def generation_evaluator(self, concept, clip):
+        source, start = clip.model.get_submodule(self.scope), copy.deepcopy(self.reference)
+
+        def evaluate(edited_tower=None, block=None):
+            moved = sum(float((v - start[k]).norm() ** 2) for k, v in source.state_dict().items()) ** 0.5
+            forgotten = self.reachable and moved >= self.radius
+            return {"forget_top1": 0.0 if forgotten else 1.0, "forget_top5": 0.0 if forgotten else 1.0,
+                    "retain_top1": float("nan"), "utility": float("nan")}
+
+        return evaluate
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_generation_search_keeps_the_layer_and_searches_its_step_on_the_host(folder, tmp_path):
+    clip = hf_adapter()
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
+    on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", **options)
+    assert on_clip.status == "ok" and on_clip.step_search is None
+    clip_step = on_clip.step_size * float(on_clip.gradients.forget[on_clip.layer].norm())
+    radius = clip_step / 3  # the host forgets at a third of the CLIP's step
+    host = MovedSearchHost(clip, "text", radius)
+    result = unlearn_host(host, "Captain Zorp", search="generation", **options)
+    assert result.layer == on_clip.layer  # the layer is still chosen on the CLIP
+    assert [s.layer for s in result.searches] == [s.layer for s in on_clip.searches]
+    assert result.chosen_search is result.step_search and result.step_search.layer == result.layer
+    step = result.step_size * float(result.gradients.forget[result.layer].norm())
+    assert radius <= step <= radius * 1.1  # the smallest step that met the host's target, to rtol
+    assert result.timings["step_size_search_again"] > 0
+    assert result.unlearn_seconds >= result.timings["step_size_search"] + result.timings["step_size_search_again"]
+    report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
+    assert report["step_search"]["best_lambda"] == pytest.approx(result.step_size)
+    assert report["last_lambda"] == result.step_search.last_lambda
+    # a host target no step reaches: no patch, and the report says why
+    never = unlearn_host(MovedSearchHost(clip, "text", radius, reachable=False), "Captain Zorp",
+                         search="generation", max_evals=3, **options)
+    assert never.status == "target-not-reached" and never.patch is None and never.layer is None
+    assert any("second search" in w for w in never.warnings)

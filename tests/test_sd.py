@@ -88,6 +88,24 @@ def test_toy_sd_short_training_learns():
     assert np.mean([h["loss"] for h in hist[-10:]]) < 0.9 * np.mean([h["loss"] for h in hist[:5]])
 
 
+def test_toy_sd_schedule_ends_in_pure_noise(host):
+    # SD's own schedule keeps sqrt(0.0047) = 7% of the picture at its last step: the mean colour of a 32x32
+    # latent outlasts that noise, and an epsilon-model learns to read colour from the seed. The toy's ends at 0.
+    sd = toy_sd.make_scheduler("ddpm")
+    toy = toy_sd.make_scheduler("ddpm", "v_prediction", zero_terminal_snr=True)
+    assert float(sd.alphas_cumprod[-1]) > 4e-3 and float(toy.alphas_cumprod[-1]) == 0.0
+    sampler = toy_sd.make_scheduler("ddim", "v_prediction", zero_terminal_snr=True)
+    sampler.set_timesteps(10)
+    assert int(sampler.timesteps[0]) == 999  # sampling starts from the pure-noise step
+    w = toy_sd.min_snr_weights(toy, torch.tensor([999, 0]), 5.0)
+    assert float(w[0]) == 1.0 and float(w[1]) < 0.01  # the pure-noise step is trained; nearly clean ones capped
+    with pytest.raises(ValueError, match="v-prediction"):
+        toy_sd.make_scheduler("ddim", "epsilon", zero_terminal_snr=True)
+    assert toy_sd._schedule_of({}) == {"prediction_type": "epsilon", "zero_terminal_snr": False}  # older files
+    cfg = host.pipe.scheduler.config  # the shipped checkpoint's schedule, read from its metadata
+    assert cfg.prediction_type == "v_prediction" and cfg.rescale_betas_zero_snr
+
+
 def test_toy_sd_is_a_diffusers_pipeline_with_the_toy_clip_text_tower(host):
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -110,10 +128,11 @@ def test_toy_sd_draws_what_it_is_asked(host):
     acc = host.evaluate(progress=False)
     assert set(acc) == set(ATTRIBUTES)
     assert set(acc["identity"]["per_concept"]) == set(ATTRIBUTES["identity"])
-    # measured with TEST_SEEDS on the shipped checkpoint: identity 0.962, object 1.0, style 0.5, colour 0.375
-    # (chance: 1/13, 1/10, 1/7, 1/8). Characters and objects: the goals (>= 80%, >= 90%); styles and
-    # colours: the measured level with a margin, below the colour goal (see README)
-    floors = {"identity": 0.8, "object": 0.9, "style": 0.35, "colour": 0.25}
+    # measured with TEST_SEEDS on the shipped checkpoint: identity 1.0, object 1.0, style 0.43, colour 0.875
+    # (chance: 1/13, 1/10, 1/7, 1/8; over 10 seeds colour is 0.90, see README). Characters and objects: the
+    # issue's goals (>= 80%, >= 90%); colours: the goal less one of these 16 pictures; styles: the measured
+    # level with a margin (the UNet draws three of the seven fill patterns on demand)
+    floors = {"identity": 0.8, "object": 0.9, "style": 0.3, "colour": 0.8}
     assert all(acc[a]["top1"] >= floors[a] for a in floors), {a: m["top1"] for a, m in acc.items()}
 
 
@@ -196,6 +215,16 @@ def test_real_sd_path_end_to_end_on_tiny_random_configs(tmp_path):
         assert report["patch_bytes"] < report["edited_model_bytes"]
         assert applied_patches(host.tower_module()) == []  # reverted after measuring
     assert report["host"].startswith("sd:") and report["edited_model_bytes"] > 0
+    # --search generation: the same layer, its step size searched on judged pictures (SEARCH_SEEDS)
+    own = {k: v.clone() for k, v in host.tower_module().state_dict().items()}
+    again = unlearn_host(host, "Captain Zorp", clip=clip, data=folder, classes=FACE_NAMES[1:], max_evals=2,
+                         target=Target("forget_top1"), search="generation", progress=False)
+    assert [s.layer for s in again.searches] == [s.layer for s in result.searches]
+    if result.layer is not None:
+        trace = again.step_search.trace
+        assert again.step_search.layer == result.layer and 1 <= len(trace) <= 2
+        assert all(0.0 <= s.metrics["forget_top1"] <= 1.0 for s in trace)
+    assert all(torch.equal(v, own[k]) for k, v in host.tower_module().state_dict().items())  # restored
 
 
 def test_real_sd_missing_weights_fail_in_one_sentence(monkeypatch):

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..eval.generation import (DEFAULT_PROMPTS, concept_prompts, frechet_distance, generation_search_metrics,
-                               judged_accuracy, report_from)
+from ..eval.generation import (DEFAULT_PROMPTS, concept_prompts, frechet_distance, judged_accuracy, prompt_for,
+                               report_from)
 from .host import Host
 
 DEFAULT_SEEDS = (0, 1, 2)  # one picture per seed and prompt; fixed so every number is reproducible
-SEARCH_SEEDS = tuple(range(3))   # --search generation: fewer pictures per step-size evaluation
+SEARCH_SEEDS = tuple(range(100, 124))  # --search generation: seeds of its own, so the report's are held out
 
 # real pipelines by name -> the CLIP whose text tower they embed (loadable by slugkit.models.loading.load_clip)
 MATCHING_CLIP = {
@@ -254,12 +254,14 @@ class SDHost(Host):
     def generation_evaluator(self, concept: str, clip) -> Callable[..., dict]:
         """``evaluate(edited_tower=None, block=None)`` on judged generations with the CLIP's *current* text tower.
 
-        Each call copies ``clip``'s text-tower weights into the pipeline, generates the forget concept, the other
-        concepts of its attribute and two concepts of every other attribute (``SEARCH_SEEDS``), judges them,
-        and restores the pipeline's own weights.
+        Each call copies ``clip``'s text-tower weights into the pipeline, generates the forget prompt once per
+        seed of ``SEARCH_SEEDS`` (none of them a report seed), judges the pictures and restores the pipeline's
+        own weights. It measures the forget concept only (``retain_top1`` and ``utility`` are NaN): on one
+        layer the search then keeps the smallest step size that meets the target, and IRA/CRA are measured
+        once, by the report. ``forget_top1`` = ``forget_top5`` = the share of pictures judged as the concept.
         """
         attribute, name = self.concept(concept)
-        subset = {a: (names if a == attribute else names[:2]) for a, names in self.attributes.items()}
+        index, prompt = self.attributes[attribute].index(name), prompt_for(attribute, name, self.templates)
         tower = self.tower_module()
         source = clip.model.get_submodule(self.scope)
         own = copy.deepcopy(tower.state_dict())
@@ -269,10 +271,12 @@ class SDHost(Host):
         def evaluate(edited_tower: str | None = None, block: int | None = None) -> dict:
             tower.load_state_dict(source.state_dict())
             try:
-                acc, _ = self.judged(subset, SEARCH_SEEDS, progress=False)
+                labels = self.judge.labels(self.generate([prompt], SEARCH_SEEDS))[attribute]
             finally:
                 tower.load_state_dict(own)
-            return generation_search_metrics(acc, attribute, name)
+            forget = float((labels == index).mean())
+            nan = float("nan")
+            return {"forget_top1": forget, "forget_top5": forget, "retain_top1": nan, "utility": nan}
 
         return evaluate
 

@@ -16,7 +16,7 @@ generated picture.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -97,14 +97,3 @@ def report_from(before: Mapping[str, dict], after: Mapping[str, dict], attribute
     if fid_after is not None:
         out["fid_after"] = round(float(fid_after), 4)
     return out
-
-
-def generation_search_metrics(acc: Mapping[str, dict], attribute: str, concept: str,
-                              top5: Callable[[], float] | None = None) -> dict:
-    """The step-size search's metric dict from judged generations: ``forget_top1`` (generation accuracy of
-    the forget concept), ``forget_top5`` (same, the judge is top-1 only unless ``top5`` is given),
-    ``retain_top1`` (IRA) and ``utility`` (CRA)."""
-    s = unlearning_scores(acc, attribute, concept)
-    forget = 1.0 - s["ua"]
-    return {"forget_top1": forget, "forget_top5": top5() if top5 else forget, "retain_top1": s["ira"],
-            "utility": s["cra"]}

@@ -7,8 +7,9 @@
   ``unet.*``, architecture + recipe + measured quality in the metadata).
 
 ``slugkit toy build sd`` calls :func:`build`: VAE first (:func:`train_vae`), then the UNet on latents and text
-states computed once (:func:`train_unet`). Both stages checkpoint periodically, so an interrupted build can
-resume and a time budget (``max_minutes``) can stop a stage early with its best weights.
+states computed once (:func:`train_unet`), with v-prediction on a zero-terminal-SNR schedule so that colour
+comes from the prompt, not from the seed (:class:`ToySDRecipe`). Both stages checkpoint periodically, so an
+interrupted build can resume and a time budget (``max_minutes``) can stop a stage early with its best weights.
 """
 from __future__ import annotations
 
@@ -82,6 +83,11 @@ class ToySDRecipe:
     unet_lr: float = 1e-3
     ema_decay: float = 0.995
     min_snr_gamma: float = 5.0
+    # Zero terminal SNR with v-prediction (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps
+    # are Flawed"). With SD's own schedule the last training step still holds 7% of the picture, and its mean
+    # colour survives the noise: the eps-model then read colour from the seed's noise, not from the prompt.
+    prediction_type: str = "v_prediction"
+    zero_terminal_snr: bool = True
     empty_caption_prob: float = 0.1
     checkpoint_every: int = 50
     config: ToySDConfig = field(default_factory=ToySDConfig)
@@ -102,15 +108,32 @@ def make_unet(cfg: ToySDConfig = ToySDConfig()):
     return UNet2DConditionModel(**cfg.unet_kwargs())
 
 
-def make_scheduler(kind: str = "ddim"):
-    """The noise schedule the UNet is trained with (DDPM, 1000 steps, scaled-linear betas) as a sampler."""
+def make_scheduler(kind: str = "ddim", prediction_type: str = "epsilon", zero_terminal_snr: bool = False):
+    """The noise schedule the UNet is trained with (DDPM, 1000 steps, scaled-linear betas) as a sampler.
+
+    ``zero_terminal_snr`` rescales the betas so the last step is pure noise; the DDIM sampler then starts at
+    that step ("trailing" spacing). The defaults are Stable Diffusion 1.x's (epsilon, non-zero terminal SNR).
+    """
     from diffusers import DDIMScheduler, DDPMScheduler
 
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    if zero_terminal_snr and prediction_type == "epsilon":
+        raise ValueError("zero terminal SNR needs v-prediction: noise cannot be predicted from pure noise")
     kw = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-              clip_sample=False)
+              clip_sample=False, prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr)
     if kind == "ddpm":
         return DDPMScheduler(**kw)
+    if zero_terminal_snr:
+        return DDIMScheduler(**kw, timestep_spacing="trailing", steps_offset=1)  # offset unused; 0 warns
     return DDIMScheduler(**kw, set_alpha_to_one=False, steps_offset=1)
+
+
+def _schedule_of(meta: dict) -> dict:
+    """The schedule a checkpoint was trained with (checkpoints before v-prediction hold no such key)."""
+    recipe = meta.get("recipe") or {}
+    return {"prediction_type": recipe.get("prediction_type", "epsilon"),
+            "zero_terminal_snr": bool(recipe.get("zero_terminal_snr", False))}
 
 
 def toy_text_encoder():
@@ -247,8 +270,8 @@ def load_toy_sd(path: str | Path | None = None, device: str | torch.device = "cp
                          "(the build stopped after the VAE); finish it with `slugkit toy build sd`")
     text_encoder, tokenizer = toy_text_encoder()
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=make_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+                                   scheduler=make_scheduler("ddim", **_schedule_of(meta)), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -345,9 +368,13 @@ def caption_table(world) -> tuple[list[str], torch.Tensor, torch.Tensor]:
 
 
 def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for epsilon prediction: ``min(SNR, gamma) / SNR`` per timestep."""
+    """Min-SNR-gamma loss weights per timestep: ``min(SNR, gamma) / SNR`` for epsilon prediction; for
+    v-prediction ``min(SNR + 1, gamma) / (SNR + 1)``, i.e. plain v-loss capped on nearly clean steps (the
+    usual ``min(SNR, gamma) / (SNR + 1)`` would give the pure-noise step of a zero-SNR schedule no weight)."""
     ac = scheduler.alphas_cumprod[t]
     snr = ac / (1 - ac)
+    if scheduler.config.prediction_type == "v_prediction":
+        return torch.clamp(snr + 1, max=gamma) / (snr + 1)
     return torch.clamp(snr, max=gamma) / snr
 
 
@@ -355,7 +382,7 @@ def train_unet(latents: torch.Tensor, text_states: torch.Tensor, option_ids: tor
                recipe: ToySDRecipe = ToySDRecipe(), progress: bool = True, log: Callable[[str], None] | None = None,
                state_path: Optional[Path] = None, max_minutes: float | None = None,
                on_checkpoint: Callable[[object, int], None] | None = None):
-    """Train the toy UNet (epsilon prediction, min-SNR weighting, EMA) on precomputed scaled latents.
+    """Train the toy UNet (v- or epsilon prediction per the recipe, min-SNR weighting, EMA) on scaled latents.
 
     latents ``(N, C, 16, 16)`` (already times the VAE scaling factor); text_states ``(V, 16, 128)`` for the caption
     vocabulary (index 0 = the empty caption); option_ids ``(N, K)`` caption indices per sample (-1 padding).
@@ -366,7 +393,7 @@ def train_unet(latents: torch.Tensor, text_states: torch.Tensor, option_ids: tor
     torch.manual_seed(recipe.seed)
     unet = make_unet(recipe.config)
     ema = copy.deepcopy(unet).requires_grad_(False)
-    sched = make_scheduler("ddpm")
+    sched = make_scheduler("ddpm", recipe.prediction_type, recipe.zero_terminal_snr)
     opt = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=0.01)
     start_step, history = 0, []
     saved = _resume(state_path)
@@ -393,7 +420,8 @@ def train_unet(latents: torch.Tensor, text_states: torch.Tensor, option_ids: tor
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen)
         zt = sched.add_noise(z0, noise, t)
         pred = unet(zt, t, encoder_hidden_states=text_states[cap]).sample
-        per = ((pred - noise) ** 2).mean((1, 2, 3))
+        goal = sched.get_velocity(z0, noise, t) if recipe.prediction_type == "v_prediction" else noise
+        per = ((pred - goal) ** 2).mean((1, 2, 3))
         loss = (per * min_snr_weights(sched, t, recipe.min_snr_gamma)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
