@@ -3,7 +3,7 @@
 Writes ``runs/sd-bench/<concept>/report.json`` (+ patch) per concept and ``runs/sd-bench/summary.json``; each
 concept is one :func:`slugkit.slug.unlearn_host` call, as ``slugkit unlearn --model toy-sd`` makes it.
 
-    python scripts/bench_sd.py --search generation --concepts "Captain Zorp" "Glimmer Queen" Waves Grid star heart
+    python scripts/bench_sd.py --search generation --concepts "Captain Zorp" "Glimmer Queen" star circle Solid
 """
 from __future__ import annotations
 

@@ -400,13 +400,7 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
     if result.patch is not None and result.patch.scope != host.scope:
         raise ValueError(f"the patch of {result.layer!r} is scoped to {result.patch.scope!r}, not to the "
                          f"{host.scope!r} tower {host.name!r} embeds")
-    return report_on_host(host, result, progress=progress)
-
-
-def report_on_host(host: Host, result: UnlearnResult, progress: bool = True) -> UnlearnResult:
-    """Add the host's side to a CLIP-side ``result``: its metrics before/after the patch (timed as
-    ``host_report``), the host's name, the bytes of the model the patch edits and the peak memory."""
-    t = time.perf_counter()
+    t = time.perf_counter()  # the host's side: its metrics before/after the patch, the bytes the patch edits
     if result.patch is not None:
         result.host_metrics = host.report_metrics(result.concept, result.patch, progress=progress)
     result.timings["host_report"] = round(time.perf_counter() - t, 2)
