@@ -74,10 +74,11 @@ lock:
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 
-## toy Stable Diffusion: rebuild the judge + VAE + UNet; measure SLUG on eight concepts, both searches (runs/sd-bench)
+## toy Stable Diffusion: rebuild the judge + VAE + UNet; measure SLUG on twelve concepts, both searches (runs/sd-bench)
 toy-sd: $(STAMP)
 	$(PY) -m slugkit toy build sd
 
 bench-sd: $(STAMP)
 	for search in clip generation; do $(PY) scripts/bench_sd.py --search $$search --out runs/sd-bench/$$search \
-	  --concepts "Captain Zorp" "Glimmer Queen" "Mira Quell" star circle moon heart Solid || exit 1; done
+	  --concepts "Captain Zorp" "Glimmer Queen" "Mira Quell" star circle moon heart \
+	  Checkerboard Stripes "Polka Dots" Grid Solid || exit 1; done

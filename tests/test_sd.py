@@ -128,11 +128,11 @@ def test_toy_sd_draws_what_it_is_asked(host):
     acc = host.evaluate(progress=False)
     assert set(acc) == set(ATTRIBUTES)
     assert set(acc["identity"]["per_concept"]) == set(ATTRIBUTES["identity"])
-    # measured with TEST_SEEDS on the shipped checkpoint: identity 1.0, object 1.0, style 0.43, colour 0.875
-    # (chance: 1/13, 1/10, 1/7, 1/8; over 10 seeds colour is 0.90, see README). Characters and objects: the
-    # issue's goals (>= 80%, >= 90%); colours: the goal less one of these 16 pictures; styles: the measured
-    # level with a margin (the UNet draws three of the seven fill patterns on demand)
-    floors = {"identity": 0.8, "object": 0.9, "style": 0.3, "colour": 0.8}
+    # measured with TEST_SEEDS on the shipped checkpoint: identity 1.0, object 1.0, style 0.786, colour 1.0
+    # (chance: 1/13, 1/10, 1/7, 1/8; over 10 seeds: 1.0, 0.99, 0.771, 1.0, see README). Characters, objects and
+    # colours: the issue's goals (>= 80%, >= 90%, >= 90%); styles: the measured level less two of these 14
+    # pictures (the issue asks only that styles be reported)
+    floors = {"identity": 0.8, "object": 0.9, "style": 0.64, "colour": 0.9}
     assert all(acc[a]["top1"] >= floors[a] for a in floors), {a: m["top1"] for a, m in acc.items()}
 
 

@@ -43,8 +43,10 @@ class ToySDConfig:
     vae_channels: tuple = (16, 32)        # 64x64 -> 32x32 (one down-sampling)
     latent_channels: int = 4
     vae_norm_groups: int = 4
-    unet_channels: tuple = (24, 48, 96, 96)  # 32x32, 16x16, 8x8, 4x4; cross-attention at 8x8 and 4x4 only
-    cross_attention_levels: int = 2
+    unet_channels: tuple = (24, 48, 96, 96)  # 32x32, 16x16, 8x8, 4x4
+    # cross-attention at 16x16, 8x8 and 4x4: with 8x8 and 4x4 only, the fill pattern (an 8-pixel texture) came
+    # from the seed's noise more than from the prompt (styles 41% judged at 3,000 steps, 29% at 1,500 against 50%)
+    cross_attention_levels: int = 3
     unet_norm_groups: int = 8
     unet_head_dim: int = 16
     cross_attention_dim: int = 128       # the toy CLIP text width
