@@ -25,6 +25,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/sd-bench")
     p.add_argument("--seeds", type=int, default=3, help="report pictures per prompt (seeds 0..N-1)")
     p.add_argument("--search", choices=["clip", "generation"], default="clip")
+    p.add_argument("--forget-text", choices=["name", "captions"], default=None,
+                   help="what the forget gradient pairs the forget pictures with (default: the host's, the name)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -38,7 +40,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     host = load_toy_sd(seeds=tuple(range(args.seeds)))
-    summary = {"seeds": args.seeds, "steps": host.steps, "guidance": host.guidance, "search": args.search}
+    summary = {"seeds": args.seeds, "steps": host.steps, "guidance": host.guidance, "search": args.search,
+               "forget_text": args.forget_text or host.forget_text}
     judge = judge_mod.load_judge()
     test = cached_split(1000, 0, "test")
     summary["judge_test_accuracy"] = judge_mod.accuracy(judge, test)
@@ -53,7 +56,7 @@ def main(argv=None) -> int:
     print({a: round(m["top1"], 3) for a, m in before.items()}, flush=True)
     rows = []
     for concept in args.concepts:
-        result = unlearn_host(host, concept, search=args.search, progress=False)
+        result = unlearn_host(host, concept, search=args.search, forget_text=args.forget_text, progress=False)
         result.save(out / concept.replace(" ", "_"), overwrite=True)
         rep = result.report()
         rows.append({k: rep.get(k) for k in ROW_KEYS})

@@ -132,10 +132,12 @@ def cmd_unlearn(args) -> int:
                    seed=args.seed, batch_size=args.batch_size,
                    store=None if args.no_cache else _cache_dir() / "gradients")
     if is_host_name(args.model):
-        result = unlearn_host(load_host(args.model), args.forget, search=args.search, **options)
+        result = unlearn_host(load_host(args.model), args.forget, search=args.search, forget_text=args.forget_text,
+                              **options)
     else:
-        if args.search != "clip":
-            raise ValueError(f"--search {args.search} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
+        for flag, value, default in (("--search", args.search, "clip"), ("--forget-text", args.forget_text, None)):
+            if value != default:
+                raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
         result = unlearn(load_clip(args.model, cache_dir=args.cache_dir), args.forget, **options)
     out = result.save(args.out, overwrite=args.overwrite)
     print(result.summary())
@@ -330,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hosts only: search lambda on the matching CLIP's forget metric (fast), or choose the "
                         "layer that way and search its lambda again on the host's own outputs (judged pictures "
                         "for SD, answers for LLaVA)")
+    u.add_argument("--forget-text", choices=["name", "captions"], default=None,
+                   help="hosts only: pair each forget picture with the concept's bare name for the forget gradient "
+                        "(the default for SD, as the authors' UnlearnCanvas runs) or with its own caption (the "
+                        "default for LLaVA, as on CLIP)")
     u.set_defaults(func=cmd_unlearn)
 
     e = sub.add_parser("eval", help="zero-shot accuracy per attribute, optionally with a patch",

@@ -18,7 +18,7 @@ from typing import Sequence
 import pandas as pd
 
 from .adapters.base import CLIPAdapter
-from .adapters.host import Host
+from .adapters.host import FORGET_TEXTS, Host
 from .bounds import check_batch_size, check_finite_weights, check_fraction, check_max_evals, check_retain_set, check_seed
 from .data.pairs import ImageTextPairs, pair_loader
 from .fingerprint import tensor_digest, to_jsonable
@@ -371,8 +371,8 @@ class _HostSearch(Evaluator):
 
 
 def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, search: str = "clip",
-                 data=None, classes: Sequence[str] | None = None, seed: int = 0, progress: bool = True,
-                 **kwargs) -> UnlearnResult:
+                 forget_text: str | None = None, data=None, classes: Sequence[str] | None = None, seed: int = 0,
+                 progress: bool = True, **kwargs) -> UnlearnResult:
     """SLUG on a model that embeds a CLIP tower (Stable Diffusion, LLaVA).
 
     Runs :func:`unlearn` on the matching CLIP (``clip``, default ``load_clip(host.clip_name)``) with the
@@ -380,11 +380,16 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
     measures the host before and after the tower-scoped patch. ``search="clip"`` searches lambda on the
     CLIP's forget target (fast). ``"generation"`` chooses the layer the same way, then searches that
     layer's lambda again on the host's own outputs (judged pictures, answers): the forget target then
-    holds where it matters, at the cost of a few host evaluations. Other keyword arguments go to
-    :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
+    holds where it matters, at the cost of a few host evaluations. ``forget_text`` (default
+    ``host.forget_text``): "captions" computes the forget gradient on the forget pictures' own captions,
+    "name" pairs every forget picture with the concept's bare name instead (the task's description says so).
+    Other keyword arguments go to :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
     """
     if search not in ("clip", "generation"):
         raise ValueError(f"search must be 'clip' or 'generation', got {search!r}")
+    forget_text = host.forget_text if forget_text is None else forget_text
+    if forget_text not in FORGET_TEXTS:
+        raise ValueError(f"forget_text must be one of {', '.join(map(repr, FORGET_TEXTS))}, got {forget_text!r}")
     if clip is None:
         from .models.loading import load_clip
 
@@ -394,6 +399,8 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
         raise ValueError(f"{clip.name!r} has no candidate layer that {host.name!r} reads "
                          f"({host.tower} tower, blocks <= {host.max_block})")
     task = kwargs.pop("task", None) or make_task(clip, concept, data, classes, seed)
+    if forget_text == "name":
+        task = task.with_forget_caption(task.concept)
     if search == "generation":
         kwargs["step_evaluator"] = _HostSearch(host.generation_evaluator(task.concept, clip))
     result = unlearn(clip, concept, task=task, layers=allowed, seed=seed, progress=progress, **kwargs)

@@ -5,7 +5,7 @@ folder, a CSV or webdataset shards) and a list of class names to tell the concep
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -46,6 +46,13 @@ class Task:
     search_evaluator: Evaluator
     report_evaluator: Evaluator
     description: str = ""
+
+    def with_forget_caption(self, caption: str) -> "Task":
+        """The same task with every forget picture paired with ``caption`` (e.g. the bare concept name,
+        as the authors' UnlearnCanvas gradients pair each forget picture); retain pairs and evaluators unchanged."""
+        forget = self.forget.recaptioned(caption)
+        return replace(self, forget=forget, description=f"{self.description}; forget captions replaced by "
+                                                          f"{forget.caption!r}")
 
 
 def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 2000, n_val: int = 500,

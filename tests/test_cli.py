@@ -38,6 +38,9 @@ def test_unknown_model_and_concept_give_one_line_errors(capsys):
     assert code == 2 and "no-such-model" in err and "Traceback" not in err
     code, _, err = run_cli(capsys, "unlearn", "--model", "toy-clip", "--forget", "Iron Man", "--out", "unused")
     assert code == 2 and "unknown concept 'Iron Man'" in err
+    code, _, err = run_cli(capsys, "unlearn", "--model", "toy-clip", "--forget", "Captain Zorp", "--out", "unused",
+                           "--forget-text", "name")
+    assert code == 2 and "--forget-text name needs a host model" in err
 
 
 def test_python_dash_m_entry_point():

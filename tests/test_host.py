@@ -2,6 +2,7 @@
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -166,3 +167,46 @@ def test_generation_search_keeps_the_layer_and_searches_its_step_on_the_host(fol
                          search="generation", max_evals=3, **options)
     assert never.status == "target-not-reached" and never.patch is None and never.layer is None
     assert any("second search" in w for w in never.warnings)
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_forget_text_name_pairs_every_forget_picture_with_the_bare_name(folder, monkeypatch):
+    import slugkit.slug as slug
+
+    clip = hf_adapter()
+    forget_tokens, real = [], slug.compute_gradients
+
+    def spy(adapter, forget_loader, retain_loader, **kwargs):
+        forget_tokens.append(torch.cat([tokens for _, tokens in forget_loader]))
+        return real(adapter, forget_loader, retain_loader, **kwargs)
+
+    monkeypatch.setattr(slug, "compute_gradients", spy)
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), max_evals=2,
+                   progress=False)
+    assert TowerHost.forget_text == "captions"  # the Host default: the pictures' own captions, as on CLIP
+    by_caption = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", **options)
+    by_name = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", forget_text="name", **options)
+    name = clip.tokenize(["Captain Zorp"])
+    assert len(forget_tokens[0]) == len(forget_tokens[1]) > 1  # the same forget pictures
+    assert not (forget_tokens[0] == name).all(dim=1).any()
+    assert (forget_tokens[1] == name).all()
+    assert "forget captions replaced by 'Captain Zorp'" in by_name.task
+    layer = by_name.table["name"].iloc[0]
+    assert not torch.allclose(by_name.gradients.forget[layer], by_caption.gradients.forget[layer])
+    with pytest.raises(ValueError, match="forget_text must be one of 'captions', 'name'"):
+        unlearn_host(TowerHost(clip, "text"), "Captain Zorp", forget_text="caption", **options)
+
+
+def test_recaptioned_pairs_keep_the_pictures():
+    from slugkit.data.pairs import InMemoryPairs
+
+    images = [np.full((4, 4, 3), k, np.uint8) for k in range(3)]
+    pairs = InMemoryPairs(images, ["a photo of A.", "A smiles.", "A at the beach."], origin="mem")
+    named = pairs.subset([2, 0]).recaptioned("  A  ")
+    assert named.captions() == ["A", "A"] and len(named) == 2
+    assert named[0][1] == "A" and (named[0][0] == images[2]).all() and (named[-1][0] == images[0]).all()
+    assert named.origin == "mem, captions replaced by 'A'"
+    with pytest.raises(IndexError):
+        named[2]
+    with pytest.raises(ValueError, match="empty"):
+        pairs.recaptioned(" ")

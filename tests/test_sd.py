@@ -209,6 +209,7 @@ def test_real_sd_path_end_to_end_on_tiny_random_configs(tmp_path):
                           target=Target("forget_top1"),  # top-5 = 0 needs 6 names; the tiny data has 3
                           progress=False)
     report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
+    assert report["task"].endswith("forget captions replaced by 'Captain Zorp'")  # SD's forget text: the bare name
     if result.patch is not None:
         for key in ("ua_before", "ua_after", "ira_before", "ira_after", "cra_before", "cra_after", "fid_after"):
             assert key in report

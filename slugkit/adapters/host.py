@@ -31,6 +31,11 @@ HOST_LOADERS = {
 }
 
 
+# What the forget gradient can pair each forget picture with: "captions" (its own caption, as on CLIP) or
+# "name" (the bare concept name, as the authors' UnlearnCanvas gradients for Stable Diffusion do).
+FORGET_TEXTS = ("captions", "name")
+
+
 class Host(ABC):
     """A model embedding one CLIP tower. Subclasses live next to the CLIP adapters, one per family."""
 
@@ -39,6 +44,7 @@ class Host(ABC):
     tower: str  # "text" or "vision": the tower the host embeds
     scope: str  # the tower's submodule name in the matching CLIP ("text_model" / "vision_model")
     max_block: int | None = None  # deepest 0-based block of ``tower`` whose edit reaches the host's output
+    forget_text: str = "captions"  # what the forget gradient pairs each forget picture with, one of FORGET_TEXTS
 
     @abstractmethod
     def tower_module(self) -> nn.Module:

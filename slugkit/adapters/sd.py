@@ -110,6 +110,9 @@ class SDHost(Host):
     tower = "text"
     scope = "text_model"
     max_block = None  # every text block reaches the UNet (SD 1.x reads the last hidden state)
+    # The UNet reads the concept's word at its own position, but a CLIP caption's gradient flows through the
+    # pooled end-of-text token: with the bare name that token sits right after the word (see the README).
+    forget_text = "name"
 
     def __init__(self, pipe, judge, attributes: Mapping[str, Sequence[str]], name: str = "toy-sd",
                  clip_name: str = "toy-clip-hf", seeds: Sequence[int] = DEFAULT_SEEDS, steps: int = 10,

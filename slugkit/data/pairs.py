@@ -58,6 +58,10 @@ class ImageTextPairs(Dataset):
         """The pairs at ``indices`` (in that order, repeats allowed), keeping :attr:`origin`."""
         return _SubsetPairs(self, indices)
 
+    def recaptioned(self, caption: str) -> "ImageTextPairs":
+        """The same images, each paired with ``caption`` instead of its own caption."""
+        return _RecaptionedPairs(self, caption)
+
     def _check_index(self, index: int) -> int:
         """Normalise a (possibly negative) index, raising IndexError when out of range."""
         try:
@@ -130,6 +134,26 @@ class _SubsetPairs(ImageTextPairs):
             all_captions = self._parent.captions()
             self._captions = [all_captions[i] for i in self._indices]
         return list(self._captions)
+
+
+class _RecaptionedPairs(ImageTextPairs):
+    """Another :class:`ImageTextPairs`' images, every one with the same caption."""
+
+    def __init__(self, parent: ImageTextPairs, caption: str):
+        caption = " ".join(str(caption).split())
+        if not caption:
+            raise ValueError("the replacement caption is empty")
+        self._parent, self.caption = parent, caption
+        self.origin = f"{parent.origin}, captions replaced by {caption!r}"
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def __getitem__(self, index: int) -> tuple[Any, str]:
+        return self._parent[self._check_index(index)][0], self.caption
+
+    def captions(self) -> list[str]:
+        return [self.caption] * len(self)
 
 
 # --------------------------------------------------------------------------------------------
