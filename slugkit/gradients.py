@@ -5,6 +5,8 @@ contrastive loss on the retain set. Both are averages of per-batch mean gradient
 gradients zeroed before every batch. The contrastive loss of a batch depends on its size (its
 negatives), so the retain batches should all be equally large: ``pair_loader(...,
 equal_batches=True)`` drops the remainder, and :func:`compute_gradients` warns when they are not.
+Under a process group each process takes every N-th batch and the sums are added across processes
+(:mod:`slugkit.distributed`): the same batches, the same means; only rank 0 writes the cache.
 
 Example::
 
@@ -29,12 +31,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from slugkit import distributed
 from slugkit.adapters.base import CLIPAdapter
 from slugkit.fingerprint import canonical_json, data_fingerprint, model_fingerprint
 
 LOSSES = ("forget", "retain")
 _FORMAT = "slugkit.gradients"
-_KEY_VERSION = "slugkit.gradients.v2"  # bump when the losses, the accumulation or the retain batching change
+_KEY_VERSION = "slugkit.gradients.v3"  # bump when the losses, the accumulation or the retain batching change
 
 
 def forget_loss(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
@@ -97,7 +100,8 @@ def _accumulate(
         for p in wanted.values():
             p.requires_grad_(True)
         model.eval()
-        for n_batch, batch in enumerate(tqdm(loader, desc=desc or f"{loss} gradients", leave=False, disable=not progress)):
+        mine = distributed.shard_batches(loader)  # every batch, or this process's share of them
+        for n_batch, batch in enumerate(tqdm(mine, desc=desc or f"{loss} gradients", leave=False, disable=not progress)):
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise TypeError(f"{loss} loader must yield (pixels, tokens) pairs; batch {n_batch} is not")
             pixels, tokens = batch
@@ -122,11 +126,14 @@ def _accumulate(
                         raise FloatingPointError(
                             f"non-finite {loss} gradient for layer {name!r} at batch {n_batch}"
                         )
-                if name in sums:
+                if name in sums:  # float64: the sum does not depend on how the batches are split
                     sums[name] += g
                 else:
-                    sums[name] = g.clone()
+                    sums[name] = g.double()
             sizes.append(int(img.shape[0]))
+        sums = distributed.sum_tensors({name: sums.get(name, torch.zeros(p.shape, dtype=torch.float64, device=p.device))
+                                        for name, p in wanted.items()})  # a process without batches adds zeros
+        sizes = distributed.interleave(distributed.gather(sizes))  # every batch's size, in the loader's order
     finally:
         model.zero_grad(set_to_none=True)
         for p, flag in zip(all_params, flags):
@@ -135,7 +142,7 @@ def _accumulate(
             m.training = mode
     if not sizes:
         raise ValueError(f"{loss} loader is empty: it yielded no batch")
-    return {name: (s / len(sizes)).cpu() for name, s in sums.items()}, sizes
+    return {name: (s / len(sizes)).float().cpu() for name, s in sums.items()}, sizes
 
 
 def accumulate_gradients(
@@ -285,7 +292,7 @@ def compute_gradients(
             meta["model_fingerprint"], meta["forget_fingerprint"], meta["retain_fingerprint"], layers
         )
         cached = store.get(key)
-        if cached is not None:
+        if distributed.all_agree(cached is not None):  # every process uses the cache, or none does
             return cached
         meta["key"] = key
     t0 = time.perf_counter()
@@ -305,6 +312,6 @@ def compute_gradients(
         "seconds": {"forget": round(t1 - t0, 4), "retain": round(t2 - t1, 4)},
     }
     grads = Gradients(forget=forget, retain=retain, meta=meta)
-    if store is not None:
+    if store is not None and distributed.is_writer():
         store.put(key, grads)
     return grads
