@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="slugkit", description="Single Layer Unlearning Gradient, runnable: forget one concept from a "
                 "CLIP model by editing one layer. Start with `slugkit demo`, then `slugkit unlearn --help`.",
                 epilog="Exit codes: 0 done, 2 bad input (one sentence on stderr), 3 the run finished but its status "
-                "is not 'ok', 1 internal error (rerun with --debug), 130 interrupted.")
+                "is not 'ok', 1 internal error (rerun with --debug), 4 another process of a data-parallel run stopped, "
+                "130 interrupted.")
     p.add_argument("--debug", action="store_true", help="show the full traceback instead of a one-sentence error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

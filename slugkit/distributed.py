@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -120,7 +121,7 @@ def shard_batches(loader: Iterable) -> Iterable:
     if isinstance(loader, torch.utils.data.DataLoader) and loader.batch_sampler is not None:
         return torch.utils.data.DataLoader(
             loader.dataset, batch_sampler=_RankBatches(loader.batch_sampler, r, n), collate_fn=loader.collate_fn,
-            num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+            num_workers=loader.num_workers, pin_memory=loader.pin_memory, generator=loader.generator)
     return (batch for i, batch in enumerate(loader) if i % n == r)
 
 
@@ -162,13 +163,15 @@ def sum_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: out[name] for name in tensors}
 
 
-def sum_counts(values: Sequence[float]) -> list[float]:
-    """Sums over all processes of a list of numbers (e.g. hits and totals of accuracies), in one all-reduce."""
+def sum_counts(counts: dict[str, Sequence[float]]) -> dict[str, tuple[float, ...]]:
+    """``{name: numbers}`` (e.g. hits and totals behind accuracies) summed over all processes, in one all-reduce."""
     if not active():
-        return list(values)
-    t = torch.tensor(list(values), dtype=torch.float64, device=device())
+        return {name: tuple(v) for name, v in counts.items()}
+    flat = [float(x) for v in counts.values() for x in v]
+    t = torch.tensor(flat, dtype=torch.float64, device=device())
     _collective("adding up evaluation counts", dist.all_reduce, t)
-    return t.cpu().tolist()
+    summed = iter(t.cpu().tolist())
+    return {name: tuple(next(summed) for _ in v) for name, v in counts.items()}
 
 
 def gather(obj) -> list:
@@ -182,7 +185,7 @@ def gather(obj) -> list:
 
 def all_agree(flag: bool) -> bool:
     """True only when ``flag`` is true in every process (e.g. every process found the gradients cached)."""
-    return bool(sum_counts([0.0 if flag else 1.0])[0] == 0) if active() else bool(flag)
+    return sum_counts({"disagree": [0.0 if flag else 1.0]})["disagree"][0] == 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,7 +193,8 @@ def all_agree(flag: bool) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 def launch(nproc: int, argv: Sequence[str], what: str = "slugkit") -> int:
     """Run ``python -m slugkit ARGV`` in ``nproc`` processes on this machine, as ``torchrun --standalone
-    --nproc-per-node NPROC -m slugkit ARGV`` would (the same elastic launcher, in this process).
+    --nproc-per-node NPROC -m slugkit ARGV`` would (torchrun's own launcher, called in this process, with the
+    rendezvous that ``--standalone`` picks: a local store on a free port).
 
     Returns the exit code: 0, or the workers' own code when they agree on it (e.g. 3 = status not "ok"), else
     the first worker's error code after one sentence naming the process that stopped.
@@ -201,8 +205,8 @@ def launch(nproc: int, argv: Sequence[str], what: str = "slugkit") -> int:
 
     if not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"expected a positive number of processes, got {nproc!r}")
-    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "slugkit",
-                                         *argv])
+    standalone = ["--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", "--rdzv-id", uuid.uuid4().hex]
+    args = get_args_parser().parse_args([*standalone, "--nproc-per-node", str(nproc), "--module", "slugkit", *argv])
     for name in ("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.launcher"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # the agent's chatter; failures are summed up below
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -84,7 +84,8 @@ def data_fingerprint(loader: Iterable) -> str:
     from . import distributed
 
     digests = []
-    for batch in tqdm(distributed.shard_batches(loader), desc="fingerprint data", leave=False):
+    for batch in tqdm(distributed.shard_batches(loader), desc="fingerprint data", leave=False,
+                      disable=not distributed.is_writer()):
         b = hashlib.sha256()
         _update(b, batch)
         digests.append(b.hexdigest())

@@ -170,9 +170,7 @@ class ConceptEvaluator:
 
     def _all_metrics(self, image_emb: torch.Tensor, prompt_emb: dict[str, torch.Tensor]) -> dict[str, float]:
         """The metrics of the whole set from this process's share of the image embeddings (counts summed)."""
-        counts = self._counts(image_emb, prompt_emb, self._mine)
-        return self._ratios(dict(zip(counts, np.reshape(distributed.sum_counts(np.ravel(list(counts.values()))),
-                                                        (-1, 3)))))
+        return self._ratios(distributed.sum_counts(self._counts(image_emb, prompt_emb, self._mine)))
 
     def _counts(self, image_emb, prompt_emb, part: slice) -> dict[str, tuple[int, int, int]]:
         """``{name: (top-1 hits, top-5 hits, images)}`` of the pictures ``world[part]`` embedded in ``image_emb``."""
