@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from slugkit import distributed
+
 SAMPLES_PER_TENSOR = 65_536
 
 
@@ -81,8 +83,6 @@ def data_fingerprint(loader: Iterable) -> str:
     them get the single-process fingerprint. The loader must be deterministic (no shuffling, no random
     augmentation) for the fingerprint to be stable.
     """
-    from . import distributed
-
     digests = []
     for batch in tqdm(distributed.shard_batches(loader), desc="fingerprint data", leave=False,
                       disable=not distributed.is_writer()):
