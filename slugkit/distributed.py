@@ -209,7 +209,6 @@ def launch(nproc: int, argv: Sequence[str], what: str = "slugkit") -> int:
     args = get_args_parser().parse_args([*standalone, "--nproc-per-node", str(nproc), "--module", "slugkit", *argv])
     for name in ("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.launcher"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # the agent's chatter; failures are summed up below
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ[LAUNCHED_ENV] = "1"
     config, cmd, cmd_args = config_from_args(args)
     try:
