@@ -109,11 +109,6 @@ def cmd_unlearn(args) -> int:
     if args.classes and not args.data:
         raise ValueError("--classes only applies with --data (your own pictures); the toy world measures the "
                          "concept against every other class of its attribute")
-    from .adapters.host import is_host_name, load_host
-    from .models.loading import load_clip
-    from .step_size_search import Target
-    from .slug import unlearn, unlearn_host
-
     if args.data:  # read (index) the data before loading a model: a bad shard fails in a second
         from .data.sources import open_pairs
 
@@ -125,12 +120,36 @@ def cmd_unlearn(args) -> int:
         data = None
         if args.model in TOY_MODELS:
             find_concept(args.forget)  # an unknown toy concept fails before the model loads
+    if args.nproc > 1:  # data parallel: torchrun's launcher starts the processes, each runs this command
+        if "WORLD_SIZE" in os.environ:
+            raise ValueError("--nproc starts torchrun itself: under torchrun leave it out (torchrun's "
+                             "--nproc-per-node sets the number of processes)")
+        from .distributed import launch
+
+        return launch(args.nproc, _drop_option(args.argv, "--nproc"), "slugkit unlearn")
+    from . import distributed
+
+    distributed.init_from_env()  # under torchrun: join its process group (gloo on CPU, NCCL on GPUs)
+    try:
+        return _unlearn(args, data, distributed.is_writer(), distributed.device())
+    finally:
+        distributed.shutdown()
+
+
+def _unlearn(args, data, writer: bool, device) -> int:
+    from .adapters.host import is_host_name, load_host
+    from .models.loading import load_clip
+    from .step_size_search import Target
+    from .slug import unlearn, unlearn_host
+
+    if not writer:  # the other processes of a data-parallel run compute alongside rank 0 but stay quiet
+        sys.stdout = open(os.devnull, "w")
     target = Target(forget_metric=f"forget_{args.target}") if args.target else None
     options = dict(data=data, classes=args.classes, policy=args.policy, include=args.include,
                    exclude=args.exclude, tower=args.tower, preset=args.preset, candidates=args.candidates,
                    target=target, max_evals=args.max_evals,
                    seed=args.seed, batch_size=args.batch_size, retain=args.retain,
-                   store=None if args.no_cache else _cache_dir() / "gradients")
+                   store=None if args.no_cache else _cache_dir() / "gradients", progress=writer)
     if is_host_name(args.model):
         result = unlearn_host(load_host(args.model), args.forget, search=args.search, forget_text=args.forget_text,
                               **options)
@@ -138,11 +157,24 @@ def cmd_unlearn(args) -> int:
         for flag, value, default in (("--search", args.search, "clip"), ("--forget-text", args.forget_text, None)):
             if value != default:
                 raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
-        result = unlearn(load_clip(args.model, cache_dir=args.cache_dir), args.forget, **options)
+        result = unlearn(load_clip(args.model, device=device, cache_dir=args.cache_dir), args.forget, **options)
     out = result.save(args.out, overwrite=args.overwrite)
     print(result.summary())
     print(f"wrote {out / 'report.json'}" + (f" and {out / 'patch.safetensors'}" if result.patch else ""))
     return 0 if result.status == "ok" else 3
+
+
+def _drop_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(option + "="):
+            out.append(item)
+    return out
 
 
 def cmd_toy_sd(args) -> int:
@@ -278,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="slugkit", description="Single Layer Unlearning Gradient, runnable: forget one concept from a "
                 "CLIP model by editing one layer. Start with `slugkit demo`, then `slugkit unlearn --help`.",
                 epilog="Exit codes: 0 done, 2 bad input (one sentence on stderr), 3 the run finished but its status "
-                "is not 'ok', 1 internal error (rerun with --debug), 130 interrupted.")
+                "is not 'ok', 1 internal error (rerun with --debug), 4 another process of a data-parallel run stopped, "
+                "130 interrupted.")
     p.add_argument("--debug", action="store_true", help="show the full traceback instead of a one-sentence error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -332,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the concept, recomputed every run")
     u.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
     u.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
+    u.add_argument("--nproc", type=_int_in(1, 1024), default=1, metavar="N",
+                   help="run data parallel in N processes on this machine (starts torchrun: gloo on CPU, one GPU "
+                        "per process with NCCL); the same as `torchrun --nproc-per-node N -m slugkit unlearn ...`")
     u.add_argument("--search", choices=["clip", "generation"], default="clip",
                    help="hosts only: search lambda on the matching CLIP's forget metric (fast), or choose the "
                         "layer that way and search its lambda again on the host's own outputs (judged pictures "
@@ -434,8 +470,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"slugkit: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
+def _speaks(err: BaseException) -> bool:
+    """Whether this process prints ``err``: yes alone; under torchrun rank 0 (the others hit the same error),
+    except for a lost process when `slugkit unlearn --nproc` launched the run (the launcher names it)."""
+    from_launcher = type(err).__name__ == "PeerLost" and os.environ.get("SLUGKIT_LAUNCHED") == "1"
+    return os.environ.get("RANK", "0") == "0" and not from_launcher
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     debug = getattr(args, "debug", False)
     old_show = warnings.showwarning
     if not debug:
@@ -450,8 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if debug:
             raise
-        print(f"slugkit {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
+        if _speaks(err):
+            print(f"slugkit {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
     except Exception as err:  # a bug, not a user mistake: still one line, with the way to the traceback
         if debug:
             raise

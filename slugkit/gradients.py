@@ -5,6 +5,8 @@ contrastive loss on the retain set. Both are averages of per-batch mean gradient
 gradients zeroed before every batch. The contrastive loss of a batch depends on its size (its
 negatives), so the retain batches should all be equally large: ``pair_loader(...,
 equal_batches=True)`` drops the remainder, and :func:`compute_gradients` warns when they are not.
+Under a process group each process takes every N-th batch and the sums are added across processes
+(:mod:`slugkit.distributed`): the same batches, the same means; only rank 0 writes the cache.
 
 The two halves are cached apart: the forget gradient per (model, forget data, layers), the retain gradient
 per (model, retain data, layers). With one fixed retain set per model (SLUG's default, as the authors'
@@ -34,13 +36,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from slugkit import distributed
 from slugkit.adapters.base import CLIPAdapter
 from slugkit.fingerprint import canonical_json, data_fingerprint, model_fingerprint
 from slugkit.profile import stage
 
 LOSSES = ("forget", "retain")
 _FORMAT = "slugkit.gradients"
-_KEY_VERSION = "slugkit.gradients.v3"  # bump when the losses, the accumulation or the retain batching change
+_KEY_VERSION = "slugkit.gradients.v4"  # bump when the losses, the accumulation or the retain batching change
 _RETAIN_MEMO: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}  # the last retain gradient of this process
 
 
@@ -104,7 +107,8 @@ def _accumulate(
         for p in wanted.values():
             p.requires_grad_(True)
         model.eval()
-        for n_batch, batch in enumerate(tqdm(loader, desc=desc or f"{loss} gradients", leave=False, disable=not progress)):
+        mine = distributed.shard_batches(loader)  # every batch, or this process's share of them
+        for n_batch, batch in enumerate(tqdm(mine, desc=desc or f"{loss} gradients", leave=False, disable=not progress)):
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise TypeError(f"{loss} loader must yield (pixels, tokens) pairs; batch {n_batch} is not")
             pixels, tokens = batch
@@ -129,11 +133,14 @@ def _accumulate(
                         raise FloatingPointError(
                             f"non-finite {loss} gradient for layer {name!r} at batch {n_batch}"
                         )
-                if name in sums:
+                if name in sums:  # float64: the sum does not depend on how the batches are split
                     sums[name] += g
                 else:
-                    sums[name] = g.clone()
+                    sums[name] = g.double()
             sizes.append(int(img.shape[0]))
+        sums = distributed.sum_tensors({name: sums.get(name, torch.zeros(p.shape, dtype=torch.float64, device=p.device))
+                                        for name, p in wanted.items()})  # a process without batches adds zeros
+        sizes = distributed.interleave(distributed.gather(sizes))  # every batch's size, in the loader's order
     finally:
         model.zero_grad(set_to_none=True)
         for p, flag in zip(all_params, flags):
@@ -142,7 +149,7 @@ def _accumulate(
             m.training = mode
     if not sizes:
         raise ValueError(f"{loss} loader is empty: it yielded no batch")
-    return {name: (s / len(sizes)).cpu() for name, s in sums.items()}, sizes
+    return {name: (s / len(sizes)).float().cpu() for name, s in sums.items()}, sizes
 
 
 def accumulate_gradients(
@@ -313,7 +320,8 @@ def _gradient_part(adapter, loss, loader, wanted, model_fp, meta, store, memo, p
     found = _RETAIN_MEMO.get(key) if memo else None
     if found is None and store is not None:
         cached = store.get(key)
-        if cached is not None and set(getattr(cached, loss)) == set(wanted):
+        usable = cached is not None and set(getattr(cached, loss)) == set(wanted)
+        if distributed.all_agree(usable):  # every process uses the cache, or none does
             found = getattr(cached, loss), cached.meta
     if found is None:
         t = time.perf_counter()
@@ -325,7 +333,7 @@ def _gradient_part(adapter, loss, loader, wanted, model_fp, meta, store, memo, p
                               "in g_r, so a small last batch moves it; build the retain loader with "
                               "pair_loader(..., equal_batches=True)", stacklevel=3)
             part_meta |= {"retain_batch_size": sizes[0], "retain_pairs": sum(sizes)}
-        if store is not None:
+        if store is not None and distributed.is_writer():
             store.put(key, Gradients(**{"forget": {}, "retain": {}, loss: grads}, meta=part_meta))
         found = grads, part_meta
     if memo:

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from . import distributed
 from .adapters.base import CLIPAdapter
 from .adapters.host import FORGET_TEXTS, Host
 from .bounds import check_batch_size, check_finite_weights, check_fraction, check_max_evals, check_retain_set, check_seed
@@ -133,8 +134,11 @@ class UnlearnResult:
 
         The run is written into a temporary folder beside ``out_dir`` and renamed into place once, so a
         reader sees the previous run, this run, or nothing. A non-empty ``out_dir`` is refused unless
-        ``overwrite`` (then the whole previous run is replaced; see :mod:`slugkit.rundir`).
+        ``overwrite`` (then the whole previous run is replaced; see :mod:`slugkit.rundir`). Under a
+        process group only rank 0 writes (every process holds the same result).
         """
+        if not distributed.is_writer():
+            return Path(out_dir)
         with atomic_run_dir(out_dir, overwrite, what="unlearn") as tmp:
             patch_bytes = 0
             if self.patch is not None:
