@@ -241,7 +241,7 @@ def cmd_lab(args) -> int:
 
     if importlib.util.find_spec("jupyterlab") is None:
         raise RuntimeError("JupyterLab is not installed in this Python: install it with "
-                                  "pip install 'slugkit[notebooks]' (or pip install jupyterlab ipywidgets)")
+                           "pip install 'slugkit[notebooks]' (or pip install jupyterlab ipywidgets)")
     written, kept = copy_notebooks(args.dir, student=args.student)  # never replaces the learner's notebooks
     print(f"{Path(args.dir)}: {len(written)} notebook(s) copied, {len(kept)} kept as they were; starting JupyterLab")
     return subprocess.call(lab_command(Path(args.dir), args.no_browser))

@@ -46,8 +46,6 @@ def register() -> str:
     return ARCH
 
 
-
-
 def create_toy_clip(seed: int = 0) -> torch.nn.Module:
     """A randomly initialised toy CLIP (open_clip ``CLIP``), deterministic for a seed."""
     torch.manual_seed(seed)
