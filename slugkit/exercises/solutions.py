@@ -53,7 +53,7 @@ def binary_search(forget_acc, lambda0, max_evals=10, rtol=0.05):
 
 def forget_retain_accuracy(scores, labels, concept):
     """Notebook 05: ``(forget_top1, forget_top5, retain_top1)`` from a ``(pictures, classes)`` score matrix."""
-    labels = torch.as_tensor(np.asarray(labels))
+    labels = torch.as_tensor(np.array(labels))  # a copy: world.labels() may be read-only
     top5 = torch.as_tensor(scores).topk(5, dim=1).indices
     hit1, hit5 = top5[:, 0] == labels, (top5 == labels[:, None]).any(1)
     forget, retain = labels == concept, (labels >= 0) & (labels != concept)
