@@ -98,14 +98,11 @@ def _diagnose(got: dict, per_batch: list[dict], leftover: dict | None) -> str:
         ("p.grad keeps adding up across batches unless you zero it: call model.zero_grad() before each "
          "backward(), otherwise batch 2 reads the sum of batches 1 and 2", {n: sum(r[n] for r in running) / k for n in names}),
     ]
-    if leftover is not None:
-        tries += [
-            ("the model came with gradients left over from an earlier backward pass and you counted them: zero "
-             "the gradients (model.zero_grad()) before each batch", {n: (leftover[n] + total[n]) / k for n in names}),
-            ("the model came with gradients left over from an earlier backward pass and you counted them: zero "
-             "the gradients (model.zero_grad()) before each batch",
-             {n: sum(leftover[n] + r[n] for r in running) / k for n in names}),
-        ]
+    if leftover is not None:  # never zeroed: read once at the end, or after every batch
+        stale = ("the model came with gradients left over from an earlier backward pass and you counted them: zero "
+                 "the gradients (model.zero_grad()) before each batch")
+        tries += [(stale, {n: (leftover[n] + total[n]) / k for n in names}),
+                  (stale, {n: sum(leftover[n] + r[n] for r in running) / k for n in names})]
     for msg, values in tries:
         if all(torch.allclose(got[n], values[n].float(), rtol=1e-4, atol=1e-6) for n in names):
             return msg
