@@ -64,8 +64,8 @@ def test_wheel_carries_checkpoints_bench_and_notebooks(wheel_install):
 
 def test_installed_wheel_finds_its_own_data(wheel_install):
     _, site, work, env = wheel_install
-    out = _run([sys.executable, "-c", "import slugkit.resources as r, slugkit.bench as b; "
-                "print(r.__file__); print(r.data_dir()); print(b.shipped_bench().is_file())"], cwd=work, env=env)
+    out = _run([sys.executable, "-c", "import slugkit.resources as r; print(r.__file__); print(r.data_dir()); "
+                "print((r.data_dir() / 'bench' / 'bench.json').is_file())"], cwd=work, env=env)
     module, data, bench_found = out.split()
     assert Path(module).is_relative_to(site) and Path(data) == site / "slugkit" / "_data" and bench_found == "True"
     # SLUGKIT_DATA still overrides the packaged folder
