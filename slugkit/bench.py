@@ -35,6 +35,7 @@ from .data.pairs import mentions
 from .eval.metrics import (ConceptSetEvaluator, CostMeter, changed_bytes, concept_label, evaluate_unlearning,
                            mia_pictures, resolve_concepts, snapshot, toy_training_world)
 from .patch import compose
+from .resources import data_dir
 from .slug import STATUS_INCOMPLETE, model_bytes, unlearn
 from .step_size_search import Target
 from .tasks import Evaluator, Task, toy_task
@@ -539,6 +540,4 @@ def mia_figure(before: dict[str, np.ndarray], after: dict[str, np.ndarray], conc
 
 def shipped_bench() -> Path:
     """The ``bench.json`` of a full run shipped with slugkit (``data/bench/bench.json``)."""
-    from .models.toy_clip import data_dir
-
     return data_dir() / "bench" / "bench.json"

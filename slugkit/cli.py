@@ -6,6 +6,8 @@
     slugkit toy build
     slugkit demo
     slugkit bench --model toy-clip --out runs/bench
+    slugkit notebooks my-notebooks [--student]
+    slugkit lab [my-notebooks]
 
 Every user mistake ends in one sentence on stderr and exit code 2; ``--debug`` shows the traceback
 instead. Exit codes: 0 done, 2 bad input, 3 the run finished but its status is not "ok", 1 an
@@ -230,15 +232,52 @@ def cmd_demo(args) -> int:
     with atomic_run_dir(out, args.overwrite, what="demo") as tmp:  # all of the demo appears at once, or none
         adapter = load_clip("toy-clip")
         print("toy CLIP zero-shot accuracy on held-out MiniCanvas images:")
-        print(format_zero_shot(toy_eval(adapter)))
+        print(format_zero_shot(toy_eval(adapter, n_test=500 if args.quick else 2000)))
         fig = sample_sheet(MiniCanvas(n=48, seed=0, split="test"))
         fig.savefig(tmp / "sample_sheet.png", dpi=110, bbox_inches="tight")
-        result = unlearn(adapter, args.forget, seed=0)
+        quick = {}
+        if args.quick:  # a quarter of the retain pairs and test pictures; one layer searched, not the whole front
+            from .tasks import toy_task
+
+            quick = {"task": toy_task(adapter, args.forget, n_retain=256, n_test=500), "policy": "deepest",
+                     "tower": "vision"}
+        result = unlearn(adapter, args.forget, seed=0, **quick)
         result.save(tmp / "unlearn")
     print(f"sample sheet: {out / 'sample_sheet.png'}\n")
     print(result.summary())
     print(f"report: {out / 'unlearn' / 'report.json'}")
     return 0
+
+
+def cmd_notebooks(args) -> int:
+    from .resources import copy_notebooks
+
+    written, kept = copy_notebooks(args.dir, student=args.student, overwrite=args.overwrite)
+    what = "student copies of " if args.student else ""
+    print(f"wrote {what}{len(written)} notebook(s) to {Path(args.dir)}" + (
+        f"; kept {len(kept)} already there ({', '.join(p.name for p in kept)}; --overwrite replaces them)"
+        if kept else ""))
+    print(f"open them with: slugkit lab {args.dir}")
+    return 0
+
+
+def lab_command(folder: Path, no_browser: bool = False) -> list[str]:
+    """The JupyterLab command `slugkit lab` runs: this Python's ``jupyterlab`` on ``folder``."""
+    return [sys.executable, "-m", "jupyterlab", f"--notebook-dir={folder}"] + (["--no-browser"] if no_browser else [])
+
+
+def cmd_lab(args) -> int:
+    import importlib.util
+    import subprocess
+
+    from .resources import copy_notebooks
+
+    if importlib.util.find_spec("jupyterlab") is None:
+        raise RuntimeError("JupyterLab is not installed in this Python: install it with "
+                           "pip install 'slugkit[notebooks]' (or pip install jupyterlab ipywidgets)")
+    written, kept = copy_notebooks(args.dir, student=args.student)  # never replaces the learner's notebooks
+    print(f"{Path(args.dir)}: {len(written)} notebook(s) copied, {len(kept)} kept as they were; starting JupyterLab")
+    return subprocess.call(lab_command(Path(args.dir), args.no_browser))
 
 
 def cmd_attribute(args) -> int:
@@ -428,7 +467,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", metavar="DIR", help="new or empty output folder (default runs/demo)")
     d.add_argument("--overwrite", action="store_true", help="replace a previous demo in --out")
     d.add_argument("--forget", default="Captain Zorp", metavar="CONCEPT", help="the character to forget (default 'Captain Zorp')")
+    d.add_argument("--quick", action="store_true", help="a shorter demo for slow machines and install checks: 500 "
+                   "test pictures, 256 retain pairs, only the deepest Pareto layer of the vision tower searched "
+                   "(about a third of the CPU time)")
     d.set_defaults(func=cmd_demo)
+    nb = sub.add_parser("notebooks", help="copy the notebook series into a folder of your own",
+                        description="Copy the notebooks (00_toy_world ... ) shipped with slugkit into DIR, to run "
+                        "and edit them anywhere; `slugkit lab DIR` opens them.")
+    nb.add_argument("dir", metavar="DIR", help="folder to copy into (created if needed)")
+    nb.add_argument("--student", action="store_true", help="coursework copies: without the reference answers "
+                    "(cells tagged 'solution'), so the exercise checkers see your own code")
+    nb.add_argument("--overwrite", action="store_true", help="replace notebooks already in DIR (default: keep "
+                    "them, they may hold your work)")
+    nb.set_defaults(func=cmd_notebooks)
+    lb = sub.add_parser("lab", help="open the notebook series in JupyterLab",
+                        description="Copy the notebooks into DIR (keeping any already there) and start JupyterLab "
+                        "on it. Needs JupyterLab: pip install 'slugkit[notebooks]'.")
+    lb.add_argument("dir", nargs="?", default="slugkit-notebooks", metavar="DIR",
+                    help="folder of your notebooks (default ./slugkit-notebooks)")
+    lb.add_argument("--student", action="store_true", help="copy coursework copies (no reference answers)")
+    lb.add_argument("--no-browser", action="store_true", help="start the server without opening a browser")
+    lb.set_defaults(func=cmd_lab)
     a = sub.add_parser("attribute", help="Captum attributions of the image-text cosine before vs after a patch")
     a.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=MODEL_HELP)
     a.add_argument("--patch", required=True, help="patch.safetensors written by `slugkit unlearn`")
