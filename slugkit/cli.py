@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -105,16 +106,29 @@ def cmd_eval(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
+    from .profile import Profiler, process_age
     from .rundir import check_out_dir
 
     check_out_dir(args.out, args.overwrite)  # before any work (and before importing torch): fails in a second
     if args.classes and not args.data:
         raise ValueError("--classes only applies with --data (your own pictures); the toy world measures the "
                          "concept against every other class of its attribute")
+    if not args.profile:
+        return _prepare_and_unlearn(args)
+    with Profiler(start=time.perf_counter() - (process_age() or 0.0)) as prof:
+        prof.add("startup", time.perf_counter() - prof.start)  # interpreter start, argument parsing
+        return _prepare_and_unlearn(args, prof)
+
+
+def _prepare_and_unlearn(args, prof=None) -> int:
+    """Read the data, start the data-parallel processes or join their group, then :func:`_unlearn`."""
+    from .profile import stage
+
     if args.data:  # read (index) the data before loading a model: a bad shard fails in a second
         from .data.sources import open_pairs
 
-        data = open_pairs(args.data)
+        with stage("data"):
+            data = open_pairs(args.data)
     else:
         from .data.minicanvas import find_concept
         from .models.loading import TOY_MODELS
@@ -133,16 +147,19 @@ def cmd_unlearn(args) -> int:
 
     distributed.init_from_env()  # under torchrun: join its process group (gloo on CPU, NCCL on GPUs)
     try:
-        return _unlearn(args, data, distributed.is_writer(), distributed.device())
+        return _unlearn(args, data, distributed.is_writer(), distributed.device(), prof)
     finally:
         distributed.shutdown()
 
 
-def _unlearn(args, data, writer: bool, device) -> int:
-    from .adapters.host import is_host_name, load_host
-    from .models.loading import load_clip
-    from .step_size_search import Target
-    from .slug import unlearn, unlearn_host
+def _unlearn(args, data, writer: bool, device, prof=None) -> int:
+    from .profile import stage
+
+    with stage("imports"):
+        from .adapters.host import is_host_name, load_host
+        from .models.loading import load_clip
+        from .step_size_search import Target
+        from .slug import unlearn, unlearn_host
 
     if not writer:  # the other processes of a data-parallel run compute alongside rank 0 but stay quiet
         sys.stdout = open(os.devnull, "w")
@@ -153,15 +170,22 @@ def _unlearn(args, data, writer: bool, device) -> int:
                    seed=args.seed, batch_size=args.batch_size, retain=args.retain,
                    store=None if args.no_cache else _cache_dir() / "gradients", progress=writer)
     if is_host_name(args.model):
-        result = unlearn_host(load_host(args.model), args.forget, search=args.search, forget_text=args.forget_text,
-                              **options)
+        with stage("load"):
+            host = load_host(args.model)
+        result = unlearn_host(host, args.forget, search=args.search, forget_text=args.forget_text, **options)
     else:
         for flag, value, default in (("--search", args.search, "clip"), ("--forget-text", args.forget_text, None)):
             if value != default:
                 raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
-        result = unlearn(load_clip(args.model, device=device, cache_dir=args.cache_dir), args.forget, **options)
+        with stage("load"):
+            adapter = load_clip(args.model, device=device, cache_dir=args.cache_dir)
+        result = unlearn(adapter, args.forget, **options)
+    if prof is not None:
+        result.profile = prof.to_dict()  # everything up to writing the run
     out = result.save(args.out, overwrite=args.overwrite)
     print(result.summary())
+    if prof is not None:
+        print(prof.summary())
     print(f"wrote {out / 'report.json'}" + (f" and {out / 'patch.safetensors'}" if result.patch else ""))
     return 0 if result.status == "ok" else 3
 
@@ -398,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--batch-size", type=_int_in(BATCH_SIZE_MIN, BATCH_SIZE_MAX, " (the contrastive retain loss "
                    "needs 2 pairs per batch)"), default=64, metavar="N", help=f"pairs per gradient batch, {BATCH_SIZE_MIN}.."
                    f"{BATCH_SIZE_MAX} (default 64; lower it if memory runs out)")
+    u.add_argument("--profile", action="store_true", help="add a 'profile' block to report.json (seconds and peak "
+                   "memory per stage: startup, imports, load, data, gradients, layer table, each layer's search, patch, "
+                   "report) and print it")
     u.add_argument("--retain", choices=["shared", "per-concept"], default="shared",
                    help="retain set of the retain gradient: 'shared' (default) = one fixed seeded set per model, its "
                         "gradient computed once and reused for every concept; 'per-concept' = pairs that do not name "

@@ -272,6 +272,11 @@ class GradientStore:
         return target
 
 
+def clear_retain_memo() -> None:
+    """Forget the retain gradient kept in memory (``reuse_retain``): the next one is computed (or read from a store)."""
+    _RETAIN_MEMO.clear()
+
+
 def compute_gradients(
     adapter: CLIPAdapter,
     forget_loader: Iterable,

@@ -26,7 +26,7 @@ from .gradients import GradientStore, Gradients, compute_gradients
 from .layer_identification import candidate_infos, layer_table, select_layers
 from .models.loading import TOY_MODELS
 from .patch import Patch, scope_fingerprint
-from .profile import peak_rss_mb
+from .profile import peak_rss_mb, stage
 from .rundir import atomic_run_dir
 from .step_size_search import SearchResult, Target, search_step_size
 from .tasks import Evaluator, Task, data_task, toy_task
@@ -79,6 +79,7 @@ class UnlearnResult:
     host: str | None = None  # set by :func:`unlearn_host`: the model that embeds the edited tower
     host_metrics: dict = field(default_factory=dict)  # the host's NAME_before / NAME_after metrics
     edited_model_bytes: int | None = None  # bytes of the host's edited tower
+    profile: dict | None = None  # seconds and peak memory per stage (slugkit.profile.Profiler.to_dict), if profiled
 
     @property
     def chosen_search(self) -> SearchResult | None:
@@ -127,7 +128,8 @@ class UnlearnResult:
             "step_search": self.step_search.to_dict() if self.step_search else None,
             "layer_table": self.table.assign(shape=self.table["shape"].map(list)).to_dict(orient="records"),
         } | ({"host": self.host, "clip_model": self.model, "edited_model_bytes": self.edited_model_bytes,
-              **self.host_metrics} if self.host else {}))  # fmt: skip
+              **self.host_metrics} if self.host else {})
+          | ({"profile": self.profile} if self.profile is not None else {}))  # fmt: skip
 
     def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
         """Write ``report.json`` (and ``patch.safetensors`` when a patch was found); returns the folder.
@@ -239,7 +241,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             tower: str | None = None, preset: str = "slugkit", candidates: str | None = None,
             target: Target | None = None, max_evals: int | None = None, rtol: float | None = None,
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
-            retain: str = "shared", step_evaluator: Evaluator | None = None, progress: bool = True) -> UnlearnResult:
+            retain: str = "shared", full_trace: bool = False, step_evaluator: Evaluator | None = None,
+            progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
@@ -260,6 +263,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
       for this process and in ``store``, and reused by every later concept; "per-concept" uses the task's
       retain pairs without the concept (recomputed per concept). Retain gradients use equal contrastive
       batches of ``batch_size`` pairs (the remainder is dropped).
+    - The search measures the forget metric first (on the concept's pictures alone, when the evaluator has
+      ``forget_metrics``) and the rest only at step sizes that reach the target: a step that does not reach
+      it records its forget metrics alone. ``full_trace=True`` measures everything at every step (for plots
+      of the whole trace); the chosen layer and step size are the same either way.
     - ``step_evaluator``: the layer is chosen as always (every layer's search on the task's evaluator),
       then that one layer's step size is searched again, with the same target, on ``step_evaluator``
       (e.g. a host's judged generations, :func:`unlearn_host` ``search="generation"``); the patch takes
@@ -281,7 +288,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     check_finite_weights(adapter.model, adapter.name)  # before any data or gradient work
     if retain not in RETAIN_SETS:
         raise ValueError(f"retain must be one of {', '.join(map(repr, RETAIN_SETS))}, got {retain!r}")
-    task = task or make_task(adapter, concept, data, classes, seed)
+    with stage("data"):  # the toy world's pictures are drawn (or read from their cache) here
+        task = task or make_task(adapter, concept, data, classes, seed)
     retain_set = "task" if retain == "shared" and task.shared_retain is None else retain
     retain_pairs = task.shared_retain if retain_set == "shared" else task.retain
     check_retain_set(len(retain_pairs), task.concept)
@@ -310,20 +318,27 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     timings["gradients"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    table = layer_table(adapter, grads, infos=infos)
-    layers = select_layers(table, policy, tower)
+    with stage("layer_table"):
+        table = layer_table(adapter, grads, infos=infos)
+        layers = select_layers(table, policy, tower)
     towers = dict(zip(table["name"], table["tower"]))
     blocks = dict(zip(table["name"], table["block"]))
     timings["layer_identification"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    task.search_evaluator.cache()
+    evaluator = task.search_evaluator
+    with stage("search_cache"):  # embeddings of the unedited model, reused by every evaluation
+        baseline = evaluator.cache().baseline()  # the unedited model's metrics: one evaluation for every layer
+    forget_only = None if full_trace else getattr(evaluator, "forget_metrics", None)
     searches = []
     for name in layers:
-        task.search_evaluator.prepare(towers[name], int(blocks[name]))  # model still unedited here
-        evaluate = lambda t=towers[name], b=int(blocks[name]): task.search_evaluator(edited_tower=t, block=b)  # noqa: E731
-        searches.append(search_step_size(adapter.parameter(name), grads.forget[name], evaluate, target,
-                                         max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress))
+        with stage(f"search/{name}"):
+            t_, b_ = towers[name], int(blocks[name])
+            evaluator.prepare(t_, b_)  # model still unedited here
+            searches.append(search_step_size(
+                adapter.parameter(name), grads.forget[name], lambda: evaluator(edited_tower=t_, block=b_), target,
+                max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress, baseline=baseline,
+                evaluate_forget=forget_only and (lambda: forget_only(edited_tower=t_, block=b_))))
     timings["step_size_search"] = round(time.perf_counter() - t, 2)
 
     met = [s for s in searches if s.status == "ok"]
@@ -332,12 +347,13 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     if best is not None and step_evaluator is not None:
         t = time.perf_counter()
         edited_tower, edited_block = towers[best.layer], int(blocks[best.layer])
-        step_evaluator.cache()
-        step_evaluator.prepare(edited_tower, edited_block)
-        step_search = search_step_size(
-            adapter.parameter(best.layer), grads.forget[best.layer],
-            lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target, max_evals=max_evals,
-            layer_name=best.layer, rtol=rtol, progress=progress)
+        with stage(f"search_again/{best.layer}"):
+            step_evaluator.cache()
+            step_evaluator.prepare(edited_tower, edited_block)
+            step_search = search_step_size(
+                adapter.parameter(best.layer), grads.forget[best.layer],
+                lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target, max_evals=max_evals,
+                layer_name=best.layer, rtol=rtol, progress=progress)
         timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
         if step_search.status != "ok":
             warns.append(f"{best.layer} met the target at step size {best.best_lambda:.4g} on the task's evaluator, "
@@ -347,19 +363,24 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     report = task.report_evaluator
     if best is not None:  # activations upstream of the edit serve both the before and the after pass
         edited_tower, edited_block = towers[best.layer], int(blocks[best.layer])
-        report.prepare(edited_tower, edited_block)
-    before = report.cache().baseline()
+    with stage("report"):
+        if best is not None:
+            report.prepare(edited_tower, edited_block)
+        before = report.cache().baseline()
     patch, after = None, before
     if best is not None:
-        scope = adapter.patch_scope(best.layer)
-        patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda, grads.forget[best.layer],
-                                scope_fingerprint(adapter.model, scope), best.best_metrics, scope=scope,
-                                base_digest=tensor_digest(adapter.parameter(best.layer)))
-        patch.apply(adapter.model)
-        try:
-            after = report(edited_tower=edited_tower, block=edited_block)
-        finally:
-            patch.revert(adapter.model)
+        with stage("patch"):
+            scope = adapter.patch_scope(best.layer)
+            patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda,
+                                    grads.forget[best.layer], scope_fingerprint(adapter.model, scope),
+                                    best.best_metrics, scope=scope,
+                                    base_digest=tensor_digest(adapter.parameter(best.layer)))
+        with stage("report"):
+            patch.apply(adapter.model)
+            try:
+                after = report(edited_tower=edited_tower, block=edited_block)
+            finally:
+                patch.revert(adapter.model)
         patch.metrics = {"search": best.best_metrics, "report_before": before, "report_after": after}
     timings["report"] = round(time.perf_counter() - t, 2)
     missing, unmeasured_warns = unmeasured(before, after, report)
@@ -409,7 +430,8 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
     if clip is None:
         from .models.loading import load_clip
 
-        clip = load_clip(host.clip_name)
+        with stage("load"):
+            clip = load_clip(host.clip_name)
     allowed = [info.name for info in clip.candidate_layers() if host.accepts(info)]
     if not allowed:
         raise ValueError(f"{clip.name!r} has no candidate layer that {host.name!r} reads "
@@ -425,7 +447,8 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
                          f"{host.scope!r} tower {host.name!r} embeds")
     t = time.perf_counter()  # the host's side: its metrics before/after the patch, the bytes the patch edits
     if result.patch is not None:
-        result.host_metrics = host.report_metrics(result.concept, result.patch, progress=progress)
+        with stage("host_report"):
+            result.host_metrics = host.report_metrics(result.concept, result.patch, progress=progress)
     result.timings["host_report"] = round(time.perf_counter() - t, 2)
     result.host, result.edited_model_bytes = host.name, host.edited_model_bytes()
     result.peak_rss_mb = peak_rss_mb()

@@ -22,7 +22,9 @@ class Evaluator(Protocol):
     after ``prepare(tower, block)`` on the unedited model, activations upstream of ``block``.
 
     An evaluator that caches nothing can subclass this and define only ``__call__``: the defaults
-    cache nothing, prepare nothing and measure the baseline with a plain call."""
+    cache nothing, prepare nothing and measure the baseline with a plain call. An evaluator may also define
+    ``forget_metrics(edited_tower, block)``, the forget metrics alone (cheaper): the search then asks it
+    first and makes a full call only where the forget target is reached."""
 
     def cache(self) -> "Evaluator":
         return self

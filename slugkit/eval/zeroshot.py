@@ -118,6 +118,7 @@ class ConceptEvaluator:
         self._block: int | None = None  # vision block whose input activations are cached
         self._states: list[torch.Tensor] = []
         self._mine = distributed.shard(len(world))  # this process's pictures (all of them in one process)
+        self._forget_states: list[torch.Tensor] = []  # the same, for the forgotten class(es)' pictures alone
 
     def _embed_images(self) -> torch.Tensor:
         """Image embeddings with the current model, resumed from the prepared block when there is one."""
@@ -148,7 +149,31 @@ class ConceptEvaluator:
             images = self.world.images[self._mine]
             self._states = [self.adapter.vision_state(self.adapter.preprocess(torch.tensor(images[i:i + batch_size])), block)
                             for i in range(0, len(images), batch_size)]
+            shown = images[self._forget_index()]
+            self._forget_states = [self.adapter.vision_state(self.adapter.preprocess(torch.tensor(shown[i:i + batch_size])),
+                                                             block) for i in range(0, len(shown), batch_size)]
             self._block = block
+
+    def _forget_index(self) -> np.ndarray:
+        """Positions, within this process's pictures, of the pictures of the forgotten class(es)."""
+        return np.flatnonzero(np.isin(self.world.labels(self.attribute)[self._mine], self.indices))
+
+    @torch.no_grad()
+    def forget_metrics(self, edited_tower: str | None = None, block: int | None = None) -> dict[str, float]:
+        """``forget_top1`` and ``forget_top5`` alone, from the forgotten pictures only (a fraction of a full
+        call's work): the step-size search asks this first and measures the rest only where it reached the target."""
+        pos, a = self._forget_index(), self.attribute
+        if self._image_emb is not None and edited_tower == "text":
+            image_emb = self._image_emb[torch.from_numpy(pos)]
+        elif edited_tower == "vision" and block is not None and block == self._block:
+            image_emb = torch.cat([self.adapter.encode_image_from(s, block) for s in self._forget_states])
+        else:
+            image_emb = embed_images(self.adapter, self.world.images[self._mine][pos])
+        reuse = self._prompt_emb is not None and edited_tower == "vision"
+        prompts = self._prompt_emb[a] if reuse else embed_prompts(self.adapter, [a])[a]
+        labels = self.world.labels(a)[self._mine][pos]
+        f1, f5, n = distributed.sum_counts({"forget": hit_counts(image_emb, prompts, labels)})["forget"]
+        return {"forget_top1": f1 / n if n else float("nan"), "forget_top5": f5 / n if n else float("nan")}
 
     @torch.no_grad()
     def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict[str, float]:
