@@ -7,9 +7,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import resource
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,44 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class StagePeaks:
+    """Peak resident memory of each stage of a run, in MiB: ``with peaks.stage("gradients"): ...``.
+
+    A stage during which the process reached a new lifetime peak gets that peak (exact); otherwise the
+    highest resident memory a background thread sampled every ``interval`` seconds (Linux ``/proc``;
+    elsewhere only the first case is measured, so a stage below an earlier peak reports that peak).
+    """
+
+    def __init__(self, interval: float = 0.01):
+        self.interval, self.mb = interval, {}
+
+    @staticmethod
+    def _now_mb() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+        except OSError:
+            return peak_rss_mb()
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        start, seen, stop = peak_rss_mb(), [self._now_mb()], threading.Event()
+
+        def sample():
+            while not stop.wait(self.interval):
+                seen[0] = max(seen[0], self._now_mb())
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            end = peak_rss_mb()
+            self.mb[name] = round(end if end > start else max(seen[0], self._now_mb()), 1)
+
+
 def model_bytes(model) -> int:
     """Bytes of all parameters as held in memory."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
@@ -70,6 +110,7 @@ class UnlearnResult:
     model_bytes: int
     timings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    stage_peak_rss_mb: dict = field(default_factory=dict)  # peak resident memory of each timed stage, MiB
     preset: str = "slugkit"
     candidates: str = "default"
     target: str = ""
@@ -118,7 +159,7 @@ class UnlearnResult:
             "metrics_before": b, "metrics_after": a,
             "seconds": round(self.seconds, 2), "unlearn_seconds": round(self.unlearn_seconds, 2),
             "report_seconds": round(self.report_seconds, 2), "timings": self.timings,
-            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "peak_rss_mb": round(self.peak_rss_mb, 1), "stage_peak_rss_mb": self.stage_peak_rss_mb,
             "patch_bytes": patch_bytes if patch_bytes is not None else (self.patch.nbytes if self.patch else 0),
             "model_bytes": self.model_bytes,
             "layers_tried": [s.layer for s in self.searches],
@@ -287,28 +328,32 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             raise ValueError(f"none of the {len(layers)} requested layers is a {candidates!r} candidate left by "
                              f"include/exclude (e.g. {list(layers)[:3]})")
 
+    peaks = StagePeaks()
     t = time.perf_counter()
-    forget_loader = pair_loader(task.forget, adapter, batch_size=batch_size)
-    retain_loader = pair_loader(task.retain, adapter, batch_size=batch_size, equal_batches=True)
-    grads = compute_gradients(adapter, forget_loader, retain_loader, layers=[i.name for i in infos], store=store,
-                              progress=progress)
+    with peaks.stage("gradients"):
+        forget_loader = pair_loader(task.forget, adapter, batch_size=batch_size)
+        retain_loader = pair_loader(task.retain, adapter, batch_size=batch_size, equal_batches=True)
+        grads = compute_gradients(adapter, forget_loader, retain_loader, layers=[i.name for i in infos], store=store,
+                                  progress=progress)
     timings["gradients"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    table = layer_table(adapter, grads, infos=infos)
-    layers = select_layers(table, policy, tower)
-    towers = dict(zip(table["name"], table["tower"]))
-    blocks = dict(zip(table["name"], table["block"]))
+    with peaks.stage("layer_identification"):
+        table = layer_table(adapter, grads, infos=infos)
+        layers = select_layers(table, policy, tower)
+        towers = dict(zip(table["name"], table["tower"]))
+        blocks = dict(zip(table["name"], table["block"]))
     timings["layer_identification"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    task.search_evaluator.cache()
-    searches = []
-    for name in layers:
-        task.search_evaluator.prepare(towers[name], int(blocks[name]))  # model still unedited here
-        evaluate = lambda t=towers[name], b=int(blocks[name]): task.search_evaluator(edited_tower=t, block=b)  # noqa: E731
-        searches.append(search_step_size(adapter.parameter(name), grads.forget[name], evaluate, target,
-                                         max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress))
+    with peaks.stage("step_size_search"):
+        task.search_evaluator.cache()
+        searches = []
+        for name in layers:
+            task.search_evaluator.prepare(towers[name], int(blocks[name]))  # model still unedited here
+            evaluate = lambda t=towers[name], b=int(blocks[name]): task.search_evaluator(edited_tower=t, block=b)  # noqa: E731
+            searches.append(search_step_size(adapter.parameter(name), grads.forget[name], evaluate, target,
+                                             max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress))
     timings["step_size_search"] = round(time.perf_counter() - t, 2)
 
     met = [s for s in searches if s.status == "ok"]
@@ -317,12 +362,13 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     if best is not None and step_evaluator is not None:
         t = time.perf_counter()
         edited_tower, edited_block = towers[best.layer], int(blocks[best.layer])
-        step_evaluator.cache()
-        step_evaluator.prepare(edited_tower, edited_block)
-        step_search = search_step_size(
-            adapter.parameter(best.layer), grads.forget[best.layer],
-            lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target, max_evals=max_evals,
-            layer_name=best.layer, rtol=rtol, progress=progress)
+        with peaks.stage("step_size_search_again"):
+            step_evaluator.cache()
+            step_evaluator.prepare(edited_tower, edited_block)
+            step_search = search_step_size(
+                adapter.parameter(best.layer), grads.forget[best.layer],
+                lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target, max_evals=max_evals,
+                layer_name=best.layer, rtol=rtol, progress=progress)
         timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
         if step_search.status != "ok":
             warns.append(f"{best.layer} met the target at step size {best.best_lambda:.4g} on the task's evaluator, "
@@ -330,22 +376,25 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         best = step_search if step_search.status == "ok" else None
     t = time.perf_counter()
     report = task.report_evaluator
-    if best is not None:  # activations upstream of the edit serve both the before and the after pass
-        edited_tower, edited_block = towers[best.layer], int(blocks[best.layer])
-        report.prepare(edited_tower, edited_block)
-    before = report.cache().baseline()
-    patch, after = None, before
-    if best is not None:
-        scope = adapter.patch_scope(best.layer)
-        patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda, grads.forget[best.layer],
-                                scope_fingerprint(adapter.model, scope), best.best_metrics, scope=scope,
-                                base_digest=tensor_digest(adapter.parameter(best.layer)))
-        patch.apply(adapter.model)
-        try:
-            after = report(edited_tower=edited_tower, block=edited_block)
-        finally:
-            patch.revert(adapter.model)
-        patch.metrics = {"search": best.best_metrics, "report_before": before, "report_after": after}
+    with peaks.stage("report"):
+        if best is not None:  # activations upstream of the edit serve both the before and the after pass
+            edited_tower, edited_block = towers[best.layer], int(blocks[best.layer])
+            report.prepare(edited_tower, edited_block)
+        if report is not task.search_evaluator:  # the search's evaluator still holds the unedited embeddings
+            report.cache()
+        before = report.baseline()
+        patch, after = None, before
+        if best is not None:
+            scope = adapter.patch_scope(best.layer)
+            patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda, grads.forget[best.layer],
+                                    scope_fingerprint(adapter.model, scope), best.best_metrics, scope=scope,
+                                    base_digest=tensor_digest(adapter.parameter(best.layer)))
+            patch.apply(adapter.model)
+            try:
+                after = report(edited_tower=edited_tower, block=edited_block)
+            finally:
+                patch.revert(adapter.model)
+            patch.metrics = {"search": best.best_metrics, "report_before": before, "report_after": after}
     timings["report"] = round(time.perf_counter() - t, 2)
     missing, unmeasured_warns = unmeasured(before, after, report)
     warns += unmeasured_warns
@@ -356,7 +405,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         step_size=best.best_lambda if best else None, status=status,
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
-        preset=preset, candidates=candidates, target=target.describe(), step_search=step_search)
+        preset=preset, candidates=candidates, target=target.describe(), step_search=step_search,
+        stage_peak_rss_mb=peaks.mb)
 
 
 class _HostSearch(Evaluator):
