@@ -1,8 +1,8 @@
 """Stage 1 of SLUG: compute the forget and retain gradients once, and store them.
 
 ``g_f`` is the gradient of the forget loss ``mean_i (1 - cos(v_i, t_i))``; ``g_r`` that of the CLIP
-contrastive loss on the retain set. Both are averages of per-batch mean gradients, with the
-gradients zeroed before every batch. The contrastive loss of a batch depends on its size (its
+contrastive loss on the retain set. Both are averages of per-batch mean gradients, each batch
+counted once (the authors' Hugging Face path never zeroes them, so early batches count again). The contrastive loss of a batch depends on its size (its
 negatives), so the retain batches should all be equally large: ``pair_loader(...,
 equal_batches=True)`` drops the remainder, and :func:`compute_gradients` warns when they are not.
 
@@ -34,6 +34,7 @@ from slugkit.fingerprint import canonical_json, data_fingerprint, model_fingerpr
 
 LOSSES = ("forget", "retain")
 _FORMAT = "slugkit.gradients"
+LOW_MEMORY_PARAMETERS = 50_000_000  # from this model size on, compute_gradients recomputes activations
 _KEY_VERSION = "slugkit.gradients.v2"  # bump when the losses, the accumulation or the retain batching change
 
 
@@ -79,7 +80,7 @@ def _resolve(adapter: CLIPAdapter, layers: Sequence[str]) -> dict[str, torch.nn.
 
 def _accumulate(
     adapter: CLIPAdapter, loader: Iterable, loss: str, layers: Sequence[str], desc: str | None,
-    progress: bool = True,
+    progress: bool = True, low_memory: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -89,9 +90,13 @@ def _accumulate(
     flags = [p.requires_grad for p in all_params]
     modes = [(m, m.training) for m in model.modules()]
     device = adapter.device
+    # fp32 layers sum their per-batch gradients in ``.grad`` itself (autograd adds each batch's gradient to
+    # it: the same sum, without a second copy of every gradient); other dtypes are summed in fp32 copies.
+    in_place = {name for name, p in wanted.items() if p.dtype == torch.float32}
     sums: dict[str, torch.Tensor] = {}
     sizes: list[int] = []  # pairs per batch
     try:
+        model.zero_grad(set_to_none=True)  # a stale .grad would join the sum
         for p in all_params:
             p.requires_grad_(False)
         for p in wanted.values():
@@ -101,8 +106,7 @@ def _accumulate(
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise TypeError(f"{loss} loader must yield (pixels, tokens) pairs; batch {n_batch} is not")
             pixels, tokens = batch
-            model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
+            with torch.enable_grad(), (adapter.recomputed_activations() if low_memory else contextlib.nullcontext()):
                 img = adapter.encode_image(pixels.to(device))
                 txt = adapter.encode_text(tokens.to(device))
                 if loss == "forget":
@@ -113,20 +117,24 @@ def _accumulate(
                     raise FloatingPointError(f"{loss} loss is {value.item()} at batch {n_batch}")
                 if value.requires_grad:  # False when no requested layer is upstream of the loss
                     value.backward()
+            del img, txt, value  # the graph goes now, before the next batch builds its own
             for name, p in wanted.items():
-                if p.grad is None:  # the loss does not depend on this parameter
-                    g = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-                else:
-                    g = p.grad.detach().float()
-                    if not torch.isfinite(g).all():
-                        raise FloatingPointError(
-                            f"non-finite {loss} gradient for layer {name!r} at batch {n_batch}"
-                        )
-                if name in sums:
-                    sums[name] += g
-                else:
-                    sums[name] = g.clone()
-            sizes.append(int(img.shape[0]))
+                if p.grad is None:  # the loss does not depend on this parameter (so far)
+                    continue
+                g = p.grad if name in in_place else p.grad.detach().float()
+                if not torch.isfinite(g).all():  # a running sum turns non-finite at the batch that made it so
+                    raise FloatingPointError(f"non-finite {loss} gradient for layer {name!r} at batch {n_batch}")
+                if name not in in_place:
+                    if name in sums:
+                        sums[name] += g
+                    else:
+                        sums[name] = g.clone()
+                    p.grad = None
+            sizes.append(int(pixels.shape[0]))
+        for name in in_place:
+            p = wanted[name]
+            if p.grad is not None:
+                sums[name], p.grad = p.grad.detach(), None
     finally:
         model.zero_grad(set_to_none=True)
         for p, flag in zip(all_params, flags):
@@ -135,7 +143,11 @@ def _accumulate(
             m.training = mode
     if not sizes:
         raise ValueError(f"{loss} loader is empty: it yielded no batch")
-    return {name: (s / len(sizes)).cpu() for name, s in sums.items()}, sizes
+    out = {}
+    for name, p in wanted.items():  # the mean over batches, in place: no second copy
+        s = sums.pop(name, None)
+        out[name] = s.div_(len(sizes)).cpu() if s is not None else torch.zeros(p.shape, dtype=torch.float32)
+    return out, sizes
 
 
 def accumulate_gradients(
@@ -149,7 +161,7 @@ def accumulate_gradients(
     """Mean over batches of the per-batch mean gradient of ``loss`` ("forget" or "retain").
 
     ``loader`` yields ``(pixels, tokens)`` batches ready for ``adapter.encode_image/encode_text``.
-    Gradients are zeroed before every batch (any stale ``.grad`` on the model is discarded, and
+    Each batch's gradient counts once (any stale ``.grad`` on the model is discarded first, and
     ``.grad`` is left as ``None`` afterwards). Only ``layers`` require grad during the pass; the
     original ``requires_grad`` flags and train/eval modes are restored afterwards.
     Returns ``{name: fp32 CPU tensor shaped like the parameter}``.
@@ -261,12 +273,19 @@ def compute_gradients(
     layers: Sequence[str] | None = None,
     store: GradientStore | None = None,
     progress: bool = True,
+    low_memory: bool | None = None,
 ) -> Gradients:
     """Stage 1: forget and retain gradients of ``layers`` (default: all candidate layers).
 
     With a ``store``, the three fingerprints are computed first (one extra pass over the data, no
-    model forward) and stored gradients are returned without recomputing.
+    model forward) and stored gradients are returned without recomputing. ``low_memory`` recomputes
+    each block's activations during the backward pass instead of holding them all (same gradients, one
+    more forward pass; see :meth:`~slugkit.adapters.base.CLIPAdapter.recomputed_activations`); the default
+    turns it on for models of at least :data:`LOW_MEMORY_PARAMETERS` parameters, where the activations
+    of a batch outweigh the model (ViT-B-32, batch 64: about 4 GB).
     """
+    if low_memory is None:
+        low_memory = sum(p.numel() for p in adapter.model.parameters()) >= LOW_MEMORY_PARAMETERS
     if layers is None:
         layers = [info.name for info in adapter.candidate_layers()]
     layers = list(layers)
@@ -289,9 +308,11 @@ def compute_gradients(
             return cached
         meta["key"] = key
     t0 = time.perf_counter()
-    forget, forget_sizes = _accumulate(adapter, forget_loader, "forget", layers, "forget gradients", progress)
+    forget, forget_sizes = _accumulate(adapter, forget_loader, "forget", layers, "forget gradients", progress,
+                                       low_memory)
     t1 = time.perf_counter()
-    retain, retain_sizes = _accumulate(adapter, retain_loader, "retain", layers, "retain gradients", progress)
+    retain, retain_sizes = _accumulate(adapter, retain_loader, "retain", layers, "retain gradients", progress,
+                                       low_memory)
     t2 = time.perf_counter()
     if len(set(retain_sizes)) > 1:
         warnings.warn(f"retain batches have unequal sizes {sorted(set(retain_sizes))}: each weighs the same in "

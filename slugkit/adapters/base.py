@@ -5,7 +5,10 @@ so no other module branches on the model family.
 """
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -189,6 +192,22 @@ class CLIPAdapter(ABC):
         """The transformer blocks of ``tower`` ("vision" or "text"), in order; each maps the residual
         stream to the next (batch-first ``(B, T, W)`` unless :meth:`blocks_batch_first` says otherwise)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its transformer blocks")
+
+    @contextmanager
+    def recomputed_activations(self) -> Iterator[None]:
+        """Within this block, every transformer block of both towers keeps only its input for the backward
+        pass and recomputes the rest then (activation checkpointing): a backward pass holds one block's
+        activations instead of all of them, for one more forward pass. The gradients are the same numbers."""
+        from torch.utils.checkpoint import checkpoint
+
+        wrapped = [blk for tower in TOWERS for blk in self.blocks(tower)]
+        for blk in wrapped:
+            blk.forward = functools.partial(checkpoint, blk.forward, use_reentrant=False)
+        try:
+            yield
+        finally:
+            for blk in wrapped:
+                del blk.forward  # back to the class's forward
 
     def blocks_batch_first(self, tower: str) -> bool:
         """Whether the blocks of ``tower`` take and return ``(B, T, W)`` (else ``(T, B, W)``)."""
