@@ -48,9 +48,9 @@ class NameEvaluator:
         self.texts = list(dict.fromkeys(prompts + captions))  # every distinct text, embedded once
         row = {t: i for i, t in enumerate(self.texts)}
         self._name_rows = torch.tensor([row[p] for p in prompts])
-        distinct = list(dict.fromkeys(captions))
+        distinct = {c: k for k, c in enumerate(dict.fromkeys(captions))}  # retain caption -> retrieval class
         self._caption_rows = torch.tensor([row[c] for c in distinct], dtype=torch.long)
-        self._own_caption = np.array([distinct.index(c) for c in captions]) if captions else np.zeros(0, int)
+        self._own_caption = np.array([distinct[c] for c in captions], dtype=np.int64)
         self._img = self._txt = None  # embeddings of the unedited model
         self._states = {"vision": (None, []), "text": (None, [])}  # tower: (block, per-batch block inputs)
 
@@ -112,12 +112,10 @@ class NameEvaluator:
         if tower == "vision" and prepared is not None and prepared <= block:
             for i, s in enumerate(states):  # batch by batch, so old and new states never coexist whole
                 states[i] = a.advance_vision_state(s, prepared, block)
-        elif tower == "vision":
-            del states
-            states = [a.vision_state(p, block) for p in self._pixel_batches()]
         else:
-            del states
-            states = [a.text_state(t, block) for t in self._token_batches()]
+            states.clear()
+            states = ([a.vision_state(p, block) for p in self._pixel_batches()] if tower == "vision"
+                      else [a.text_state(t, block) for t in self._token_batches()])
         self._states[tower] = (block, states)
 
     @torch.no_grad()
