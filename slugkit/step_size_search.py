@@ -145,7 +145,7 @@ class SearchResult:
             "best_metrics": self.best_metrics, "baseline": self.baseline, "status": self.status,
             "last_lambda": self.last_lambda, "last_met": self.last_met,
             "trace": [{"step": s.step, "lam": s.lam, "metrics": s.metrics, "reached": s.reached,
-                       "met": s.met, "seconds": round(s.seconds, 3)} for s in self.trace],
+                       "met": s.met, "seconds": s.seconds} for s in self.trace],
         })  # fmt: skip
 
     @classmethod
