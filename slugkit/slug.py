@@ -23,6 +23,7 @@ from .adapters.base import CLIPAdapter
 from .adapters.host import FORGET_TEXTS, Host
 from .bounds import check_batch_size, check_finite_weights, check_fraction, check_max_evals, check_retain_set, check_seed
 from .data.pairs import ImageTextPairs, pair_loader
+from .eval.metrics import release_memory
 from .fingerprint import tensor_digest, to_jsonable
 from .gradients import GradientStore, Gradients, compute_gradients
 from .layer_identification import candidate_infos, layer_table, select_layers
@@ -48,7 +49,7 @@ def peak_rss_mb() -> float:
 class StagePeaks:
     """Peak resident memory of each stage of a run, in MiB: ``with peaks.stage("gradients"): ...``.
 
-    A stage during which the process reached a new lifetime peak gets that peak (exact); otherwise the
+    Memory a stage freed is handed back to the OS when it ends. A stage during which the process reached a new lifetime peak gets that peak (exact); otherwise the
     highest resident memory a background thread sampled every ``interval`` seconds (Linux ``/proc``;
     elsewhere only the first case is measured, so a stage below an earlier peak reports that peak).
     """
@@ -81,6 +82,7 @@ class StagePeaks:
             thread.join()
             end = peak_rss_mb()
             self.mb[name] = round(end if end > start else max(seen[0], self._now_mb()), 1)
+            release_memory()  # what the stage freed goes back to the OS, not only to the allocator
 
 
 def model_bytes(model) -> int:
