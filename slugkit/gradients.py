@@ -2,9 +2,10 @@
 
 ``g_f`` is the gradient of the forget loss ``mean_i (1 - cos(v_i, t_i))``; ``g_r`` that of the CLIP
 contrastive loss on the retain set. Both are averages of per-batch mean gradients, each batch
-counted once (the authors' Hugging Face path never zeroes them, so early batches count again). The contrastive loss of a batch depends on its size (its
-negatives), so the retain batches should all be equally large: ``pair_loader(...,
-equal_batches=True)`` drops the remainder, and :func:`compute_gradients` warns when they are not.
+counted once (the authors' Hugging Face path never zeroes them, so early batches count again). The
+contrastive loss of a batch depends on its size (its negatives), so the retain batches should all be
+equally large: ``pair_loader(..., equal_batches=True)`` drops the remainder, and
+:func:`compute_gradients` warns when they are not.
 
 Example::
 
