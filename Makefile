@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: demo test unit notebooks lab student wheel toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets browser-test compare strip lock clean
+.PHONY: demo test unit notebooks lab student wheel toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets bench-real browser-test compare strip lock clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ browser-test: $(STAMP)
 ## how live the explorers feel: median/max update times of the step-size slider and the layer heatmap
 bench-widgets: $(STAMP)
 	$(PY) scripts/bench_widgets.py
+
+## `slugkit unlearn` on a random ViT-B-32 and 600 MiniCanvas pictures from a CSV (built in runs/bench-real):
+## seconds per stage and per step-size evaluation, peak memory, as JSON
+bench-real: $(STAMP)
+	$(PY) scripts/bench_real.py --out runs/bench-real
 
 ## rebuild the shipped toy checkpoints in data/ from scratch
 toy: $(STAMP)

@@ -43,6 +43,7 @@ from slugkit.profile import stage
 
 LOSSES = ("forget", "retain")
 _FORMAT = "slugkit.gradients"
+LOW_MEMORY_PARAMETERS = 50_000_000  # from this model size on, compute_gradients recomputes activations
 _KEY_VERSION = "slugkit.gradients.v4"  # bump when the losses, the accumulation or the retain batching change
 _RETAIN_MEMO: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}  # the last retain gradient of this process
 
@@ -89,7 +90,7 @@ def _resolve(adapter: CLIPAdapter, layers: Sequence[str]) -> dict[str, torch.nn.
 
 def _accumulate(
     adapter: CLIPAdapter, loader: Iterable, loss: str, layers: Sequence[str], desc: str | None,
-    progress: bool = True,
+    progress: bool = True, low_memory: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -113,7 +114,7 @@ def _accumulate(
                 raise TypeError(f"{loss} loader must yield (pixels, tokens) pairs; batch {n_batch} is not")
             pixels, tokens = batch
             model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
+            with torch.enable_grad(), (adapter.recomputed_activations() if low_memory else contextlib.nullcontext()):
                 img = adapter.encode_image(pixels.to(device))
                 txt = adapter.encode_text(tokens.to(device))
                 if loss == "forget":
@@ -124,20 +125,19 @@ def _accumulate(
                     raise FloatingPointError(f"{loss} loss is {value.item()} at batch {n_batch}")
                 if value.requires_grad:  # False when no requested layer is upstream of the loss
                     value.backward()
+            del img, txt, value  # the graph goes now, before the next batch builds its own
             for name, p in wanted.items():
                 if p.grad is None:  # the loss does not depend on this parameter
-                    g = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-                else:
-                    g = p.grad.detach().float()
-                    if not torch.isfinite(g).all():
-                        raise FloatingPointError(
-                            f"non-finite {loss} gradient for layer {name!r} at batch {n_batch}"
-                        )
+                    continue
+                g = p.grad.detach()
+                if not torch.isfinite(g).all():
+                    raise FloatingPointError(f"non-finite {loss} gradient for layer {name!r} at batch {n_batch}")
                 if name in sums:  # float64: the sum does not depend on how the batches are split
                     sums[name] += g
                 else:
                     sums[name] = g.double()
-            sizes.append(int(img.shape[0]))
+                p.grad = None  # one copy of each gradient at a time: the float64 sum
+            sizes.append(int(pixels.shape[0]))
         sums = distributed.sum_tensors({name: sums.get(name, torch.zeros(p.shape, dtype=torch.float64, device=p.device))
                                         for name, p in wanted.items()})  # a process without batches adds zeros
         sizes = distributed.interleave(distributed.gather(sizes))  # every batch's size, in the loader's order
@@ -149,7 +149,10 @@ def _accumulate(
             m.training = mode
     if not sizes:
         raise ValueError(f"{loss} loader is empty: it yielded no batch")
-    return {name: (s / len(sizes)).float().cpu() for name, s in sums.items()}, sizes
+    out = {}
+    for name in wanted:  # the mean over batches, each sum freed as soon as its mean exists
+        out[name] = sums.pop(name).div_(len(sizes)).float().cpu()
+    return out, sizes
 
 
 def accumulate_gradients(
@@ -286,6 +289,7 @@ def compute_gradients(
     progress: bool = True,
     retain_layers: Sequence[str] | None = None,
     reuse_retain: bool = False,
+    low_memory: bool | None = None,
 ) -> Gradients:
     """Stage 1: forget and retain gradients of ``layers`` (default: all candidate layers).
 
@@ -295,7 +299,13 @@ def compute_gradients(
     them, so a wide ``retain_layers`` (e.g. every candidate layer) serves any later subset of it.
     ``reuse_retain=True`` also keeps the last retain gradient in memory for this process and reuses
     it when the model, retain data and ``retain_layers`` match (fingerprinted, even without a store).
+    ``low_memory`` recomputes each block's activations during the backward pass instead of holding them all
+    (same gradients, one more forward pass; see :meth:`~slugkit.adapters.base.CLIPAdapter.recomputed_activations`);
+    the default turns it on for models of at least :data:`LOW_MEMORY_PARAMETERS` parameters, where the
+    activations of a batch outweigh the model (ViT-B-32, batch 64: about 4 GB).
     """
+    if low_memory is None:
+        low_memory = sum(p.numel() for p in adapter.model.parameters()) >= LOW_MEMORY_PARAMETERS
     if layers is None:
         layers = [info.name for info in adapter.candidate_layers()]
     layers = list(layers)
@@ -310,12 +320,14 @@ def compute_gradients(
     for loss, loader, wanted in (("forget", forget_loader, layers), ("retain", retain_loader, retain_layers)):
         with stage(f"{loss}_gradient"):
             parts[loss] = _gradient_part(adapter, loss, loader, wanted, model_fp, meta, store,
-                                         memo=loss == "retain" and reuse_retain, progress=progress)
+                                         memo=loss == "retain" and reuse_retain, progress=progress,
+                                         low_memory=low_memory)
     return Gradients(forget={name: parts["forget"][name] for name in layers},
                      retain={name: parts["retain"][name] for name in layers}, meta=meta)
 
 
-def _gradient_part(adapter, loss, loader, wanted, model_fp, meta, store, memo, progress) -> dict[str, torch.Tensor]:
+def _gradient_part(adapter, loss, loader, wanted, model_fp, meta, store, memo, progress,
+                   low_memory=False) -> dict[str, torch.Tensor]:
     """One half of :func:`compute_gradients`: from memory, the store, or computed (then stored); adds to ``meta``."""
     key = None
     if store is not None or memo:
@@ -330,7 +342,7 @@ def _gradient_part(adapter, loss, loader, wanted, model_fp, meta, store, memo, p
             found = getattr(cached, loss), cached.meta
     if found is None:
         t = time.perf_counter()
-        grads, sizes = _accumulate(adapter, loader, loss, wanted, f"{loss} gradients", progress)
+        grads, sizes = _accumulate(adapter, loader, loss, wanted, f"{loss} gradients", progress, low_memory)
         part_meta = {f"{loss}_batches": len(sizes), f"{loss}_seconds": round(time.perf_counter() - t, 4)}
         if loss == "retain":
             if len(set(sizes)) > 1:

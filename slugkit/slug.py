@@ -21,6 +21,7 @@ from .adapters.base import CLIPAdapter
 from .adapters.host import FORGET_TEXTS, Host
 from .bounds import check_batch_size, check_finite_weights, check_fraction, check_max_evals, check_retain_set, check_seed
 from .data.pairs import ImageTextPairs, pair_loader
+from .eval.metrics import release_memory
 from .fingerprint import tensor_digest, to_jsonable
 from .gradients import GradientStore, Gradients, compute_gradients
 from .layer_identification import candidate_infos, layer_table, select_layers
@@ -366,7 +367,9 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     with stage("report"):
         if best is not None:
             report.prepare(edited_tower, edited_block)
-        before = report.cache().baseline()
+        if report is not evaluator:  # the search's evaluator still holds the unedited model's embeddings
+            report.cache()
+        before = report.baseline()
     patch, after = None, before
     if best is not None:
         with stage("patch"):

@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -95,13 +96,15 @@ def _get(metrics: dict, key: str) -> float:
 
 @dataclass
 class SearchStep:
-    """One evaluation of the search: step index (0-based), ``lam`` and the metrics it gave."""
+    """One evaluation of the search: step index (0-based), ``lam``, the metrics it gave and the wall time
+    the evaluation took (``seconds``)."""
 
     step: int
     lam: float
     metrics: dict
     reached: bool
     met: bool
+    seconds: float = 0.0
 
 
 @dataclass
@@ -142,7 +145,7 @@ class SearchResult:
             "best_metrics": self.best_metrics, "baseline": self.baseline, "status": self.status,
             "last_lambda": self.last_lambda, "last_met": self.last_met,
             "trace": [{"step": s.step, "lam": s.lam, "metrics": s.metrics, "reached": s.reached,
-                       "met": s.met} for s in self.trace],
+                       "met": s.met, "seconds": s.seconds} for s in self.trace],
         })  # fmt: skip
 
     @classmethod
@@ -254,11 +257,13 @@ def search_step_size(
         lam = float(lambda0)
         for step in tqdm(range(max_evals), desc=f"step size {layer_name}".strip(), leave=False, disable=not progress):
             _set(param, original, grad, lam)
+            t = time.perf_counter()
             metrics = dict(evaluate_forget()) if evaluate_forget is not None else {}
             if evaluate_forget is None or target.reached(metrics):
                 metrics = dict(evaluate())
+            seconds = time.perf_counter() - t
             reached = target.reached(metrics)
-            trace.append(SearchStep(step, lam, metrics, reached, target.met(metrics, baseline)))
+            trace.append(SearchStep(step, lam, metrics, reached, target.met(metrics, baseline), seconds))
             if reached:
                 hi = lam
             else:

@@ -195,3 +195,32 @@ def test_vision_tower_resumes_from_any_block(which, oc_adapter, hf_adapter):
         for block in range(n_blocks + 1):
             resumed = adapter.encode_image_from(adapter.vision_state(pixels, block), block)
             assert torch.allclose(resumed, full, atol=1e-5), block
+            advanced = adapter.advance_vision_state(adapter.vision_state(pixels, 0), 0, block)
+            assert torch.equal(adapter.encode_image_from(advanced, block), resumed), block
+
+
+@pytest.mark.parametrize("which", ["oc", "hf"])
+def test_text_tower_resumes_from_any_block(which, oc_adapter, hf_adapter):
+    adapter = oc_adapter if which == "oc" else hf_adapter
+    assert adapter.supports_resume("text")
+    tokens = adapter.tokenize(["a photo of Captain Zorp.", "Mira Quell at a party, smiling", "x"])
+    with torch.no_grad():
+        full = adapter.encode_text(tokens)
+        n_blocks = max(i.block for i in adapter.candidate_layers() if i.tower == "text") + 1
+        for block in range(n_blocks + 1):
+            resumed = adapter.encode_text_from(adapter.text_state(tokens, block), block)
+            assert torch.allclose(resumed, full, atol=1e-6), block
+        # an edit inside block 1 shows up in the resumed embedding, one before it does not
+        layer = next(i.name for i in adapter.candidate_layers() if i.tower == "text" and i.block == 1)
+        state = adapter.text_state(tokens, 1)
+        p = adapter.parameter(layer)
+        original = p.clone()
+        p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))  # a constant would vanish after LayerNorm
+        try:
+            edited_full, edited_resumed = adapter.encode_text(tokens), adapter.encode_text_from(state, 1)
+        finally:
+            p.copy_(original)
+        assert not torch.allclose(edited_full, full, atol=1e-3)
+        assert torch.allclose(edited_resumed, edited_full, atol=1e-6)
+    with pytest.raises(ValueError, match="text resume block must be in 0..2"):
+        adapter.text_state(tokens, 3)

@@ -281,3 +281,30 @@ def test_tensor_digest_and_data_fingerprint():
     assert data_fingerprint(batches) != data_fingerprint(make_batches(2, 3, seed=5))
     assert data_fingerprint(batches) != data_fingerprint(batches[:1])
     assert data_fingerprint([]) != data_fingerprint(batches)
+
+
+@pytest.mark.parametrize("family", ["open_clip", "hf-clip"])
+def test_low_memory_gradients_are_the_same_numbers(family):
+    from fakes import tiny_hf, tiny_openclip
+
+    from slugkit.adapters.hf_clip import HFCLIPAdapter
+    from slugkit.adapters.openclip import OpenCLIPAdapter
+    from slugkit.models.hf_convert import clip_tokenizer_from_openclip
+
+    adapter = (OpenCLIPAdapter(tiny_openclip()) if family == "open_clip"
+               else HFCLIPAdapter(tiny_hf(), clip_tokenizer_from_openclip(16)))
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 32, 32, generator=g), adapter.tokenize(["a cat", "two dogs", "a red car", "x y z"]))
+               for _ in range(2)]
+    layers = [i.name for i in adapter.candidate_layers()]
+    held = compute_gradients(adapter, batches, batches, layers, progress=False, low_memory=False)
+    saved = {}  # tensors autograd keeps for the backward pass, in bytes
+    for low in (False, True):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.__setitem__(low, saved.get(low, 0) + t.nbytes) or t,
+                                                      lambda t: t):
+            recomputed = compute_gradients(adapter, batches, batches, layers, progress=False, low_memory=low)
+    assert saved[True] < saved[False] / 2
+    for loss in ("forget", "retain"):
+        for name in layers:
+            assert torch.equal(getattr(held, loss)[name], getattr(recomputed, loss)[name]), (loss, name)
+    assert all(type(blk).forward is blk.forward.__func__ for t in ("vision", "text") for blk in adapter.blocks(t))

@@ -5,7 +5,10 @@ so no other module branches on the model family.
 """
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -147,6 +150,29 @@ class CLIPAdapter(ABC):
         """Finish the vision tower from :meth:`vision_state` output: L2-normalised ``(B, D)``."""
         raise NotImplementedError(f"{type(self).__name__} cannot resume its vision tower")
 
+    def advance_vision_state(self, state: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run vision blocks ``start..stop-1`` on the :meth:`vision_state` output for ``start``: the state
+        entering ``stop`` (so states cached for one block serve a later one without starting from pixels)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume its vision tower")
+
+    # Optional, the same for the text tower: a search over a text layer in block b recomputes only blocks b..
+    supports_text_resume: bool = False
+
+    def text_state(self, tokens: torch.Tensor, block: int):
+        """What enters text block ``block`` in ``0..n_blocks`` for token ids ``(B, ctx)`` (the residual stream
+        plus whatever the rest of the tower needs, such as the ids for pooling; layout private to the adapter)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume its text tower")
+
+    def encode_text_from(self, state, block: int) -> torch.Tensor:
+        """Finish the text tower from :meth:`text_state` output: L2-normalised ``(B, D)``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume its text tower")
+
+    def supports_resume(self, tower: str) -> bool:
+        """Whether ``tower`` ("vision" or "text") can be resumed from a cached block input."""
+        if tower not in TOWERS:
+            raise ValueError(f"unknown tower {tower!r}; expected 'vision' or 'text'")
+        return bool(self.supports_vision_resume if tower == "vision" else self.supports_text_resume)
+
     def patch_scope(self, layer: str) -> str:
         """The submodule a patch of ``layer`` is scoped to ("" = the whole model).
 
@@ -166,6 +192,22 @@ class CLIPAdapter(ABC):
         """The transformer blocks of ``tower`` ("vision" or "text"), in order; each maps the residual
         stream to the next (batch-first ``(B, T, W)`` unless :meth:`blocks_batch_first` says otherwise)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its transformer blocks")
+
+    @contextmanager
+    def recomputed_activations(self) -> Iterator[None]:
+        """Within this block, every transformer block of both towers keeps only its input for the backward
+        pass and recomputes the rest then (activation checkpointing): a backward pass holds one block's
+        activations instead of all of them, for one more forward pass. The gradients are the same numbers."""
+        from torch.utils.checkpoint import checkpoint
+
+        wrapped = [blk for tower in TOWERS for blk in self.blocks(tower)]
+        for blk in wrapped:
+            blk.forward = functools.partial(checkpoint, blk.forward, use_reentrant=False)
+        try:
+            yield
+        finally:
+            for blk in wrapped:
+                del blk.forward  # back to the class's forward
 
     def blocks_batch_first(self, tower: str) -> bool:
         """Whether the blocks of ``tower`` take and return ``(B, T, W)`` (else ``(T, B, W)``)."""

@@ -58,6 +58,10 @@ def _run_layer(layer, hidden: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+class _EncoderReached(Exception):
+    """Raised by a hook to stop the text model where its encoder starts."""
+
+
 class HFCLIPAdapter(CLIPAdapter):
     """Wraps a ``CLIPModel``, a CLIP tokenizer and optionally a ``CLIPImageProcessor``."""
 
@@ -130,29 +134,73 @@ class HFCLIPAdapter(CLIPAdapter):
         return list(self.tokenizer.convert_ids_to_tokens([int(t) for t in tokens]))
 
     supports_vision_resume = True
+    supports_text_resume = True
 
-    def _check_block(self, block: int) -> None:
-        n = len(self.model.vision_model.encoder.layers)
+    def _check_block(self, block: int, tower: str = "vision") -> None:
+        n = len(getattr(self.model, f"{tower}_model").encoder.layers)
         if not 0 <= block <= n:
-            raise ValueError(f"vision resume block must be in 0..{n} (an edit before block 0 needs the whole "
+            raise ValueError(f"{tower} resume block must be in 0..{n} (an edit before block 0 needs the whole "
                              f"tower), got {block}")
 
     def vision_state(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
         self._check_block(block)
         vm = self.model.vision_model
-        h = vm.pre_layrnorm(vm.embeddings(pixels.to(self.device)))
-        for layer in vm.encoder.layers[:block]:
-            h = _run_layer(layer, h)
-        return h
+        return self.advance_vision_state(vm.pre_layrnorm(vm.embeddings(pixels.to(self.device))), 0, block)
+
+    def advance_vision_state(self, state: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        self._check_block(start)
+        self._check_block(stop)
+        for layer in self.model.vision_model.encoder.layers[start:stop]:
+            state = _run_layer(layer, state)
+        return state
 
     def encode_image_from(self, state: torch.Tensor, block: int) -> torch.Tensor:
-        self._check_block(block)
         vm = self.model.vision_model
-        h = state
-        for layer in vm.encoder.layers[block:]:
-            h = _run_layer(layer, h)
+        h = self.advance_vision_state(state, block, len(vm.encoder.layers))
         pooled = vm.post_layernorm(h[:, 0])
         return F.normalize(self.model.visual_projection(pooled), dim=-1)
+
+    def text_state(self, tokens: torch.Tensor, block: int) -> dict:
+        """What enters text layer ``block``: ``{"hidden", "mask", "kwargs", "ids"}``. The text model runs up to
+        its encoder, which is stopped there, so the attention mask and keyword arguments are exactly those the
+        installed transformers version builds."""
+        self._check_block(block, "text")
+        tm, ids = self.model.text_model, tokens.to(self.device)
+        seen = {}
+
+        def stop(module, args, kwargs):
+            seen.update(args=args, kwargs=kwargs)
+            raise _EncoderReached
+
+        handle = tm.encoder.register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            tm(input_ids=ids, return_dict=True)
+        except _EncoderReached:
+            pass
+        finally:
+            handle.remove()
+        kwargs = dict(seen["kwargs"])
+        hidden = seen["args"][0] if seen["args"] else kwargs.pop("inputs_embeds")
+        mask = seen["args"][1] if len(seen["args"]) > 1 else kwargs.pop("attention_mask", None)
+        state = {"hidden": hidden, "mask": mask, "kwargs": kwargs, "ids": ids}
+        return self._text_layers(state, 0, block)
+
+    def _text_layers(self, state: dict, start: int, stop: int) -> dict:
+        h = state["hidden"]
+        for layer in self.model.text_model.encoder.layers[start:stop]:  # as CLIPEncoder.forward calls them
+            h = layer(h, state["mask"], **state["kwargs"])
+            h = h[0] if isinstance(h, tuple) else h
+        return {**state, "hidden": h}
+
+    def encode_text_from(self, state: dict, block: int) -> torch.Tensor:
+        self._check_block(block, "text")
+        tm = self.model.text_model
+        h = tm.final_layer_norm(self._text_layers(state, block, len(tm.encoder.layers))["hidden"])
+        ids = state["ids"].to(torch.int)
+        # the pooled token of CLIPTextModel: the highest id (configs with the old eos id 2) or the first eos
+        eos = ids.argmax(dim=-1) if tm.eos_token_id == 2 else (ids == tm.eos_token_id).int().argmax(dim=-1)
+        pooled = h[torch.arange(h.shape[0], device=h.device), eos]
+        return F.normalize(self.model.text_projection(pooled), dim=-1)
 
     TOWER_SCOPES = {"vision": "vision_model", "text": "text_model"}
 

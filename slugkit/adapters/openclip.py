@@ -206,10 +206,16 @@ class OpenCLIPAdapter(CLIPAdapter):
         v = self.model.visual
         return hasattr(v, "_embeds") and hasattr(v, "_pool") and hasattr(v, "transformer")
 
-    def _check_block(self, block: int) -> None:
-        n = len(self.model.visual.transformer.resblocks)
+    @property
+    def supports_text_resume(self) -> bool:
+        m = self.model
+        return (isinstance(getattr(m, "transformer", None), nn.Module) and hasattr(m.transformer, "resblocks")
+                and hasattr(m, "token_embedding") and hasattr(m, "text_pool_type"))
+
+    def _check_block(self, block: int, tower: str = "vision") -> None:
+        n = len(self._tower_transformer(tower).resblocks)
         if not 0 <= block <= n:
-            raise ValueError(f"vision resume block must be in 0..{n} (an edit before block 0 needs the whole "
+            raise ValueError(f"{tower} resume block must be in 0..{n} (an edit before block 0 needs the whole "
                              f"tower), got {block}")
 
     def vision_state(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
@@ -218,22 +224,52 @@ class OpenCLIPAdapter(CLIPAdapter):
         x = v._embeds(pixels.to(self.device, next(v.parameters()).dtype))
         if not v.transformer.batch_first:
             x = x.transpose(0, 1)
-        for blk in v.transformer.resblocks[:block]:
-            x = blk(x)
-        return x
+        return self.advance_vision_state(x, 0, block)
+
+    def advance_vision_state(self, state: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        self._check_block(start)
+        self._check_block(stop)
+        for blk in self.model.visual.transformer.resblocks[start:stop]:
+            state = blk(state)
+        return state
 
     def encode_image_from(self, state: torch.Tensor, block: int) -> torch.Tensor:
-        self._check_block(block)
         v = self.model.visual
-        x = state
-        for blk in v.transformer.resblocks[block:]:
-            x = blk(x)
+        x = self.advance_vision_state(state, block, len(v.transformer.resblocks))
         if not v.transformer.batch_first:
             x = x.transpose(0, 1)
         pooled, _ = v._pool(x)
         if v.proj is not None:
             pooled = pooled @ v.proj
         return F.normalize(pooled, dim=-1)
+
+    def _text_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for blk in self.model.transformer.resblocks[start:stop]:
+            x = blk(x, attn_mask=self.model.attn_mask)
+        return x
+
+    def text_state(self, tokens: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(residual stream entering text block `block`, token ids)``; the steps of ``CLIP.encode_text``."""
+        self._check_block(block, "text")
+        m, tokens = self.model, tokens.to(self.device)
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(tokens).to(cast) + m.positional_embedding.to(cast)
+        if not m.transformer.batch_first:
+            x = x.transpose(0, 1).contiguous()
+        return self._text_blocks(x, 0, block), tokens
+
+    def encode_text_from(self, state: tuple[torch.Tensor, torch.Tensor], block: int) -> torch.Tensor:
+        from open_clip.transformer import text_global_pool
+
+        self._check_block(block, "text")
+        m, (x, tokens) = self.model, state
+        x = self._text_blocks(x, block, len(m.transformer.resblocks))
+        if not m.transformer.batch_first:
+            x = x.transpose(0, 1)
+        x = text_global_pool(m.ln_final(x), tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        if m.text_projection is not None:
+            x = m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
+        return F.normalize(x, dim=-1)
 
     def logit_scale(self) -> torch.Tensor:
         """``exp(model.logit_scale)``, a scalar tensor."""

@@ -1,0 +1,116 @@
+"""SLUG on a real-size model with your own data: time and memory of `slugkit unlearn` on ViT-B-32.
+
+    python scripts/bench_real.py [--out runs/bench-real] [--pictures 600] [--threads N]
+
+Builds, in ``--out`` and only when missing, a randomly initialised open_clip ``ViT-B-32`` (151M parameters,
+saved as safetensors) and a CSV of MiniCanvas pictures of the 13 characters captioned "a photo of NAME."
+(nothing is downloaded), then runs
+
+    slugkit unlearn --model openclip:ViT-B-32/<file> --forget "Captain Zorp" --data data.csv --classes <12 names>
+
+with ``--profile`` in a child process and prints JSON: ``stage_seconds`` (the profile's seconds per stage), ``eval_seconds``
+(median seconds of one step-size evaluation for a vision-tower and a text-tower layer, plus per searched layer),
+``unlearn_seconds`` (gradients + layer identification + search), ``wall_seconds`` of the command,
+``peak_rss_mb`` (the child's peak resident memory), ``stage_peak_rss_mb`` (the process's peak when each
+stage ended) and the load average. A random
+model learns nothing, so the forget metric may never reach its target: this measures cost, not quality.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONCEPT = "Captain Zorp"
+
+
+def build_checkpoint(path: Path) -> None:
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def build_csv(folder: Path, n: int) -> Path:
+    from PIL import Image
+
+    from slugkit.data.minicanvas import CHARACTER_NAMES, MiniCanvas
+
+    world = MiniCanvas(n=n, seed=0, split="train", character_fraction=1.0)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        name = CHARACTER_NAMES[world.identity[i]]
+        Image.fromarray(world.images[i]).save(folder / "images" / f"{i:04d}.png")
+        rows.append({"image": f"images/{i:04d}.png", "caption": f"a photo of {name}."})
+    path = folder / "data.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def summarize(report: dict, wall: float, peak_mb: float) -> dict:
+    towers = {row["name"]: row["tower"] for row in report["layer_table"]}
+    by_layer = {s["layer"]: [t.get("seconds", float("nan")) for t in s["trace"]] for s in report["search"]}
+    per_tower = {t: [x for layer, xs in by_layer.items() if towers[layer] == t for x in xs] for t in ("vision", "text")}
+    return {
+        "stage_seconds": {k: v["seconds"] for k, v in report["profile"]["stages"].items()},
+        "eval_seconds": {t: round(statistics.median(xs), 2) if xs else None for t, xs in per_tower.items()},
+        "eval_seconds_by_layer": {layer: round(statistics.median(xs), 2) for layer, xs in by_layer.items() if xs},
+        "unlearn_seconds": report["unlearn_seconds"],
+        "wall_seconds": round(wall, 1),
+        "peak_rss_mb": round(peak_mb, 1),
+        "stage_peak_rss_mb": {k: v["peak_rss_mb"] for k, v in report["profile"]["stages"].items()},
+        "layer": report["layer"], "step_size": report["step_size"], "status": report["status"],
+        "layers_tried": report["layers_tried"],
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/bench-real", help="folder for the checkpoint, the data and the run")
+    p.add_argument("--pictures", type=int, default=600, help="MiniCanvas pictures in the CSV (default 600)")
+    p.add_argument("--threads", type=int, help="torch threads of the child (default: torch's choice)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / "vit-b-32-random.safetensors"
+    if not weights.is_file():
+        build_checkpoint(weights)
+    data = out / f"minicanvas-{args.pictures}" / "data.csv"
+    if not data.is_file():
+        build_csv(data.parent, args.pictures)
+
+    from slugkit.data.minicanvas import CHARACTER_NAMES
+
+    cmd = [sys.executable, "-m", "slugkit", "unlearn", "--model", f"openclip:ViT-B-32/{weights}",
+           "--forget", CONCEPT, "--data", str(data), "--classes", *[n for n in CHARACTER_NAMES if n != CONCEPT],
+           "--out", str(out / "run"), "--overwrite", "--no-cache", "--profile"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if args.threads:
+        env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env)
+    wall = time.perf_counter() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    summary = summarize(json.loads((out / "run" / "report.json").read_text()), wall, peak_mb)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
