@@ -135,8 +135,8 @@ def cmd_unlearn(args) -> int:
         result = unlearn_host(load_host(args.model), args.forget, search=args.search, forget_text=args.forget_text,
                               **options)
     else:
-        for flag, value, default in (("--search", args.search, "clip"), ("--forget-text", args.forget_text, None)):
-            if value != default:
+        for flag, value in (("--search", args.search), ("--forget-text", args.forget_text)):
+            if value is not None:
                 raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
         result = unlearn(load_clip(args.model, cache_dir=args.cache_dir), args.forget, **options)
     out = result.save(args.out, overwrite=args.overwrite)
@@ -328,10 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{BATCH_SIZE_MAX} (default 64; lower it if memory runs out)")
     u.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
     u.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
-    u.add_argument("--search", choices=["clip", "generation"], default="clip",
-                   help="hosts only: search lambda on the matching CLIP's forget metric (fast), or choose the "
-                        "layer that way and search its lambda again on the host's own outputs (judged pictures "
-                        "for SD, answers for LLaVA)")
+    u.add_argument("--search", choices=["clip", "generation", "refine"], default=None,
+                   help="hosts only: the layer is always chosen on the matching CLIP; its lambda is the CLIP's "
+                        "(clip, the default for LLaVA), searched again on the host's own outputs (generation: "
+                        "judged pictures for SD, answers for LLaVA) or the CLIP's lambda refined there in a few "
+                        "evaluations (refine, the default for SD)")
     u.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="hosts only: pair each forget picture with the concept's bare name for the forget gradient "
                         "(the default for SD, as the authors' UnlearnCanvas runs) or with its own caption (the "
