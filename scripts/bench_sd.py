@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import time
+from itertools import zip_longest
 from pathlib import Path
 
 import torch
@@ -21,16 +22,19 @@ import torch
 ROW_KEYS = ("concept", "status", "layer", "step_size", "ua_before", "ua_after", "ira_before", "ira_after",
             "cra_before", "cra_after", "fid_after", "unlearn_seconds", "report_seconds", "patch_bytes",
             "edited_model_bytes", "search_mode")
+TIMING_KEYS = ("unlearn_cpu_seconds", "step_size_search_again")
 # issue 25's bar: UA >= 80%, IRA and CRA each drop by at most 10 points, unlearn_seconds <= 60
 BAR = {"ua": 0.8, "drop": 0.10, "seconds": 60.0}
 
 
-def meets_bar(row: dict) -> bool:
-    """Whether one concept's row meets the bar (a run without a patch does not)."""
+def meets_bar(row: dict, seconds: str | None = "unlearn_seconds") -> bool:
+    """Whether one concept's row meets the bar (a run without a patch does not); ``seconds``: the timing the 60 s
+    apply to ("unlearn_seconds" wall time, "unlearn_cpu_seconds"), or ``None`` for the quality bar alone."""
     if row.get("ua_after") is None:
         return False
     return (row["ua_after"] >= BAR["ua"] - 1e-9 and row["ira_before"] - row["ira_after"] <= BAR["drop"] + 1e-9
-            and row["cra_before"] - row["cra_after"] <= BAR["drop"] + 1e-9 and row["unlearn_seconds"] <= BAR["seconds"])
+            and row["cra_before"] - row["cra_after"] <= BAR["drop"] + 1e-9
+            and (seconds is None or row[seconds] <= BAR["seconds"]))
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -38,7 +42,8 @@ def markdown_table(rows: list[dict]) -> str:
     def pct(x):
         return f"{100 * x:.0f}"
 
-    lines = ["| attribute | concept | layer | λ | UA | IRA | CRA | unlearn_seconds | bar |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| attribute | concept | layer | λ | UA | IRA | CRA | unlearn_seconds (CPU) | UA/IRA/CRA bar |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         layer = (r["layer"] or "").removeprefix("text_model.encoder.").removesuffix(".weight")
         if r.get("ua_after") is None:
@@ -50,9 +55,9 @@ def markdown_table(rows: list[dict]) -> str:
         else:
             cells = [f"{pct(r[k + '_before'])} → {pct(r[k + '_after'])}" for k in ("ua", "ira", "cra")]
             step = f"{r['step_size']:.3g}"
-        ok = "**yes**" if meets_bar(r) else "no"
+        ok = "**yes**" if meets_bar(r, None) else "no"
         lines.append(f"| {r['attribute']} | {r['concept']} | `{layer or '—'}` | {step} | " + " | ".join(cells)
-                     + f" | {r['unlearn_seconds']:.1f} | {ok} |")
+                     + f" | {r['unlearn_seconds']:.0f} ({r['unlearn_cpu_seconds']:.0f}) | {ok} |")
     return "\n".join(lines)
 
 
@@ -68,6 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="what the forget gradient pairs the forget pictures with (default: the host's, the name)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="skip the judge's test accuracy and the VAE round-trip ceiling (only the SLUG runs)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -83,32 +90,40 @@ def main(argv=None) -> int:
     summary = {"seeds": args.seeds, "steps": host.steps, "guidance": host.guidance,
                "search": args.search or host.search, "forget_text": args.forget_text or host.forget_text,
                "threads": args.threads, "load_average_start": os.getloadavg()}
-    judge = judge_mod.load_judge()
-    test = cached_split(1000, 0, "test")
-    summary["judge_test_accuracy"] = judge_mod.accuracy(judge, test)
-    rec = toy_sd.reconstruct(host.pipe.vae, test.images)
-    summary["vae_psnr_db"] = toy_sd.psnr(rec, test.images)
-    summary["judge_on_vae_reconstructions"] = judge_mod.accuracy(judge, test, rec)
+    if not args.no_ceiling:
+        judge = judge_mod.load_judge()
+        test = cached_split(1000, 0, "test")
+        summary["judge_test_accuracy"] = judge_mod.accuracy(judge, test)
+        rec = toy_sd.reconstruct(host.pipe.vae, test.images)
+        summary["vae_psnr_db"] = toy_sd.psnr(rec, test.images)
+        summary["judge_on_vae_reconstructions"] = judge_mod.accuracy(judge, test, rec)
     t = time.perf_counter()
     before, _ = host.baseline(progress=False)
     summary["baseline_seconds"] = round(time.perf_counter() - t, 1)
     summary["generation_accuracy"] = before
     print(json.dumps({k: v for k, v in summary.items() if k != "generation_accuracy"}), flush=True)
     print({a: round(m["top1"], 3) for a, m in before.items()}, flush=True)
-    concepts = ([(a, c) for a, names in host.attributes.items() for c in names] if args.all
-                else [host.concept(c) for c in args.concepts])
+    if args.all:  # round robin over the attributes, so a run cut short still covers each of them
+        lists = [[(a, c) for c in names] for a, names in host.attributes.items()]
+        concepts = [x for group in zip_longest(*lists) for x in group if x is not None]
+    else:
+        concepts = [host.concept(c) for c in args.concepts]
     rows = []
     for attribute, concept in concepts:
         result = unlearn_host(host, concept, search=args.search, forget_text=args.forget_text, progress=False)
         result.save(out / concept.replace(" ", "_"), overwrite=True)
         rep = result.report()
-        rows.append({"attribute": attribute, **{k: rep.get(k) for k in ROW_KEYS}, "no_patch": rep.get("no_patch"),
-                     "load_average": os.getloadavg(), "meets_bar": None})
-        rows[-1]["meets_bar"] = meets_bar(rows[-1])
+        rows.append({"attribute": attribute, **{k: rep.get(k) for k in ROW_KEYS},
+                     **{k: rep["timings"].get(k) for k in TIMING_KEYS}, "no_patch": rep.get("no_patch"),
+                     "load_average": os.getloadavg()})
         print(json.dumps(rows[-1]), flush=True)
         summary["runs"] = rows
-        summary["bar_met"] = {a: f"{sum(r['meets_bar'] for r in rows if r['attribute'] == a)} of "
-                                 f"{sum(r['attribute'] == a for r in rows)}" for a in dict.fromkeys(r["attribute"] for r in rows)}
+        summary["bar_met"] = {
+            f"{a} ({how})": f"{sum(meets_bar(r, seconds) for r in rows if r['attribute'] == a)} of "
+                            f"{sum(r['attribute'] == a for r in rows)}"
+            for how, seconds in (("UA/IRA/CRA", None), ("and <= 60 s wall", "unlearn_seconds"),
+                                 ("and <= 60 s CPU", "unlearn_cpu_seconds"))
+            for a in dict.fromkeys(r["attribute"] for r in rows)}
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     print(json.dumps(summary.get("bar_met", {})))
     print(markdown_table(rows))
