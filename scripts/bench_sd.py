@@ -49,8 +49,9 @@ def markdown_table(rows: list[dict]) -> str:
         if r.get("ua_after") is None:
             closest = r.get("no_patch") or {}
             lam = closest.get("closest_lambda")
-            cells = [f"no patch (closest λ {lam:.3g}: {pct(closest['closest_forget'])}% of search pictures still the concept)"
-                     if lam is not None else "no patch", "", ""]
+            cells = ["no patch" if lam is None else
+                     f"no patch (closest λ {lam:.3g}: {pct(closest['closest_forget'])}% of search pictures still it)",
+                     "", ""]
             step = "—"
         else:
             cells = [f"{pct(r[k + '_before'])} → {pct(r[k + '_after'])}" for k in ("ua", "ira", "cra")]
