@@ -42,8 +42,8 @@ def markdown_table(rows: list[dict]) -> str:
     def pct(x):
         return f"{100 * x:.0f}"
 
-    lines = ["| attribute | concept | layer | λ | UA | IRA | CRA | unlearn_seconds (CPU) | UA/IRA/CRA bar |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| attribute | concept | layer | λ | UA | IRA | CRA | judged evaluations | unlearn_seconds (CPU) | "
+             "UA/IRA/CRA bar |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         layer = (r["layer"] or "").removeprefix("text_model.encoder.").removesuffix(".weight")
         if r.get("ua_after") is None:
@@ -58,7 +58,8 @@ def markdown_table(rows: list[dict]) -> str:
             step = f"{r['step_size']:.3g}"
         ok = "**yes**" if meets_bar(r, None) else "no"
         lines.append(f"| {r['attribute']} | {r['concept']} | `{layer or '—'}` | {step} | " + " | ".join(cells)
-                     + f" | {r['unlearn_seconds']:.0f} ({r['unlearn_cpu_seconds']:.0f}) | {ok} |")
+                     + f" | {r.get('judged_evaluations') or '—'} | {r['unlearn_seconds']:.0f} ({r['unlearn_cpu_seconds']:.0f})"
+                     f" | {ok} |")
     return "\n".join(lines)
 
 
@@ -116,6 +117,8 @@ def main(argv=None) -> int:
         rep = result.report()
         rows.append({"attribute": attribute, **{k: rep.get(k) for k in ROW_KEYS},
                      **{k: rep["timings"].get(k) for k in TIMING_KEYS}, "no_patch": rep.get("no_patch"),
+                     # the host's evaluations (16 pictures each): the second search's baseline and its steps
+                     "judged_evaluations": 1 + len(rep["step_search"]["trace"]) if rep["step_search"] else 0,
                      "load_average": os.getloadavg()})
         print(json.dumps(rows[-1]), flush=True)
         summary["runs"] = rows
