@@ -2,7 +2,7 @@
 
 Writes ``runs/sd-bench/<concept>/report.json`` (+ patch) per concept and ``runs/sd-bench/summary.json`` (after
 every concept, with the load average); each concept is one :func:`slugkit.slug.unlearn_host` call, as ``slugkit
-unlearn --model toy-sd`` makes it (``--search`` defaults to the host's own, "refine"). ``--all``: every concept the
+unlearn --model toy-sd`` makes it (``--search`` defaults to the host's own, "generation"). ``--all``: every concept the
 toy SD draws; then the bar of issue 25 is counted per attribute and a Markdown table printed.
 
     python scripts/bench_sd.py --search generation --concepts "Captain Zorp" "Glimmer Queen" star circle Solid
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/sd-bench")
     p.add_argument("--seeds", type=int, default=3, help="report pictures per prompt (seeds 0..N-1)")
     p.add_argument("--search", choices=["clip", "generation", "refine"], default=None,
-                   help="how lambda is searched (default: the host's own, refine)")
+                   help="how lambda is searched (default: the host's own, generation)")
     p.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="what the forget gradient pairs the forget pictures with (default: the host's, the name)")
     p.add_argument("--threads", type=int, default=2)

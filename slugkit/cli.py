@@ -334,9 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
     u.add_argument("--search", choices=["clip", "generation", "refine"], default=None,
                    help="hosts only: the layer is always chosen on the matching CLIP; its lambda is the CLIP's "
-                        "(clip, the default for LLaVA), searched again on the host's own outputs (generation: "
-                        "judged pictures for SD, answers for LLaVA) or the CLIP's lambda refined there in a few "
-                        "evaluations (refine, the default for SD)")
+                        "(clip, the default for LLaVA), searched again on the host's own outputs (generation, "
+                        "the default for SD: judged pictures for SD, answers for LLaVA) or the CLIP's lambda refined "
+                        "there in a few evaluations (refine)")
     u.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="hosts only: pair each forget picture with the concept's bare name for the forget gradient "
                         "(the default for SD, as the authors' UnlearnCanvas runs) or with its own caption (the "

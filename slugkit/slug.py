@@ -445,7 +445,7 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
 
     Runs :func:`unlearn` on the matching CLIP (``clip``, default ``load_clip(host.clip_name)``) with the
     candidates restricted to layers the host reads (its tower, blocks up to ``host.max_block``), then
-    measures the host before and after the tower-scoped patch. ``search`` (default ``host.search``: "refine"
+    measures the host before and after the tower-scoped patch. ``search`` (default ``host.search``: "generation"
     for Stable Diffusion, "clip" for LLaVA; see :data:`HOST_SEARCHES`): "clip" searches lambda on the
     CLIP's forget target (fast). "generation" chooses the layer the same way, then searches that layer's
     lambda again on the host's own outputs (judged pictures, answers): the forget target then holds where it

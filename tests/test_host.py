@@ -179,10 +179,10 @@ class SDLikeHost(MovedSearchHost):
 
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
-def test_sd_default_search_refines_the_clip_step_on_the_host(folder, monkeypatch):
+def test_sd_default_search_is_the_generation_search_and_refine_starts_at_the_clip_step(folder, monkeypatch):
     import slugkit.slug as slug
 
-    assert SDHost.search == "refine" and Host.search == "clip"  # README: SD refines, LLaVA keeps the CLIP's
+    assert SDHost.search == "generation" and Host.search == "clip"  # README: SD searches λ again, LLaVA does not
     calls, real = [], slug.search_step_size
 
     def spy(param, grad, evaluate, target, **kwargs):
@@ -200,7 +200,12 @@ def test_sd_default_search_refines_the_clip_step_on_the_host(folder, monkeypatch
     g_norm = float(on_clip.gradients.forget[on_clip.layer].norm())
     radius = on_clip.step_size * g_norm / 3  # the host forgets at a third of the CLIP's step
     host = SDLikeHost(clip, "text", radius)
-    result = unlearn_host(host, "Captain Zorp", **options)  # no search=: the host's default
+    default = unlearn_host(SDLikeHost(clip, "text", radius), "Captain Zorp", **options)  # the host's default
+    assert default.search == "generation" and default.report()["search_mode"] == "generation"
+    assert len(calls) == n_layers + 1 and calls[-1][1] is default.step_search  # every layer on the CLIP, then one
+    assert calls[-1][0]["lambda0"] is None and calls[-1][0]["rtol"] == 0.05  # ... from the usual lambda_0, fine bracket
+    calls.clear()
+    result = unlearn_host(host, "Captain Zorp", search="refine", **options)
     assert result.search == "refine" and result.report()["search_mode"] == "refine"
     assert len(calls) == n_layers + 1  # every layer on the CLIP, then one search on the host
     second, found = calls[-1]
@@ -210,10 +215,6 @@ def test_sd_default_search_refines_the_clip_step_on_the_host(folder, monkeypatch
     step = result.step_size * g_norm
     assert radius <= step <= radius / (1 - slug.REFINE_RTOL)  # the smallest step that met it, to the coarse bracket
     assert len(host.calls) == 1 + 5  # baseline + 1, 1/2, 1/4, 3/8, 5/16 of the CLIP's step (bracket within 25%)
-    # "generation" is the same second search from the usual lambda_0 and the fine bracket
-    calls.clear()
-    unlearn_host(SDLikeHost(clip, "text", radius), "Captain Zorp", search="generation", **options)
-    assert calls[-1][0]["lambda0"] is None and calls[-1][0]["rtol"] == 0.05
 
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")

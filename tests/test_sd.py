@@ -210,10 +210,9 @@ def test_real_sd_path_end_to_end_on_tiny_random_configs(tmp_path):
                           progress=False)
     report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
     assert report["task"].endswith("forget captions replaced by 'Captain Zorp'")  # SD's forget text: the bare name
-    assert report["search_mode"] == "refine"  # SD's default search: the CLIP's step refined on judged pictures
+    assert report["search_mode"] == "generation"  # SD's default search: the chosen layer's λ again, on pictures
     if result.layer is not None:
-        assert result.step_search.lambda0 == pytest.approx(
-            next(s for s in result.searches if s.layer == result.layer).best_lambda)
+        assert result.step_search is not None and result.step_search.layer == result.layer
     if result.patch is not None:
         for key in ("ua_before", "ua_after", "ira_before", "ira_after", "cra_before", "cra_after", "fid_after"):
             assert key in report

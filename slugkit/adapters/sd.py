@@ -113,9 +113,9 @@ class SDHost(Host):
     # The UNet reads the concept's word at its own position, but a CLIP caption's gradient flows through the
     # pooled end-of-text token: with the bare name that token sits right after the word (see the README).
     forget_text = "name"
-    # The step size the pipeline needs is not the CLIP's (README, "Three ways to choose λ"): the default refines the
-    # CLIP's λ on judged generations, a few evaluations of SEARCH_SEEDS (slugkit's departure; "clip" is the authors').
-    search = "refine"
+    # The step size the pipeline needs is not the CLIP's (README, "Three ways to choose λ"): the default searches the
+    # chosen layer's λ again on judged generations of SEARCH_SEEDS (slugkit's departure; "clip" is the authors').
+    search = "generation"
 
     def __init__(self, pipe, judge, attributes: Mapping[str, Sequence[str]], name: str = "toy-sd",
                  clip_name: str = "toy-clip-hf", seeds: Sequence[int] = DEFAULT_SEEDS, steps: int = 10,
