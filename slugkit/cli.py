@@ -174,8 +174,8 @@ def _unlearn(args, data, writer: bool, device, prof=None) -> int:
             host = load_host(args.model)
         result = unlearn_host(host, args.forget, search=args.search, forget_text=args.forget_text, **options)
     else:
-        for flag, value, default in (("--search", args.search, "clip"), ("--forget-text", args.forget_text, None)):
-            if value != default:
+        for flag, value in (("--search", args.search), ("--forget-text", args.forget_text)):
+            if value is not None:
                 raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
         with stage("load"):
             adapter = load_clip(args.model, device=device, cache_dir=args.cache_dir)
@@ -434,10 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--nproc", type=_int_in(1, 1024), default=1, metavar="N",
                    help="run data parallel in N processes on this machine (starts torchrun: gloo on CPU, one GPU "
                         "per process with NCCL); the same as `torchrun --nproc-per-node N -m slugkit unlearn ...`")
-    u.add_argument("--search", choices=["clip", "generation"], default="clip",
-                   help="hosts only: search lambda on the matching CLIP's forget metric (fast), or choose the "
-                        "layer that way and search its lambda again on the host's own outputs (judged pictures "
-                        "for SD, answers for LLaVA)")
+    u.add_argument("--search", choices=["clip", "generation", "refine"], default=None,
+                   help="hosts only: the layer is always chosen on the matching CLIP; its lambda is the CLIP's "
+                        "(clip, the default for LLaVA), searched again on the host's own outputs (generation, "
+                        "the default for SD: judged pictures for SD, answers for LLaVA) or the CLIP's lambda refined "
+                        "there in a few evaluations (refine)")
     u.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="hosts only: pair each forget picture with the concept's bare name for the forget gradient "
                         "(the default for SD, as the authors' UnlearnCanvas runs) or with its own caption (the "

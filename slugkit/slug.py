@@ -81,6 +81,8 @@ class UnlearnResult:
     host_metrics: dict = field(default_factory=dict)  # the host's NAME_before / NAME_after metrics
     edited_model_bytes: int | None = None  # bytes of the host's edited tower
     profile: dict | None = None  # seconds and peak memory per stage (slugkit.profile.Profiler.to_dict), if profiled
+    no_patch: dict | None = None  # when no patch was made: why, and the step size that came closest
+    search: str | None = None  # set by :func:`unlearn_host`: how the step size was searched ("clip", ...)
 
     @property
     def chosen_search(self) -> SearchResult | None:
@@ -127,9 +129,10 @@ class UnlearnResult:
             "layers_tried": [s.layer for s in self.searches],
             "search": [s.to_dict() for s in self.searches],
             "step_search": self.step_search.to_dict() if self.step_search else None,
+            "no_patch": self.no_patch,
             "layer_table": self.table.assign(shape=self.table["shape"].map(list)).to_dict(orient="records"),
-        } | ({"host": self.host, "clip_model": self.model, "edited_model_bytes": self.edited_model_bytes,
-              **self.host_metrics} if self.host else {})
+        } | ({"host": self.host, "clip_model": self.model, "search_mode": self.search,
+              "edited_model_bytes": self.edited_model_bytes, **self.host_metrics} if self.host else {})
           | ({"profile": self.profile} if self.profile is not None else {}))  # fmt: skip
 
     def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -195,6 +198,33 @@ def unmeasured(before: dict, after: dict, evaluator=None) -> tuple[list[str], li
     return missing, warns
 
 
+def explain_no_patch(target: Target, searches: Sequence[SearchResult],
+                     step_search: SearchResult | None = None) -> dict:
+    """Why a run made no patch, and the step size that came closest to the stop rule.
+
+    ``step_search`` (the second search, when the layer met the target on the CLIP but not on the host) is
+    the one that decided; otherwise every layer's search. Returns ``{"why", "layer", "closest_lambda",
+    "closest_forget", "forget_metric", "evaluations"}`` (the last three describe the closest evaluation and
+    how many were made), ``why`` one sentence for ``report.json`` and the summary.
+    """
+    pool = [step_search] if step_search is not None else list(searches)
+    where = (f"the second search of {step_search.layer} (on the host's own outputs) met no step size"
+             if step_search is not None else f"no step size of the {len(pool)} searched layer(s) met it")
+    tried = [(s, s.closest(target)) for s in pool if s.trace]
+    evaluations = sum(len(s.trace) for s in pool)
+    if not tried:
+        return {"why": f"stop rule {target.describe()}: {where} (nothing was evaluated)", "layer": None,
+                "closest_lambda": None, "closest_forget": None, "forget_metric": target.forget_metric,
+                "evaluations": 0}
+    search, step = min(tried, key=lambda c: (float(c[1].metrics[target.forget_metric]), c[1].lam))
+    value = float(step.metrics[target.forget_metric])
+    why = (f"stop rule {target.describe()}: {where}; the closest was step size {step.lam:.4g} on {search.layer} "
+           f"with {target.forget_metric} = {value:.4g} ({evaluations} evaluations), so no patch was made and the "
+           f"model is unchanged")
+    return {"why": why, "layer": search.layer, "closest_lambda": step.lam, "closest_forget": value,
+            "forget_metric": target.forget_metric, "evaluations": evaluations}
+
+
 def make_task(adapter: CLIPAdapter, concept: str, data=None, classes: Sequence[str] | None = None,
               seed: int = 0) -> Task:
     """The toy task for toy models without ``data``; a user-data task otherwise."""
@@ -243,7 +273,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             target: Target | None = None, max_evals: int | None = None, rtol: float | None = None,
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
             retain: str = "shared", full_trace: bool = False, step_evaluator: Evaluator | None = None,
-            progress: bool = True) -> UnlearnResult:
+            step_start: str = "rule", step_rtol: float | None = None, progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
@@ -271,20 +301,29 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     - ``step_evaluator``: the layer is chosen as always (every layer's search on the task's evaluator),
       then that one layer's step size is searched again, with the same target, on ``step_evaluator``
       (e.g. a host's judged generations, :func:`unlearn_host` ``search="generation"``); the patch takes
-      that step size (``result.step_search``), and no patch is made when it meets nothing.
+      that step size (``result.step_search``), and no patch is made when it meets nothing. ``step_start``:
+      where that second search starts, "rule" (``lambda_0 = 0.1 ||theta|| / ||g_f||``, as every search) or
+      "found" (the first search's step size, a guess for the upper bracket: doubled when it does not reach
+      the target, bisected from 0 when it does); ``step_rtol`` its early-stop tolerance (default ``rtol``).
 
     Inputs are bounded (see :mod:`slugkit.bounds`): ``seed`` in 0..2**31-1, ``batch_size`` in 2..4096,
     ``max_evals`` in 1..100, ``rtol`` in [0, 1]; non-finite weights and a retain set of fewer than 2
     pairs are refused before any gradient work. ``result.status`` is "ok", "target-not-reached" (no
     layer met the target; no patch) or "incomplete" (a patch met the target but forget, retain or
     utility accuracy could not be measured: it is null in the report, explained in ``result.warnings``).
+    Without a patch, ``result.no_patch`` (``report.json`` ``no_patch``, and a warning) says why and which
+    step size came closest (:func:`explain_no_patch`).
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     timings = {}
     settings = resolve_preset(preset, candidates, target, max_evals, rtol)
     candidates, target, max_evals, rtol = (settings[k] for k in ("candidates", "target", "max_evals", "rtol"))
     seed, batch_size, max_evals = check_seed(seed), check_batch_size(batch_size), check_max_evals(max_evals)
     check_fraction("rtol", rtol)
+    if step_start not in ("rule", "found"):
+        raise ValueError(f"step_start must be 'rule' or 'found', got {step_start!r}")
+    if step_rtol is not None:
+        check_fraction("step_rtol", step_rtol)
     check_fraction("target threshold", target.threshold)
     check_finite_weights(adapter.model, adapter.name)  # before any data or gradient work
     if retain not in RETAIN_SETS:
@@ -354,12 +393,20 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             step_search = search_step_size(
                 adapter.parameter(best.layer), grads.forget[best.layer],
                 lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target, max_evals=max_evals,
-                layer_name=best.layer, rtol=rtol, progress=progress)
+                lambda0=best.best_lambda if step_start == "found" else None, layer_name=best.layer,
+                rtol=rtol if step_rtol is None else step_rtol, progress=progress)
         timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
         if step_search.status != "ok":
             warns.append(f"{best.layer} met the target at step size {best.best_lambda:.4g} on the task's evaluator, "
-                         f"but no step size of the second search met it: no patch")
+                         f"but no step size of the second search met it")
         best = step_search if step_search.status == "ok" else None
+    no_patch = None
+    if best is None:
+        no_patch = explain_no_patch(target, searches, step_search)
+        warns.append(no_patch["why"])
+    # CPU time of the method, every thread of this process: on a crowded machine wall time mostly measures the
+    # others; for CPU-bound work this bounds the wall time on an idle machine (with one thread; less with more)
+    timings["unlearn_cpu_seconds"] = round(time.process_time() - cpu_start, 2)
     t = time.perf_counter()
     report = task.report_evaluator
     if best is not None:  # activations upstream of the edit serve both the before and the after pass
@@ -396,7 +443,15 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
         preset=preset, candidates=candidates, target=target.describe(), retain_set=retain_set,
-        step_search=step_search)
+        step_search=step_search, no_patch=no_patch)
+
+
+# How unlearn_host chooses the step size (the layer is always chosen on the CLIP). "clip": the CLIP's forget
+# target, as the authors do for Stable Diffusion; "generation": that layer's lambda searched again on the host's
+# own outputs from the usual lambda_0; "refine": the same second search started at the CLIP's lambda (the upper
+# bracket's guess) and stopped at a coarser bracket, REFINE_RTOL: a few host evaluations instead of about ten.
+HOST_SEARCHES = ("clip", "generation", "refine")
+REFINE_RTOL = 0.25
 
 
 class _HostSearch(Evaluator):
@@ -410,23 +465,26 @@ class _HostSearch(Evaluator):
         return dict(self.evaluate(edited_tower=edited_tower, block=block))
 
 
-def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, search: str = "clip",
+def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, search: str | None = None,
                  forget_text: str | None = None, data=None, classes: Sequence[str] | None = None, seed: int = 0,
                  progress: bool = True, **kwargs) -> UnlearnResult:
     """SLUG on a model that embeds a CLIP tower (Stable Diffusion, LLaVA).
 
     Runs :func:`unlearn` on the matching CLIP (``clip``, default ``load_clip(host.clip_name)``) with the
     candidates restricted to layers the host reads (its tower, blocks up to ``host.max_block``), then
-    measures the host before and after the tower-scoped patch. ``search="clip"`` searches lambda on the
-    CLIP's forget target (fast). ``"generation"`` chooses the layer the same way, then searches that
-    layer's lambda again on the host's own outputs (judged pictures, answers): the forget target then
-    holds where it matters, at the cost of a few host evaluations. ``forget_text`` (default
+    measures the host before and after the tower-scoped patch. ``search`` (default ``host.search``: "generation"
+    for Stable Diffusion, "clip" for LLaVA; see :data:`HOST_SEARCHES`): "clip" searches lambda on the
+    CLIP's forget target (fast). "generation" chooses the layer the same way, then searches that layer's
+    lambda again on the host's own outputs (judged pictures, answers): the forget target then holds where it
+    matters, at the cost of about ten host evaluations. "refine" is that second search started at the CLIP's
+    lambda and stopped once the bracket is within :data:`REFINE_RTOL` (a few host evaluations). ``forget_text`` (default
     ``host.forget_text``): "captions" computes the forget gradient on the forget pictures' own captions,
     "name" pairs every forget picture with the concept's bare name instead (the task's description says so).
     Other keyword arguments go to :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
     """
-    if search not in ("clip", "generation"):
-        raise ValueError(f"search must be 'clip' or 'generation', got {search!r}")
+    search = host.search if search is None else search
+    if search not in HOST_SEARCHES:
+        raise ValueError(f"search must be one of {', '.join(map(repr, HOST_SEARCHES))}, got {search!r}")
     forget_text = host.forget_text if forget_text is None else forget_text
     if forget_text not in FORGET_TEXTS:
         raise ValueError(f"forget_text must be one of {', '.join(map(repr, FORGET_TEXTS))}, got {forget_text!r}")
@@ -442,8 +500,10 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
     task = kwargs.pop("task", None) or make_task(clip, concept, data, classes, seed)
     if forget_text == "name":
         task = task.with_forget_caption(task.concept)
-    if search == "generation":
+    if search != "clip":
         kwargs["step_evaluator"] = _HostSearch(host.generation_evaluator(task.concept, clip))
+    if search == "refine":
+        kwargs.update(step_start="found", step_rtol=REFINE_RTOL)
     result = unlearn(clip, concept, task=task, layers=allowed, seed=seed, progress=progress, **kwargs)
     if result.patch is not None and result.patch.scope != host.scope:
         raise ValueError(f"the patch of {result.layer!r} is scoped to {result.patch.scope!r}, not to the "
@@ -453,6 +513,6 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
         with stage("host_report"):
             result.host_metrics = host.report_metrics(result.concept, result.patch, progress=progress)
     result.timings["host_report"] = round(time.perf_counter() - t, 2)
-    result.host, result.edited_model_bytes = host.name, host.edited_model_bytes()
+    result.host, result.edited_model_bytes, result.search = host.name, host.edited_model_bytes(), search
     result.peak_rss_mb = peak_rss_mb()
     return result

@@ -129,6 +129,11 @@ class SearchResult:
         """Whether :attr:`last_lambda` met the target (``None`` without any step)."""
         return self.trace[-1].met if self.trace else None
 
+    def closest(self, target: Target) -> SearchStep | None:
+        """The evaluation whose forget metric came closest to ``target`` (lowest; the smaller lambda on a tie),
+        ``None`` without any step. For a search that met nothing, this is the step that almost did."""
+        return min(self.trace, key=lambda s: (_get(s.metrics, target.forget_metric), s.lam), default=None)
+
     def to_frame(self) -> pd.DataFrame:
         """One row per evaluation: step, lam, reached, met, best, then one column per metric."""
         rows = [

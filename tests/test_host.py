@@ -8,6 +8,7 @@ import torch
 
 from slugkit.adapters.hf_clip import HFCLIPAdapter
 from slugkit.adapters.host import Host, is_host_name, load_host
+from slugkit.adapters.sd import SDHost
 from slugkit.models.hf_convert import clip_tokenizer_from_openclip
 from slugkit.patch import Patch, PatchMismatchError, applied_patches, scope_fingerprint
 from slugkit.step_size_search import Target
@@ -124,20 +125,21 @@ def test_host_names():
 
 
 class MovedSearchHost(TowerHost):
-    """Its "generations" forget the concept once the CLIP's tower has moved by ``radius`` (Frobenius norm)."""
+    """Its "generations" forget the concept once the CLIP's tower has moved by ``radius`` (Frobenius norm): the
+    share still showing it falls from 1 to ``floor`` there (0: forgotten; above 0: a plateau, like Checkerboard)."""
 
-    def __init__(self, clip, tower, radius, reachable=True):
+    def __init__(self, clip, tower, radius, floor=0.0):
         super().__init__(clip, tower)
-        self.radius, self.reachable = radius, reachable
+        self.radius, self.floor, self.calls = radius, floor, []
 
     def generation_evaluator(self, concept, clip):
         source, start = clip.model.get_submodule(self.scope), copy.deepcopy(self.reference)
 
         def evaluate(edited_tower=None, block=None):
             moved = sum(float((v - start[k]).norm() ** 2) for k, v in source.state_dict().items()) ** 0.5
-            forgotten = self.reachable and moved >= self.radius
-            return {"forget_top1": 0.0 if forgotten else 1.0, "forget_top5": 0.0 if forgotten else 1.0,
-                    "retain_top1": float("nan"), "utility": float("nan")}
+            share = self.floor if moved >= self.radius else 1.0
+            self.calls.append(moved)
+            return {"forget_top1": share, "forget_top5": share, "retain_top1": float("nan"), "utility": float("nan")}
 
         return evaluate
 
@@ -163,10 +165,80 @@ def test_generation_search_keeps_the_layer_and_searches_its_step_on_the_host(fol
     assert report["step_search"]["best_lambda"] == pytest.approx(result.step_size)
     assert report["last_lambda"] == result.step_search.last_lambda
     # a host target no step reaches: no patch, and the report says why
-    never = unlearn_host(MovedSearchHost(clip, "text", radius, reachable=False), "Captain Zorp",
+    never = unlearn_host(MovedSearchHost(clip, "text", radius, floor=1.0), "Captain Zorp",
                          search="generation", max_evals=3, **options)
     assert never.status == "target-not-reached" and never.patch is None and never.layer is None
     assert any("second search" in w for w in never.warnings)
+
+
+class SDLikeHost(MovedSearchHost):
+    """A host with Stable Diffusion's defaults (search and forget text), on the tiny CLIP."""
+
+    search = SDHost.search
+    forget_text = SDHost.forget_text
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_sd_default_search_is_the_generation_search_and_refine_starts_at_the_clip_step(folder, monkeypatch):
+    import slugkit.slug as slug
+
+    assert SDHost.search == "generation" and Host.search == "clip"  # README: SD searches λ again, LLaVA does not
+    calls, real = [], slug.search_step_size
+
+    def spy(param, grad, evaluate, target, **kwargs):
+        out = real(param, grad, evaluate, target, **kwargs)
+        calls.append((kwargs, out))
+        return out
+
+    monkeypatch.setattr(slug, "search_step_size", spy)
+    clip = hf_adapter()
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
+    on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", search="clip", forget_text=SDHost.forget_text,
+                           **options)
+    n_layers = len(on_clip.searches)
+    calls.clear()
+    g_norm = float(on_clip.gradients.forget[on_clip.layer].norm())
+    radius = on_clip.step_size * g_norm / 3  # the host forgets at a third of the CLIP's step
+    host = SDLikeHost(clip, "text", radius)
+    default = unlearn_host(SDLikeHost(clip, "text", radius), "Captain Zorp", **options)  # the host's default
+    assert default.search == "generation" and default.report()["search_mode"] == "generation"
+    assert len(calls) == n_layers + 1 and calls[-1][1] is default.step_search  # every layer on the CLIP, then one
+    assert calls[-1][0]["lambda0"] is None and calls[-1][0]["rtol"] == 0.05  # ... from the usual lambda_0, fine bracket
+    calls.clear()
+    result = unlearn_host(host, "Captain Zorp", search="refine", **options)
+    assert result.search == "refine" and result.report()["search_mode"] == "refine"
+    assert len(calls) == n_layers + 1  # every layer on the CLIP, then one search on the host
+    second, found = calls[-1]
+    assert second["lambda0"] == pytest.approx(on_clip.step_size)  # starts at the CLIP's step: the upper bracket
+    assert second["rtol"] == slug.REFINE_RTOL and found is result.step_search
+    assert [s.layer for s in result.searches] == [s.layer for s in on_clip.searches]
+    step = result.step_size * g_norm
+    assert radius <= step <= radius / (1 - slug.REFINE_RTOL)  # the smallest step that met it, to the coarse bracket
+    assert len(host.calls) == 1 + 5  # baseline + 1, 1/2, 1/4, 3/8, 5/16 of the CLIP's step (bracket within 25%)
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_no_patch_report_says_why_and_which_step_came_closest(folder, tmp_path):
+    clip = hf_adapter()
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
+    on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", search="clip", forget_text=SDHost.forget_text,
+                           **options)
+    radius = on_clip.step_size * float(on_clip.gradients.forget[on_clip.layer].norm()) / 3
+    # like Checkerboard: past the radius 1 of 16 pictures still shows the concept, whatever the step
+    result = unlearn_host(SDLikeHost(clip, "text", radius, floor=1 / 16), "Captain Zorp", **options)
+    assert result.status == "target-not-reached" and result.patch is None
+    trace = result.step_search.trace
+    lowest = min(s.metrics["forget_top1"] for s in trace)
+    closest = min(s.lam for s in trace if s.metrics["forget_top1"] == lowest)
+    assert lowest == pytest.approx(1 / 16) and len({s.lam for s in trace}) == len(trace) >= 2
+    report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
+    why = report["no_patch"]
+    assert why["closest_lambda"] == pytest.approx(closest) and why["closest_forget"] == pytest.approx(1 / 16)
+    assert why["layer"] == on_clip.layer and why["evaluations"] == len(trace)
+    assert "forget_top1 <= 0" in why["why"] and f"{closest:.4g}" in why["why"] and "0.0625" in why["why"]
+    assert why["why"] in report["warnings"] and why["why"] in result.summary()
+    # a run that met the target has no explanation to give
+    assert on_clip.no_patch is None and on_clip.report()["no_patch"] is None
 
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")

@@ -111,13 +111,14 @@ def test_toy_sd_is_a_diffusers_pipeline_with_the_toy_clip_text_tower(host):
     from transformers import CLIPTextModel
 
     from slugkit.models.loading import load_clip
+    from slugkit.resources import data_dir
 
     pipe = host.pipe
     assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.text_encoder, CLIPTextModel)
     assert isinstance(pipe.unet, UNet2DConditionModel) and isinstance(pipe.vae, AutoencoderKL)
     clip = load_clip("toy-clip-hf")
     assert scope_fingerprint(clip.model, "text_model") == scope_fingerprint(host.tower_module())
-    size = (toy_sd._data_dir() / toy_sd.CHECKPOINT_NAME).stat().st_size
+    size = (data_dir() / toy_sd.CHECKPOINT_NAME).stat().st_size
     assert size < 25e6 and host.name == "toy-sd" and host.clip_name == "toy-clip-hf" and host.tower == "text"
     a = host.generate(["a photo of a star."], seeds=(3,))
     assert a.shape == (1, 64, 64, 3) and a.dtype == np.uint8
@@ -210,6 +211,9 @@ def test_real_sd_path_end_to_end_on_tiny_random_configs(tmp_path):
                           progress=False)
     report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
     assert report["task"].endswith("forget captions replaced by 'Captain Zorp'")  # SD's forget text: the bare name
+    assert report["search_mode"] == "generation"  # SD's default search: the chosen layer's λ again, on pictures
+    if result.layer is not None:
+        assert result.step_search is not None and result.step_search.layer == result.layer
     if result.patch is not None:
         for key in ("ua_before", "ua_after", "ira_before", "ira_after", "cra_before", "cra_after", "fid_after"):
             assert key in report

@@ -45,6 +45,7 @@ class Host(ABC):
     scope: str  # the tower's submodule name in the matching CLIP ("text_model" / "vision_model")
     max_block: int | None = None  # deepest 0-based block of ``tower`` whose edit reaches the host's output
     forget_text: str = "captions"  # what the forget gradient pairs each forget picture with, one of FORGET_TEXTS
+    search: str = "clip"  # unlearn_host's default step-size search, one of slugkit.slug.HOST_SEARCHES
 
     @abstractmethod
     def tower_module(self) -> nn.Module:
@@ -60,7 +61,7 @@ class Host(ABC):
         ``NAME_after`` keys as fractions in [0, 1], plus any extras (e.g. ``fid_after``, ``examples``)."""
 
     def generation_evaluator(self, concept: str, clip) -> Callable[..., dict]:
-        """For ``search="generation"``: ``evaluate(edited_tower=None, block=None) -> {"forget_top1",
+        """For ``search="generation"`` or ``"refine"``: ``evaluate(edited_tower=None, block=None) -> {"forget_top1",
         "forget_top5", "retain_top1", "utility"}`` measured on the host's own outputs, reading the current
         (possibly edited) tower weights of ``clip``. Hosts that cannot do this keep the default."""
         raise NotImplementedError(f"{self.name!r} has no generation-based search; use search='clip'")

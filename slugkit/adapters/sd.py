@@ -25,7 +25,7 @@ from ..eval.generation import (DEFAULT_PROMPTS, concept_prompts, frechet_distanc
 from .host import Host
 
 DEFAULT_SEEDS = (0, 1, 2)  # one picture per seed and prompt; fixed so every number is reproducible
-SEARCH_SEEDS = tuple(range(100, 116))  # --search generation: seeds of its own, so the report's are held out
+SEARCH_SEEDS = tuple(range(100, 116))  # --search refine/generation: seeds of their own, the report's held out
 
 # real pipelines by name -> the CLIP whose text tower they embed (loadable by slugkit.models.loading.load_clip)
 MATCHING_CLIP = {
@@ -113,6 +113,9 @@ class SDHost(Host):
     # The UNet reads the concept's word at its own position, but a CLIP caption's gradient flows through the
     # pooled end-of-text token: with the bare name that token sits right after the word (see the README).
     forget_text = "name"
+    # The step size the pipeline needs is not the CLIP's (README, "Three ways to choose λ"): the default searches the
+    # chosen layer's λ again on judged generations of SEARCH_SEEDS (slugkit's departure; "clip" is the authors').
+    search = "generation"
 
     def __init__(self, pipe, judge, attributes: Mapping[str, Sequence[str]], name: str = "toy-sd",
                  clip_name: str = "toy-clip-hf", seeds: Sequence[int] = DEFAULT_SEEDS, steps: int = 10,
