@@ -135,9 +135,13 @@ def cmd_unlearn(args) -> int:
         result = unlearn_host(load_host(args.model), args.forget, search=args.search, forget_text=args.forget_text,
                               **options)
     else:
-        for flag, value, default in (("--search", args.search, "clip"), ("--forget-text", args.forget_text, None)):
-            if value != default:
+        for flag, value in (("--search", args.search), ("--forget-text", args.forget_text)):
+            if value is not None:
                 raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
+        if args.preset == "clip-side":
+            raise ValueError("--preset clip-side is a recipe of the LLaVA hosts (toy-llava, llava:...); a CLIP takes "
+                             "'slugkit' or 'reference'")
+        options = {k: v for k, v in options.items() if v is not None}  # unlearn's own defaults
         result = unlearn(load_clip(args.model, cache_dir=args.cache_dir), args.forget, **options)
     out = result.save(args.out, overwrite=args.overwrite)
     print(result.summary())
@@ -304,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "image,caption, a webdataset .tar shard or a brace pattern like 'shards/{000..009}.tar'")
     u.add_argument("--classes", nargs="+", metavar="NAME", help="with --data: other names the model must still tell apart "
                    "(retain accuracy is measured on pictures whose caption names exactly one of them)")
-    u.add_argument("--policy", default="pareto", help="'pareto' (default: try every Pareto-front layer, keep the "
-                   "best), 'deepest' (the deepest Pareto layer of --tower, text by default), or one parameter name")
+    u.add_argument("--policy", help="'pareto' (default on a CLIP: try every Pareto-front layer, keep the best), "
+                   "'deepest' (the deepest Pareto layer of --tower, text by default), or one parameter name; "
+                   "LLaVA hosts take it from --preset")
     u.add_argument("--tower", choices=["vision", "text"], help="only consider layers of this tower")
     u.add_argument("--include", nargs="+", metavar="KIND", help="only these candidate kinds (attn_qkv, mlp_fc, ...) or name regexes")
     u.add_argument("--exclude", nargs="+", metavar="KIND", help="drop these candidate kinds or name regexes")
@@ -314,9 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--candidates", choices=["default", "reference"],
                    help="candidate layers: 'default' = 2-D attention/MLP weights of every block; 'reference' = the "
                         "authors' set (every parameter but biases, logit_scale, positional/token embeddings)")
-    u.add_argument("--preset", choices=["slugkit", "reference"], default="slugkit",
-                   help="'reference' = the authors' choices: reference candidates, top5 rule, exactly 10 "
-                        "evaluations, no early stop; the report adds their returned (last) lambda")
+    u.add_argument("--preset", choices=["slugkit", "reference", "clip-side"],
+                   help="'slugkit' (default) or 'reference' = the authors' choices. On a CLIP (and SD): reference "
+                        "candidates, top5 rule, exactly 10 evaluations, no early stop; the report adds their "
+                        "returned (last) lambda. On LLaVA hosts: the authors' LLaVA recipe (bare-name forget text, "
+                        "deepest Pareto vision layer, step size searched on LLaVA's answers); 'clip-side' = the "
+                        "older recipe searched on the CLIP (README, SLUG on LLaVA)")
     u.add_argument("--max-evals", type=_int_in(MAX_EVALS_MIN, MAX_EVALS_MAX), metavar="N",
                    help=f"step sizes tried per layer, {MAX_EVALS_MIN}..{MAX_EVALS_MAX} (default 10; each is one "
                    "evaluation; the bracket halves each time)")
@@ -328,10 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{BATCH_SIZE_MAX} (default 64; lower it if memory runs out)")
     u.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
     u.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
-    u.add_argument("--search", choices=["clip", "generation"], default="clip",
-                   help="hosts only: search lambda on the matching CLIP's forget metric (fast), or choose the "
-                        "layer that way and search its lambda again on the host's own outputs (judged pictures "
-                        "for SD, answers for LLaVA)")
+    u.add_argument("--search", choices=["clip", "generation", "host"],
+                   help="hosts only: search lambda on the matching CLIP's forget metric ('clip', fast; SD's "
+                        "default), choose the layer that way and search its lambda again on the host's own outputs "
+                        "(judged pictures for SD, answers for LLaVA: 'generation'), or pick the layer by --policy "
+                        "and search its lambda on the host's outputs only ('host': LLaVA's default)")
     u.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="hosts only: pair each forget picture with the concept's bare name for the forget gradient "
                         "(the default for SD, as the authors' UnlearnCanvas runs) or with its own caption (the "

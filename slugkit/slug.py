@@ -18,7 +18,7 @@ from typing import Sequence
 import pandas as pd
 
 from .adapters.base import CLIPAdapter
-from .adapters.host import FORGET_TEXTS, Host
+from .adapters.host import FORGET_TEXTS, SEARCHES, Host, HostRecipe
 from .bounds import check_batch_size, check_finite_weights, check_fraction, check_max_evals, check_retain_set, check_seed
 from .data.pairs import ImageTextPairs, pair_loader
 from .fingerprint import tensor_digest, to_jsonable
@@ -78,6 +78,7 @@ class UnlearnResult:
     host: str | None = None  # set by :func:`unlearn_host`: the model that embeds the edited tower
     host_metrics: dict = field(default_factory=dict)  # the host's NAME_before / NAME_after metrics
     edited_model_bytes: int | None = None  # bytes of the host's edited tower
+    search: str = "clip"  # set by :func:`unlearn_host`: where the step size was searched (see SEARCHES)
 
     @property
     def chosen_search(self) -> SearchResult | None:
@@ -118,6 +119,7 @@ class UnlearnResult:
             "metrics_before": b, "metrics_after": a,
             "seconds": round(self.seconds, 2), "unlearn_seconds": round(self.unlearn_seconds, 2),
             "report_seconds": round(self.report_seconds, 2), "timings": self.timings,
+            "unlearn_cpu_seconds": self.timings.get("unlearn_cpu"),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "patch_bytes": patch_bytes if patch_bytes is not None else (self.patch.nbytes if self.patch else 0),
             "model_bytes": self.model_bytes,
@@ -125,8 +127,8 @@ class UnlearnResult:
             "search": [s.to_dict() for s in self.searches],
             "step_search": self.step_search.to_dict() if self.step_search else None,
             "layer_table": self.table.assign(shape=self.table["shape"].map(list)).to_dict(orient="records"),
-        } | ({"host": self.host, "clip_model": self.model, "edited_model_bytes": self.edited_model_bytes,
-              **self.host_metrics} if self.host else {}))  # fmt: skip
+        } | ({"host": self.host, "clip_model": self.model, "search_on": self.search,
+              "edited_model_bytes": self.edited_model_bytes, **self.host_metrics} if self.host else {}))  # fmt: skip
 
     def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
         """Write ``report.json`` (and ``patch.safetensors`` when a patch was found); returns the folder.
@@ -149,7 +151,8 @@ class UnlearnResult:
 
         b, a = self.before, self.after
         lines = [f"SLUG on {self.model}: forget {self.concept!r} -> {self.status}",
-                 f"  stop rule {self.target or 'n/a'}, {self.candidates} candidates (preset {self.preset})",
+                 f"  stop rule {self.target or 'n/a'}, {self.candidates} candidates (preset {self.preset}"
+                 + (f", step size searched on: {self.search})" if self.host else ")"),
                  f"  layer {self.layer} ({self.tower} tower), step size {self.step_size:.4g}"
                  if self.layer else "  no layer met the target; the model is unchanged",
                  f"  {'':20s}{'before':>8s}{'after':>8s}"]
@@ -235,7 +238,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             tower: str | None = None, preset: str = "slugkit", candidates: str | None = None,
             target: Target | None = None, max_evals: int | None = None, rtol: float | None = None,
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
-            step_evaluator: Evaluator | None = None, progress: bool = True) -> UnlearnResult:
+            search_evaluator: Evaluator | None = None, step_evaluator: Evaluator | None = None,
+            progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
@@ -252,6 +256,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     - ``preset="reference"`` reproduces the authors' choices (reference candidates, top-5 rule, exactly
       10 evaluations, ``rtol=0``); the report then also shows their returned lambda (the last one tried).
     - Retain gradients use equal contrastive batches of ``batch_size`` pairs (the remainder is dropped).
+    - ``search_evaluator``: search every chosen layer's step size on it instead of the task's evaluator
+      (e.g. a host's answers, :func:`unlearn_host` ``search="host"``); the report still uses the task's.
     - ``step_evaluator``: the layer is chosen as always (every layer's search on the task's evaluator),
       then that one layer's step size is searched again, with the same target, on ``step_evaluator``
       (e.g. a host's judged generations, :func:`unlearn_host` ``search="generation"``); the patch takes
@@ -263,7 +269,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     layer met the target; no patch) or "incomplete" (a patch met the target but forget, retain or
     utility accuracy could not be measured: it is null in the report, explained in ``result.warnings``).
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     timings = {}
     settings = resolve_preset(preset, candidates, target, max_evals, rtol)
     candidates, target, max_evals, rtol = (settings[k] for k in ("candidates", "target", "max_evals", "rtol"))
@@ -302,11 +308,12 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     timings["layer_identification"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    task.search_evaluator.cache()
+    searcher = search_evaluator or task.search_evaluator
+    searcher.cache()
     searches = []
     for name in layers:
-        task.search_evaluator.prepare(towers[name], int(blocks[name]))  # model still unedited here
-        evaluate = lambda t=towers[name], b=int(blocks[name]): task.search_evaluator(edited_tower=t, block=b)  # noqa: E731
+        searcher.prepare(towers[name], int(blocks[name]))  # model still unedited here
+        evaluate = lambda t=towers[name], b=int(blocks[name]): searcher(edited_tower=t, block=b)  # noqa: E731
         searches.append(search_step_size(adapter.parameter(name), grads.forget[name], evaluate, target,
                                          max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress))
     timings["step_size_search"] = round(time.perf_counter() - t, 2)
@@ -328,6 +335,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             warns.append(f"{best.layer} met the target at step size {best.best_lambda:.4g} on the task's evaluator, "
                          f"but no step size of the second search met it: no patch")
         best = step_search if step_search.status == "ok" else None
+    # CPU seconds of the method (every thread of this process): unlike wall time, not inflated by other jobs
+    timings["unlearn_cpu"] = round(time.process_time() - cpu_start, 2)
     t = time.perf_counter()
     report = task.report_evaluator
     if best is not None:  # activations upstream of the edit serve both the before and the after pass
@@ -370,24 +379,70 @@ class _HostSearch(Evaluator):
         return dict(self.evaluate(edited_tower=edited_tower, block=block))
 
 
-def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, search: str = "clip",
-                 forget_text: str | None = None, data=None, classes: Sequence[str] | None = None, seed: int = 0,
-                 progress: bool = True, **kwargs) -> UnlearnResult:
+def resolve_host_recipe(host: Host, preset: str | None, given: dict) -> tuple[str | None, dict]:
+    """``(preset name, settings)`` of a run on ``host``: the host's recipe ``preset`` (default
+    ``host.default_preset``) with the explicitly ``given`` settings (``None`` = not given) applied over it.
+
+    A host without recipes (``host.presets`` empty) returns ``(None, given)``: ``preset`` then keeps its CLIP
+    meaning. A ``fixed`` recipe (the authors') refuses a given setting that contradicts it.
+    """
+    if not host.presets:
+        return None, given
+    name = preset or host.default_preset
+    if name not in host.presets:
+        raise ValueError(f"preset must be one of {sorted(host.presets)} for {host.name!r}, got {preset!r}")
+    recipe: HostRecipe = host.presets[name]
+    settings = recipe.settings()
+    clash = {k: v for k, v in given.items() if v is not None and k in settings and v != settings[k]}
+    if recipe.fixed and clash:
+        fixed = ", ".join(f"{k}={v.describe() if isinstance(v, Target) else v!r}" for k, v in settings.items())
+        shown = {k: v.describe() if isinstance(v, Target) else v for k, v in clash.items()}
+        raise ValueError(f"preset {name!r} on {host.name!r} fixes {fixed}; got {shown}: drop these arguments or "
+                         f"use another preset ({', '.join(sorted(set(host.presets) - {name}))})")
+    return name, settings | {k: v for k, v in given.items() if v is not None}
+
+
+def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, preset: str | None = None,
+                 search: str | None = None, forget_text: str | None = None, policy: str | None = None,
+                 tower: str | None = None, candidates: str | None = None, target: Target | None = None,
+                 max_evals: int | None = None, rtol: float | None = None, data=None,
+                 classes: Sequence[str] | None = None, seed: int = 0, progress: bool = True,
+                 **kwargs) -> UnlearnResult:
     """SLUG on a model that embeds a CLIP tower (Stable Diffusion, LLaVA).
 
     Runs :func:`unlearn` on the matching CLIP (``clip``, default ``load_clip(host.clip_name)``) with the
     candidates restricted to layers the host reads (its tower, blocks up to ``host.max_block``), then
-    measures the host before and after the tower-scoped patch. ``search="clip"`` searches lambda on the
-    CLIP's forget target (fast). ``"generation"`` chooses the layer the same way, then searches that
-    layer's lambda again on the host's own outputs (judged pictures, answers): the forget target then
-    holds where it matters, at the cost of a few host evaluations. ``forget_text`` (default
-    ``host.forget_text``): "captions" computes the forget gradient on the forget pictures' own captions,
-    "name" pairs every forget picture with the concept's bare name instead (the task's description says so).
+    measures the host before and after the tower-scoped patch. ``host.check_concept`` refuses a concept the
+    host cannot measure before any work.
+
+    - ``preset``: a host with recipes (``host.presets``, e.g. LLaVA: "reference" = the authors', "slugkit",
+      "clip-side") takes every setting below from the recipe (default ``host.default_preset``); explicit
+      arguments override it, except that the authors' recipe refuses contradicting ones. For a host without
+      recipes (SD), ``preset`` keeps its CLIP meaning (:data:`PRESETS`).
+    - ``search``: "clip" searches lambda on the CLIP's forget target (fast). "generation" chooses the layer
+      the same way, then searches that layer's lambda again on the host's own outputs (judged pictures,
+      answers). "host" chooses the layer from the layer table alone (``policy``, e.g. "deepest") and searches
+      its lambda on the host's outputs only (the authors' LLaVA code).
+    - ``forget_text`` (default ``host.forget_text``): "captions" computes the forget gradient on the forget
+      pictures' own captions, "name" pairs every forget picture with the concept's bare name instead.
+
     Other keyword arguments go to :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
     """
-    if search not in ("clip", "generation"):
-        raise ValueError(f"search must be 'clip' or 'generation', got {search!r}")
-    forget_text = host.forget_text if forget_text is None else forget_text
+    host.check_concept(concept)  # before loading anything: a concept the host cannot measure fails at once
+    given = dict(search=search, forget_text=forget_text, policy=policy, tower=tower, candidates=candidates,
+                 target=target, max_evals=max_evals, rtol=rtol)
+    recipe, settings = resolve_host_recipe(host, preset, given)
+    if recipe is not None:
+        kwargs["preset"] = "slugkit"  # the recipe sets everything a CLIP preset would
+    elif preset is not None:
+        kwargs["preset"] = preset
+    search = settings.pop("search") or "clip"
+    forget_text = settings.pop("forget_text") or host.forget_text
+    search_options = settings.pop("search_options", None) or {}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    settings.setdefault("tower", host.tower)  # only the host's tower has candidates ("deepest" needs it named)
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {', '.join(map(repr, SEARCHES))}, got {search!r}")
     if forget_text not in FORGET_TEXTS:
         raise ValueError(f"forget_text must be one of {', '.join(map(repr, FORGET_TEXTS))}, got {forget_text!r}")
     if clip is None:
@@ -401,16 +456,21 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
     task = kwargs.pop("task", None) or make_task(clip, concept, data, classes, seed)
     if forget_text == "name":
         task = task.with_forget_caption(task.concept)
-    if search == "generation":
-        kwargs["step_evaluator"] = _HostSearch(host.generation_evaluator(task.concept, clip))
-    result = unlearn(clip, concept, task=task, layers=allowed, seed=seed, progress=progress, **kwargs)
+    if search != "clip":
+        on_host = _HostSearch(host.generation_evaluator(task.concept, clip, **search_options))
+        kwargs["step_evaluator" if search == "generation" else "search_evaluator"] = on_host
+    result = unlearn(clip, concept, task=task, layers=allowed, seed=seed, progress=progress, **settings, **kwargs)
+    if recipe is not None:
+        result.preset = recipe
     if result.patch is not None and result.patch.scope != host.scope:
         raise ValueError(f"the patch of {result.layer!r} is scoped to {result.patch.scope!r}, not to the "
                          f"{host.scope!r} tower {host.name!r} embeds")
     t = time.perf_counter()  # the host's side: its metrics before/after the patch, the bytes the patch edits
     if result.patch is not None:
         result.host_metrics = host.report_metrics(result.concept, result.patch, progress=progress)
+        result.host_metrics["patch_footprint"] = host.patch_footprint(result.patch)
     result.timings["host_report"] = round(time.perf_counter() - t, 2)
     result.host, result.edited_model_bytes = host.name, host.edited_model_bytes()
+    result.search = search
     result.peak_rss_mb = peak_rss_mb()
     return result
