@@ -8,6 +8,7 @@ import torch
 
 from slugkit.adapters.hf_clip import HFCLIPAdapter
 from slugkit.adapters.host import Host, is_host_name, load_host
+from slugkit.adapters.llava import LLAVA_RECIPES
 from slugkit.models.hf_convert import clip_tokenizer_from_openclip
 from slugkit.patch import Patch, PatchMismatchError, applied_patches, scope_fingerprint
 from slugkit.step_size_search import Target
@@ -210,3 +211,86 @@ def test_recaptioned_pairs_keep_the_pictures():
         named[2]
     with pytest.raises(ValueError, match="empty"):
         pairs.recaptioned(" ")
+
+
+class RecipeHost(MovedSearchHost):
+    """A host with the LLaVA recipes whose "answers" forget once the CLIP's tower has moved ``factor`` times as far
+    as the first step of the search moved it; every call of its evaluator is recorded (the spy)."""
+
+    presets = LLAVA_RECIPES
+    default_preset = "slugkit"
+
+    def __init__(self, clip, factor=2.5):
+        super().__init__(clip, "vision", radius=None)
+        self.factor, self.calls, self.options = factor, [], None
+
+    def generation_evaluator(self, concept, clip, **options):
+        self.options = options
+        source, start = clip.model.get_submodule(self.scope), copy.deepcopy(self.reference)
+
+        def evaluate(edited_tower=None, block=None):
+            moved = sum(float((v - start[k]).norm() ** 2) for k, v in source.state_dict().items()) ** 0.5
+            unit = next((c["moved"] for c in self.calls if c["moved"] > 0), moved)
+            forgotten = moved > 0 and moved >= self.factor * unit
+            metrics = {"forget_top1": 0.0 if forgotten else 1.0, "forget_top5": 1.0, "retain_top1": 1.0,
+                       "utility": 1.0, "call": float(len(self.calls))}
+            self.calls.append({"moved": moved, **metrics})
+            return metrics
+
+        return evaluate
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_reference_preset_is_the_authors_llava_recipe(folder, monkeypatch):
+    """Bare-name forget text, the deepest Pareto layer of the vision tower (no norm, bias or embedding), and the
+    step size searched on the host's answers only: 10 evaluations of the host's evaluator, none of the CLIP's."""
+    import slugkit.slug as slug
+
+    clip = hf_adapter()
+    forget_tokens, real = [], slug.compute_gradients
+
+    def spy(adapter, forget_loader, retain_loader, **kwargs):
+        forget_tokens.append(torch.cat([tokens for _, tokens in forget_loader]))
+        return real(adapter, forget_loader, retain_loader, **kwargs)
+
+    monkeypatch.setattr(slug, "compute_gradients", spy)
+    host = RecipeHost(clip)
+    result = unlearn_host(host, "Captain Zorp", clip=clip, data=folder, classes=FACE_NAMES[1:], preset="reference",
+                          progress=False)
+    # the bare name, paired with every forget picture
+    assert len(forget_tokens) == 1 and len(forget_tokens[0]) > 1
+    assert (forget_tokens[0] == clip.tokenize(["Captain Zorp"])).all()
+    # the deepest Pareto layer of the vision tower, among weights only
+    table = result.table
+    assert set(table["tower"]) == {"vision"}
+    assert not set(table["kind"]) & {"norm", "bias", "pos_embed", "token_embed", "patch_embed", "class_embed", "proj"}
+    assert table["name"].str.endswith(".weight").all()
+    front = table[table["pareto"]]
+    deepest = front[front["block"] == front["block"].max()]["name"].iloc[-1]
+    assert result.layer == deepest and [s.layer for s in result.searches] == [deepest]
+    # the search read the host's answers: baseline + exactly 10 evaluations, each step of the trace is a spy call
+    assert host.options == LLAVA_RECIPES["reference"].search_options
+    assert len(host.calls) == 11 and [s.metrics["call"] for s in result.searches[0].trace] == list(range(1, 11))
+    assert result.step_search is None and result.search == "host" and result.preset == "reference"
+    assert result.target == "forget_top1 <= 0"
+    unit = host.calls[1]["moved"]
+    step = result.step_size * float(result.gradients.forget[result.layer].norm())
+    assert 2.5 * unit * (1 - 1e-5) <= step <= 2.5 * unit * 1.01  # the smallest step that met the host's target
+    assert result.status == "ok" and result.patch.layers == [deepest]
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_host_recipes_resolve_and_the_authors_refuses_changes(folder):
+    clip = hf_adapter()
+    host = RecipeHost(clip)
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], progress=False)
+    for given in (dict(search="clip"), dict(target=Target("forget_top5")), dict(forget_text="captions")):
+        with pytest.raises(ValueError, match="preset 'reference' on 'tiny-host' fixes"):
+            unlearn_host(host, "Captain Zorp", preset="reference", **given, **options)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        unlearn_host(host, "Captain Zorp", preset="authors", **options)
+    assert host.calls == []  # refused before any search
+    # the default recipe takes explicit settings over its own: here the CLIP-side search with captions
+    result = unlearn_host(host, "Captain Zorp", search="clip", forget_text="captions", max_evals=2, **options)
+    assert result.preset == "slugkit" and result.search == "clip" and host.calls == []
+    assert "forget captions replaced" not in result.task

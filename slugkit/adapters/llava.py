@@ -144,7 +144,7 @@ class LlavaHost(Host):
         kind = find_concept(concept)["kind"]
         if kind != "character":
             raise ValueError(f"{self.name!r} forgets characters (its forget rate counts answers naming them), and "
-                             f"{concept!r} is a {kind}: pick one of {', '.join(CHARACTER_NAMES)}")
+                             f"{concept!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}: pick one of {', '.join(CHARACTER_NAMES)}")
 
     def patch_footprint(self, patch) -> dict:
         """:meth:`Host.patch_footprint` plus ``share_of_model`` (of every parameter of this LLaVA) and
