@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -58,6 +58,7 @@ class BenchConfig:
     target: str = "forget_top5"
     slug_policy: str = "pareto"
     slug_max_evals: int = 10
+    slug_retain: str = "shared"  # SLUG's retain set (slugkit.slug.RETAIN_SETS); the baselines fine-tune on task.retain
     max_steps: int = 20
     eval_every: int = 5
     mia_pictures: int = 100
@@ -75,7 +76,7 @@ class _SkipReport(Evaluator):
 
 def without_report(task: Task) -> Task:
     """``task`` with SLUG's built-in report skipped (the bench evaluates afterwards, outside the timing)."""
-    return Task(task.concept, task.forget, task.retain, task.search_evaluator, _SkipReport(), task.description)
+    return replace(task, report_evaluator=_SkipReport())
 
 
 def toy_multi_task(adapter, concepts: Sequence[str], seed: int = 0, n_val: int = 500, n_test: int = 2000) -> Task:
@@ -102,7 +103,8 @@ def toy_multi_task(adapter, concepts: Sequence[str], seed: int = 0, n_val: int =
     forget, retain = parent.subset(forget_idx), parent.subset(retain_idx)
     return Task(names, forget, retain, ConceptSetEvaluator(adapter, val, names), ConceptSetEvaluator(adapter, test, names),
                 description=f"MiniCanvas seed {seed}: {len(forget)} forget / {len(retain)} retain pairs for "
-                            f"{concept_label(names)}, search on {len(val)} val images, report on {n_test} test images")
+                            f"{concept_label(names)}, search on {len(val)} val images, report on {n_test} test images",
+                shared_retain=tasks[0].shared_retain)
 
 
 def _index(name: str) -> int:
@@ -147,7 +149,8 @@ def _slug(adapter, task: Task, target: Target, cfg: BenchConfig, seed: int):
     with CostMeter(adapter) as meter:
         result = unlearn(adapter, concept_label(task.concept) if not isinstance(task.concept, str) else task.concept,
                          task=without_report(task), policy=cfg.slug_policy, target=target,
-                         max_evals=cfg.slug_max_evals, seed=seed, store=None, progress=False)
+                         max_evals=cfg.slug_max_evals, seed=seed, store=None, retain=cfg.slug_retain,
+                         progress=False)
     return result, meter.cost
 
 

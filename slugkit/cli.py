@@ -129,7 +129,7 @@ def cmd_unlearn(args) -> int:
     options = dict(data=data, classes=args.classes, policy=args.policy, include=args.include,
                    exclude=args.exclude, tower=args.tower, preset=args.preset, candidates=args.candidates,
                    target=target, max_evals=args.max_evals,
-                   seed=args.seed, batch_size=args.batch_size,
+                   seed=args.seed, batch_size=args.batch_size, retain=args.retain,
                    store=None if args.no_cache else _cache_dir() / "gradients")
     if is_host_name(args.model):
         result = unlearn_host(load_host(args.model), args.forget, search=args.search, forget_text=args.forget_text,
@@ -334,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--batch-size", type=_int_in(BATCH_SIZE_MIN, BATCH_SIZE_MAX, " (the contrastive retain loss "
                    "needs 2 pairs per batch)"), default=64, metavar="N", help=f"pairs per gradient batch, {BATCH_SIZE_MIN}.."
                    f"{BATCH_SIZE_MAX} (default 64; lower it if memory runs out)")
+    u.add_argument("--retain", choices=["shared", "per-concept"], default="shared",
+                   help="retain set of the retain gradient: 'shared' (default) = one fixed seeded set per model, its "
+                        "gradient computed once and reused for every concept; 'per-concept' = pairs that do not name "
+                        "the concept, recomputed every run")
     u.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
     u.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
     u.add_argument("--search", choices=["clip", "generation", "host"],

@@ -73,7 +73,7 @@ def _update(h, obj) -> None:
         raise TypeError(f"data_fingerprint cannot hash a batch item of type {type(obj).__name__}")
 
 
-def data_fingerprint(loader: Iterable) -> str:
+def data_fingerprint(loader: Iterable, progress: bool = True) -> str:
     """Hex sha256 over every tensor (with dtype, shape and batch structure) a loader yields.
 
     Iterates the loader once, without any model forward. The loader must be deterministic
@@ -81,7 +81,7 @@ def data_fingerprint(loader: Iterable) -> str:
     """
     h = hashlib.sha256(b"slugkit.data_fingerprint.v1\n")
     n = 0
-    for batch in tqdm(loader, desc="fingerprint data", leave=False):
+    for batch in tqdm(loader, desc="fingerprint data", leave=False, disable=not progress):
         h.update(_header("B", n))
         _update(h, batch)
         n += 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from .gradients import GradientStore, Gradients, compute_gradients
 from .layer_identification import candidate_infos, layer_table, select_layers
 from .models.loading import TOY_MODELS
 from .patch import Patch, scope_fingerprint
+from .profile import peak_rss_mb
 from .rundir import atomic_run_dir
 from .step_size_search import SearchResult, Target, search_step_size
 from .tasks import Evaluator, Task, data_task, toy_task
@@ -36,11 +36,10 @@ PRESETS = {
     "slugkit": {"candidates": "default", "forget_metric": "forget_top5", "max_evals": 10, "rtol": 0.05},
     "reference": {"candidates": "reference", "forget_metric": "forget_top5", "max_evals": 10, "rtol": 0.0},
 }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# The retain set of the retain gradient: "shared" (default) is one fixed, seeded set per model and data source,
+# the same for every concept, so its gradient is computed once and reused (the authors' train_grads.pt);
+# "per-concept" draws it from the pairs that do not name the concept, recomputed for every concept.
+RETAIN_SETS = ("shared", "per-concept")
 
 
 def model_bytes(model) -> int:
@@ -73,6 +72,7 @@ class UnlearnResult:
     preset: str = "slugkit"
     candidates: str = "default"
     target: str = ""
+    retain_set: str = "shared"  # "shared", "per-concept", or "task" (a task built without a shared set)
 
     step_search: SearchResult | None = None  # the chosen layer's step size searched again (``step_evaluator``)
     host: str | None = None  # set by :func:`unlearn_host`: the model that embeds the edited tower
@@ -110,7 +110,7 @@ class UnlearnResult:
             # the authors' code returns the last lambda its search tried; slugkit the best one that met the target
             "last_lambda": self.chosen_search.last_lambda if self.chosen_search else None,
             "last_met": self.chosen_search.last_met if self.chosen_search else None,
-            "retain_pairs": self.gradients.meta.get("retain_pairs"),
+            "retain_set": self.retain_set, "retain_pairs": self.gradients.meta.get("retain_pairs"),
             "retain_batches": self.gradients.meta.get("retain_batches"),
             "forget_acc_before": b.get("forget_top1"), "forget_acc_after": a.get("forget_top1"),
             "forget_top5_before": b.get("forget_top5"), "forget_top5_after": a.get("forget_top5"),
@@ -238,8 +238,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             tower: str | None = None, preset: str = "slugkit", candidates: str | None = None,
             target: Target | None = None, max_evals: int | None = None, rtol: float | None = None,
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
-            search_evaluator: Evaluator | None = None, step_evaluator: Evaluator | None = None,
-            progress: bool = True) -> UnlearnResult:
+            retain: str = "shared", search_evaluator: Evaluator | None = None,
+            step_evaluator: Evaluator | None = None, progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
@@ -255,7 +255,11 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
       bracketed within ``rtol`` (relative, default 0.05: slugkit's shortcut; 0 = never stop early).
     - ``preset="reference"`` reproduces the authors' choices (reference candidates, top-5 rule, exactly
       10 evaluations, ``rtol=0``); the report then also shows their returned lambda (the last one tried).
-    - Retain gradients use equal contrastive batches of ``batch_size`` pairs (the remainder is dropped).
+    - ``retain``: "shared" (default) computes the retain gradient on the task's concept-independent retain
+      set (``task.shared_retain``), over every default candidate layer, once per model: it is kept in memory
+      for this process and in ``store``, and reused by every later concept; "per-concept" uses the task's
+      retain pairs without the concept (recomputed per concept). Retain gradients use equal contrastive
+      batches of ``batch_size`` pairs (the remainder is dropped).
     - ``search_evaluator``: search every chosen layer's step size on it instead of the task's evaluator
       (e.g. a host's answers, :func:`unlearn_host` ``search="host"``); the report still uses the task's.
     - ``step_evaluator``: the layer is chosen as always (every layer's search on the task's evaluator),
@@ -277,8 +281,12 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     check_fraction("rtol", rtol)
     check_fraction("target threshold", target.threshold)
     check_finite_weights(adapter.model, adapter.name)  # before any data or gradient work
+    if retain not in RETAIN_SETS:
+        raise ValueError(f"retain must be one of {', '.join(map(repr, RETAIN_SETS))}, got {retain!r}")
     task = task or make_task(adapter, concept, data, classes, seed)
-    check_retain_set(len(task.retain), task.concept)
+    retain_set = "task" if retain == "shared" and task.shared_retain is None else retain
+    retain_pairs = task.shared_retain if retain_set == "shared" else task.retain
+    check_retain_set(len(retain_pairs), task.concept)
     names = getattr(task.search_evaluator, "classes", None)  # the names a user-data evaluator chooses among
     if target.forget_metric == "forget_top5" and names is not None and len(names) <= 5:
         raise ValueError(f"the stop rule forget_top5 <= 0 needs at least 6 names to choose among (the concept and "
@@ -295,9 +303,12 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
 
     t = time.perf_counter()
     forget_loader = pair_loader(task.forget, adapter, batch_size=batch_size)
-    retain_loader = pair_loader(task.retain, adapter, batch_size=batch_size, equal_batches=True)
-    grads = compute_gradients(adapter, forget_loader, retain_loader, layers=[i.name for i in infos], store=store,
-                              progress=progress)
+    retain_loader = pair_loader(retain_pairs, adapter, batch_size=batch_size, equal_batches=True)
+    layer_names = [i.name for i in infos]
+    # the retain gradient covers every default candidate too, so one cached g_r serves any subset (a host's tower)
+    retain_layers = sorted(set(layer_names) | {i.name for i in adapter.candidate_layers()})
+    grads = compute_gradients(adapter, forget_loader, retain_loader, layers=layer_names, store=store,
+                              progress=progress, retain_layers=retain_layers, reuse_retain=retain_set == "shared")
     timings["gradients"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
@@ -365,7 +376,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         step_size=best.best_lambda if best else None, status=status,
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
-        preset=preset, candidates=candidates, target=target.describe(), step_search=step_search)
+        preset=preset, candidates=candidates, target=target.describe(), retain_set=retain_set,
+        step_search=step_search)
 
 
 class _HostSearch(Evaluator):
