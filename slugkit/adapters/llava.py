@@ -115,11 +115,12 @@ class LlavaHost(Host):
         return uint8_to_pixels(images, self._size, self._mean, self._std)
 
     @torch.no_grad()
-    def ask(self, images, question: str, max_new_tokens: int = 10) -> list[str]:
-        """Greedy answers to ``question`` about each picture (uint8 ``(N, H, W, 3)`` or PIL images)."""
+    def ask(self, images, question: str, max_new_tokens: int = 10, tower=None) -> list[str]:
+        """Greedy answers to ``question`` about each picture (uint8 ``(N, H, W, 3)`` or PIL images); ``tower``:
+        read the image features from this module (laid out like the vision tower) instead of LLaVA's own."""
         from ..models.toy_llava import greedy_answers, image_embeddings
 
-        embeds = image_embeddings(self.model, self.preprocess(images))
+        embeds = image_embeddings(self.model, self.preprocess(images), tower=tower)
         return greedy_answers(self.model, self.tokenizer, embeds, question, max_new_tokens=max_new_tokens)
 
     @torch.no_grad()
@@ -143,8 +144,9 @@ class LlavaHost(Host):
 
         kind = find_concept(concept)["kind"]
         if kind != "character":
+            article = "an" if kind[0] in "aeiou" else "a"
             raise ValueError(f"{self.name!r} forgets characters (its forget rate counts answers naming them), and "
-                             f"{concept!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}: pick one of {', '.join(CHARACTER_NAMES)}")
+                             f"{concept!r} is {article} {kind}: pick one of {', '.join(CHARACTER_NAMES)}")
 
     def patch_footprint(self, patch) -> dict:
         """:meth:`Host.patch_footprint` plus ``share_of_model`` (of every parameter of this LLaVA) and
@@ -154,6 +156,7 @@ class LlavaHost(Host):
         out["share_of_model"] = out["params"] / sum(p.numel() for p in self.model.parameters())
         out["llava_1_5_7b"] = reference_footprint([n[len(self.scope) + 1:] for n in patch.deltas])
         return out
+
     def _eval_world(self):
         if self.world is None:
             raise ValueError(f"{self.name!r} has no built-in evaluation set: `evaluate` measures the toy world "
@@ -213,19 +216,32 @@ class LlavaHost(Host):
         ``forget_top1``: share of (forget picture, question) answers that contain the name; ``forget_top5``:
         share where the name's first token is among the 5 likeliest first answer tokens; ``retain_top1``: the
         name rate on the other characters; ``utility``: exact VQA answers.
+
+        A real LLaVA (no toy world) is asked ``self.question`` about its ``pairs`` instead (the first ``n_forget``
+        pictures of the concept, ``n_other`` of the ``classes``; the same pictures its report uses):
+        ``forget_top1`` and ``retain_top1`` only, the others NaN.
         """
         from ..data.minicanvas import cached_split
-        from ..eval.vlm import name_questions, search_metrics
+        from ..eval.vlm import name_questions, real_vlm_metrics, search_metrics
         from ..models.toy_llava import phrasings
 
+        tower = clip.model.get_submodule(self.scope)
         if self.world is None:
-            raise ValueError(f"{self.name!r}: the answer-based search needs the toy world ('toy-llava')")
+            if self.pairs is None:
+                raise ValueError(f"{self.name!r} needs image-caption pairs to search on its answers: load it with "
+                                 "data=<image folder, CSV or webdataset shards> and classes=[other names]")
+
+            def on_pairs(edited_tower=None, block=None) -> dict:
+                m = real_vlm_metrics(self, concept, tower=tower, n_forget=n_forget, n_other=n_other)
+                return {"forget_top1": m["vlm_forget_rate"], "forget_top5": float("nan"),
+                        "retain_top1": m.get("vlm_retain_acc", float("nan")), "utility": float("nan")}
+
+            return on_pairs
         asked = {"paper": phrasings("identity", "test")[:1], "held-out": phrasings("identity", "test"),
                  "all": name_questions()}
         if questions not in asked:
             raise ValueError(f"questions must be one of {', '.join(map(repr, asked))}, got {questions!r}")
         world = cached_split(n=pool, seed=0, split="val")
-        tower = clip.model.get_submodule(self.scope)
 
         def evaluate(edited_tower=None, block=None) -> dict:
             return search_metrics(self.model, self.tokenizer, self.preprocess, world, concept, tower=tower,

@@ -218,24 +218,26 @@ def search_metrics(model, tokenizer, preprocess: Callable, world: MiniCanvas, fo
             "retain_top1": name_rate(r), "utility": float(np.mean(vqa))}
 
 
-def real_vlm_metrics(host, forget: str, n_examples: int = 4, progress: bool = False) -> dict:
+def real_vlm_metrics(host, forget: str, n_examples: int = 4, progress: bool = False, tower=None,
+                     n_forget: int | None = None, n_other: int | None = None) -> dict:
     """Forget / retain name rates of a real LLaVA host on its image-caption pairs (``host.pairs``).
 
-    Forget pictures: captions that mention ``forget``; retain pictures: captions that mention one of
-    ``host.classes`` (and not ``forget``); each is asked ``host.question``. No VQA ground truth exists here.
+    Forget pictures: captions that mention ``forget`` (the first ``n_forget``); retain pictures: captions that
+    mention one of ``host.classes`` (and not ``forget``; the first ``n_other``); each is asked ``host.question``,
+    reading the image features from ``tower`` when given. No VQA ground truth exists here.
     """
     from ..data.pairs import mentions
 
     captions = host.pairs.captions()
-    forget_idx = [i for i, c in enumerate(captions) if mentions(c, forget)]
+    forget_idx = [i for i, c in enumerate(captions) if mentions(c, forget)][:n_forget]
     if not forget_idx:
         raise ValueError(f"no caption in {getattr(host.pairs, 'origin', 'the data')} mentions {forget!r}")
     retain = [(i, n) for i, c in enumerate(captions) for n in host.classes
-              if n.lower() != forget.lower() and mentions(c, n) and not mentions(c, forget)]
+              if n.lower() != forget.lower() and mentions(c, n) and not mentions(c, forget)][:n_other]
 
     def answers(indices):
         images = [host.pairs[i][0] for i in indices]
-        return host.ask(images, host.question) if images else []
+        return host.ask(images, host.question, tower=tower) if images else []
 
     fa = answers(forget_idx)
     ra = answers([i for i, _ in retain])
