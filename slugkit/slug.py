@@ -243,8 +243,9 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
-    Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text) or a
-    parameter name. ``layers`` limits the candidates to these parameter names (default: all).
+    Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text),
+    "deepest-first" (the Pareto layers of ``tower`` deepest first, stopping at the first whose search meets
+    the target) or a parameter name. ``layers`` limits the candidates to these parameter names (default: all).
 
     - ``candidates``: "default" (2-D attention and MLP weights of every block) or "reference" (the
       authors' open_clip set: every parameter except biases, ``logit_scale``, positional and token
@@ -327,6 +328,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         evaluate = lambda t=towers[name], b=int(blocks[name]): searcher(edited_tower=t, block=b)  # noqa: E731
         searches.append(search_step_size(adapter.parameter(name), grads.forget[name], evaluate, target,
                                          max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress))
+        if policy == "deepest-first" and searches[-1].status == "ok":
+            break  # the deepest Pareto layer whose step size met the target
     timings["step_size_search"] = round(time.perf_counter() - t, 2)
 
     met = [s for s in searches if s.status == "ok"]

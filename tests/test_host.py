@@ -294,3 +294,43 @@ def test_host_recipes_resolve_and_the_authors_refuses_changes(folder):
     result = unlearn_host(host, "Captain Zorp", search="clip", forget_text="captions", max_evals=2, **options)
     assert result.preset == "slugkit" and result.search == "clip" and host.calls == []
     assert "forget captions replaced" not in result.task
+
+
+class CostlyDeepestHost(RecipeHost):
+    """Like :class:`RecipeHost`, but an edit of ``costly`` (a layer name) loses half of the other names."""
+
+    def __init__(self, clip, costly):
+        super().__init__(clip)
+        self.costly = clip.model.get_parameter(costly)
+        self.costly_start = self.costly.detach().clone()
+
+    def generation_evaluator(self, concept, clip, **options):
+        evaluate = super().generation_evaluator(concept, clip, **options)
+
+        def costly(edited_tower=None, block=None):
+            metrics = evaluate()
+            if not torch.equal(self.costly, self.costly_start):
+                metrics["retain_top1"] = 0.5
+            return metrics
+
+        return costly
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_default_llava_recipe_walks_down_the_front_until_the_other_names_survive(folder):
+    """slugkit's departure: the deepest Pareto layer whose step keeps the other names within 10 points (the forget
+    target unchanged); where the deepest one does, it is the authors' layer."""
+    from slugkit.layer_identification import select_layers
+
+    clip = hf_adapter()
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], progress=False)
+    kept = unlearn_host(RecipeHost(clip), "Captain Zorp", **options)
+    order = select_layers(kept.table, "deepest-first", "vision")
+    assert order[0] == select_layers(kept.table, "deepest", "vision")[0] and len(order) >= 2
+    assert [s.layer for s in kept.searches] == order[:1] and kept.layer == order[0]
+    assert kept.target == "forget_top1 <= 0 and retain_top1 >= baseline - 0.1"
+    walked = unlearn_host(CostlyDeepestHost(clip, order[0]), "Captain Zorp", **options)
+    assert [s.layer for s in walked.searches] == order[:2]
+    assert walked.searches[0].status == "target-not-reached"  # forgot, but lost the other names
+    assert any(s.reached and not s.met for s in walked.searches[0].trace)
+    assert walked.layer == order[1] and walked.status == "ok"

@@ -257,9 +257,9 @@ def test_real_path_end_to_end_on_tiny_llava(tiny_real, tmp_path):
     assert result.searches and all(f".layers.0." in s.layer and s.layer.startswith("vision_model.")
                                    for s in result.searches)
     # the default recipe searched on the LLaVA's answers about the data's pictures (no VQA there: utility NaN)
-    assert result.preset == "slugkit" and result.search == "host" and len(result.searches) == 1
+    assert result.preset == "slugkit" and result.search == "host" and result.searches
     assert all(np.isnan(s.metrics["utility"]) and 0 <= s.metrics["forget_top1"] <= 1
-               for s in result.searches[0].trace)
+               for search in result.searches for s in search.trace)
     report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
     assert report["host"] == host.name and report["edited_model_bytes"] == host.edited_model_bytes()
     if result.patch is not None:
