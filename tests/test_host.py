@@ -317,18 +317,21 @@ class CostlyDeepestHost(RecipeHost):
 
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
-def test_default_llava_recipe_walks_down_the_front_until_the_other_names_survive(folder):
-    """slugkit's departure: the deepest Pareto layer whose step keeps the other names within 10 points (the forget
-    target unchanged); where the deepest one does, it is the authors' layer."""
+def test_deepest_first_walks_down_the_front_until_the_other_names_survive(folder):
+    """The option measured in issue 20: the deepest Pareto layer whose step keeps the other names within 10 points
+    (policy "deepest-first" with a retain guard; the forget target unchanged); where the deepest one does, it is
+    the authors' layer."""
     from slugkit.layer_identification import select_layers
 
     clip = hf_adapter()
-    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], progress=False)
+    guarded = Target("forget_top1", guard_metric="retain_top1", guard_tolerance=0.10)
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], policy="deepest-first", target=guarded,
+                   progress=False)
     kept = unlearn_host(RecipeHost(clip), "Captain Zorp", **options)
     order = select_layers(kept.table, "deepest-first", "vision")
     assert order[0] == select_layers(kept.table, "deepest", "vision")[0] and len(order) >= 2
     assert [s.layer for s in kept.searches] == order[:1] and kept.layer == order[0]
-    assert kept.target == "forget_top1 <= 0 and retain_top1 >= baseline - 0.1"
+    assert kept.target == "forget_top1 <= 0 and retain_top1 >= baseline - 0.1" and kept.search == "host"
     walked = unlearn_host(CostlyDeepestHost(clip, order[0]), "Captain Zorp", **options)
     assert [s.layer for s in walked.searches] == order[:2]
     assert walked.searches[0].status == "target-not-reached"  # forgot, but lost the other names
