@@ -7,7 +7,8 @@ For each recipe (``unlearn_host(preset=...)``: "reference" = the authors' LLaVA 
 ``--cache``), the layer, the step size, then LLaVA's answers before/after the patch on held-out pictures. Writes
 ``runs/bench_llava/<preset>/<name>/report.json`` and ``runs/bench_llava/<preset>/summary.json`` and prints one
 row per character with the criteria of issue #20: forget rate <= 5% after (from >= 90%), retain drop <= 10
-points, VQA drop <= 5 points, unlearn_seconds <= 60, exactly one vision-tower weight tensor edited.
+points, VQA drop <= 5 points, unlearn_seconds <= 60 (wall: on a busy machine read ``unlearn_cpu_seconds``, the
+method's CPU seconds, instead), exactly one vision-tower weight tensor edited.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from slugkit.slug import unlearn_host
 
 KEYS = ("vlm_forget_rate_before", "vlm_forget_rate_after", "vlm_retain_acc_before", "vlm_retain_acc_after",
         "vlm_vqa_acc_before", "vlm_vqa_acc_after", "vlm_name_prob_before", "vlm_name_prob_after", "step_size",
-        "unlearn_seconds", "report_seconds", "patch_bytes", "edited_model_bytes", "patch_footprint")
+        "unlearn_seconds", "unlearn_cpu_seconds", "report_seconds", "patch_bytes", "edited_model_bytes", "patch_footprint")
 
 
 def criteria(r: dict) -> dict:
@@ -71,7 +72,7 @@ def main() -> None:
                 print(f"{preset:10s} {name:15s} {r['layer']:45s} forget {100 * r['vlm_forget_rate_before']:5.1f} -> "
                       f"{100 * r['vlm_forget_rate_after']:5.1f}%  retain {100 * r['vlm_retain_acc_before']:5.1f} -> "
                       f"{100 * r['vlm_retain_acc_after']:5.1f}%  vqa {100 * r['vlm_vqa_acc_before']:5.1f} -> "
-                      f"{100 * r['vlm_vqa_acc_after']:5.1f}%  {r['unlearn_seconds']:5.1f} s  tensor "
+                      f"{100 * r['vlm_vqa_acc_after']:5.1f}%  {r['unlearn_seconds']:5.1f} s ({r['unlearn_cpu_seconds']:.0f} CPU s)  tensor "
                       f"{100 * share:.2f}% of the tower  "
                       f"{'ALL MET' if all(ok.values()) else [k for k, v in ok.items() if not v]}", flush=True)
         Path(args.out, preset).mkdir(parents=True, exist_ok=True)
