@@ -25,7 +25,8 @@ from slugkit.slug import unlearn_host
 
 KEYS = ("vlm_forget_rate_before", "vlm_forget_rate_after", "vlm_retain_acc_before", "vlm_retain_acc_after",
         "vlm_vqa_acc_before", "vlm_vqa_acc_after", "vlm_name_prob_before", "vlm_name_prob_after", "step_size",
-        "unlearn_seconds", "unlearn_cpu_seconds", "report_seconds", "patch_bytes", "edited_model_bytes", "patch_footprint")
+        "unlearn_seconds", "unlearn_cpu_seconds", "report_seconds", "patch_bytes", "edited_model_bytes",
+        "patch_footprint")
 
 
 def criteria(r: dict) -> dict:
@@ -72,7 +73,8 @@ def main() -> None:
                 print(f"{preset:10s} {name:15s} {r['layer']:45s} forget {100 * r['vlm_forget_rate_before']:5.1f} -> "
                       f"{100 * r['vlm_forget_rate_after']:5.1f}%  retain {100 * r['vlm_retain_acc_before']:5.1f} -> "
                       f"{100 * r['vlm_retain_acc_after']:5.1f}%  vqa {100 * r['vlm_vqa_acc_before']:5.1f} -> "
-                      f"{100 * r['vlm_vqa_acc_after']:5.1f}%  {r['unlearn_seconds']:5.1f} s ({r['unlearn_cpu_seconds']:.0f} CPU s)  tensor "
+                      f"{100 * r['vlm_vqa_acc_after']:5.1f}%  {r['unlearn_seconds']:5.1f} s "
+                      f"({r['unlearn_cpu_seconds']:.0f} CPU s)  tensor "
                       f"{100 * share:.2f}% of the tower  "
                       f"{'ALL MET' if all(ok.values()) else [k for k, v in ok.items() if not v]}", flush=True)
         Path(args.out, preset).mkdir(parents=True, exist_ok=True)
