@@ -177,6 +177,10 @@ def _unlearn(args, data, writer: bool, device, prof=None) -> int:
         for flag, value in (("--search", args.search), ("--forget-text", args.forget_text)):
             if value is not None:
                 raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
+        if args.preset == "clip-side":
+            raise ValueError("--preset clip-side is a recipe of the LLaVA hosts (toy-llava, llava:...); a CLIP takes "
+                             "'slugkit' or 'reference'")
+        options = {k: v for k, v in options.items() if v is not None}  # unlearn's own defaults
         with stage("load"):
             adapter = load_clip(args.model, device=device, cache_dir=args.cache_dir)
         result = unlearn(adapter, args.forget, **options)
@@ -400,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "image,caption, a webdataset .tar shard or a brace pattern like 'shards/{000..009}.tar'")
     u.add_argument("--classes", nargs="+", metavar="NAME", help="with --data: other names the model must still tell apart "
                    "(retain accuracy is measured on pictures whose caption names exactly one of them)")
-    u.add_argument("--policy", default="pareto", help="'pareto' (default: try every Pareto-front layer, keep the "
-                   "best), 'deepest' (the deepest Pareto layer of --tower, text by default), or one parameter name")
+    u.add_argument("--policy", help="'pareto' (default on a CLIP: try every Pareto-front layer, keep the best), "
+                   "'deepest' (the deepest Pareto layer of --tower, text by default), or one parameter name; "
+                   "LLaVA hosts take it from --preset")
     u.add_argument("--tower", choices=["vision", "text"], help="only consider layers of this tower")
     u.add_argument("--include", nargs="+", metavar="KIND", help="only these candidate kinds (attn_qkv, mlp_fc, ...) or name regexes")
     u.add_argument("--exclude", nargs="+", metavar="KIND", help="drop these candidate kinds or name regexes")
@@ -410,9 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--candidates", choices=["default", "reference"],
                    help="candidate layers: 'default' = 2-D attention/MLP weights of every block; 'reference' = the "
                         "authors' set (every parameter but biases, logit_scale, positional/token embeddings)")
-    u.add_argument("--preset", choices=["slugkit", "reference"], default="slugkit",
-                   help="'reference' = the authors' choices: reference candidates, top5 rule, exactly 10 "
-                        "evaluations, no early stop; the report adds their returned (last) lambda")
+    u.add_argument("--preset", choices=["slugkit", "reference", "clip-side"],
+                   help="'slugkit' (default) or 'reference' = the authors' choices. On a CLIP (and SD): reference "
+                        "candidates, top5 rule, exactly 10 evaluations, no early stop; the report adds their "
+                        "returned (last) lambda. On LLaVA hosts: the authors' LLaVA recipe (bare-name forget text, "
+                        "deepest Pareto vision layer, step size searched on LLaVA's answers); 'clip-side' = the "
+                        "older recipe searched on the CLIP (README, SLUG on LLaVA)")
     u.add_argument("--max-evals", type=_int_in(MAX_EVALS_MIN, MAX_EVALS_MAX), metavar="N",
                    help=f"step sizes tried per layer, {MAX_EVALS_MIN}..{MAX_EVALS_MAX} (default 10; each is one "
                    "evaluation; the bracket halves each time)")
@@ -434,11 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--nproc", type=_int_in(1, 1024), default=1, metavar="N",
                    help="run data parallel in N processes on this machine (starts torchrun: gloo on CPU, one GPU "
                         "per process with NCCL); the same as `torchrun --nproc-per-node N -m slugkit unlearn ...`")
-    u.add_argument("--search", choices=["clip", "generation", "refine"], default=None,
-                   help="hosts only: the layer is always chosen on the matching CLIP; its lambda is the CLIP's "
-                        "(clip, the default for LLaVA), searched again on the host's own outputs (generation, "
-                        "the default for SD: judged pictures for SD, answers for LLaVA) or the CLIP's lambda refined "
-                        "there in a few evaluations (refine)")
+    u.add_argument("--search", choices=["clip", "generation", "refine", "host"], default=None,
+                   help="hosts only: search lambda on the matching CLIP's forget metric ('clip'), choose the layer "
+                        "that way and search its lambda again on the host's own outputs (judged pictures for SD, "
+                        "answers for LLaVA: 'generation', SD's default), the same started at the CLIP's lambda and "
+                        "stopped after a few evaluations ('refine'), or pick the layer by --policy and search its "
+                        "lambda on the host's outputs only ('host': LLaVA's default)")
     u.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="hosts only: pair each forget picture with the concept's bare name for the forget gradient "
                         "(the default for SD, as the authors' UnlearnCanvas runs) or with its own caption (the "

@@ -20,7 +20,7 @@ import torch
 from slugkit.adapters.base import LAYER_KINDS, TOWERS, CLIPAdapter, LayerInfo
 from slugkit.gradients import Gradients
 
-POLICIES = ("pareto", "deepest")
+POLICIES = ("pareto", "deepest", "deepest-first")
 COLUMNS = [
     "name", "tower", "block", "kind", "shape",
     "importance", "alignment", "grad_norm", "weight_norm", "pareto",
@@ -197,6 +197,8 @@ def select_layers(table: pd.DataFrame, policy: str = "pareto", tower: str | None
     - ``"pareto"``: every Pareto layer (of ``tower`` if given), in table order.
     - ``"deepest"``: the deepest Pareto layer of ``tower`` (default ``"text"``): highest block,
       and within that block the one latest in the forward pass (the authors' Hugging Face choice).
+    - ``"deepest-first"``: every Pareto layer of ``tower`` (default ``"text"``), deepest first (the order
+      ``"deepest"`` picks in), for a caller that stops at the first layer whose search meets its target.
     - any other string: that exact parameter name.
     """
     if tower is not None and tower not in set(table["tower"]):
@@ -206,13 +208,13 @@ def select_layers(table: pd.DataFrame, policy: str = "pareto", tower: str | None
         if tower is not None:
             rows = rows[rows["tower"] == tower]
         return list(rows["name"])
-    if policy == "deepest":
+    if policy in ("deepest", "deepest-first"):
         tower = tower or "text"
         rows = table[table["pareto"] & (table["tower"] == tower)]
         if rows.empty:
             raise ValueError(f"no Pareto layer in the {tower!r} tower")
-        deepest = rows[rows["block"] == rows["block"].max()]
-        return [deepest["name"].iloc[-1]]
+        order = list(rows.assign(_pos=range(len(rows))).sort_values(["block", "_pos"], ascending=False)["name"])
+        return order[:1] if policy == "deepest" else order
     if policy in set(table["name"]):
         return [policy]
     raise KeyError(

@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import distributed
 from .adapters.base import CLIPAdapter
-from .adapters.host import FORGET_TEXTS, Host
+from .adapters.host import FORGET_TEXTS, SEARCHES, Host, HostRecipe
 from .bounds import check_batch_size, check_finite_weights, check_fraction, check_max_evals, check_retain_set, check_seed
 from .data.pairs import ImageTextPairs, pair_loader
 from .eval.metrics import release_memory
@@ -82,7 +82,7 @@ class UnlearnResult:
     edited_model_bytes: int | None = None  # bytes of the host's edited tower
     profile: dict | None = None  # seconds and peak memory per stage (slugkit.profile.Profiler.to_dict), if profiled
     no_patch: dict | None = None  # when no patch was made: why, and the step size that came closest
-    search: str | None = None  # set by :func:`unlearn_host`: how the step size was searched ("clip", ...)
+    search: str | None = None  # set by :func:`unlearn_host`: where the step size was searched (see SEARCHES)
 
     @property
     def chosen_search(self) -> SearchResult | None:
@@ -123,6 +123,7 @@ class UnlearnResult:
             "metrics_before": b, "metrics_after": a,
             "seconds": round(self.seconds, 2), "unlearn_seconds": round(self.unlearn_seconds, 2),
             "report_seconds": round(self.report_seconds, 2), "timings": self.timings,
+            "unlearn_cpu_seconds": self.timings.get("unlearn_cpu_seconds"),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "patch_bytes": patch_bytes if patch_bytes is not None else (self.patch.nbytes if self.patch else 0),
             "model_bytes": self.model_bytes,
@@ -159,7 +160,8 @@ class UnlearnResult:
 
         b, a = self.before, self.after
         lines = [f"SLUG on {self.model}: forget {self.concept!r} -> {self.status}",
-                 f"  stop rule {self.target or 'n/a'}, {self.candidates} candidates (preset {self.preset})",
+                 f"  stop rule {self.target or 'n/a'}, {self.candidates} candidates (preset {self.preset}"
+                 + (f", step size searched on: {self.search})" if self.host else ")"),
                  f"  layer {self.layer} ({self.tower} tower), step size {self.step_size:.4g}"
                  if self.layer else "  no layer met the target; the model is unchanged",
                  f"  {'':20s}{'before':>8s}{'after':>8s}"]
@@ -272,13 +274,15 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             tower: str | None = None, preset: str = "slugkit", candidates: str | None = None,
             target: Target | None = None, max_evals: int | None = None, rtol: float | None = None,
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
-            retain: str = "shared", full_trace: bool = False, step_evaluator: Evaluator | None = None,
-            step_start: str = "rule", step_rtol: float | None = None, progress: bool = True) -> UnlearnResult:
+            retain: str = "shared", full_trace: bool = False, search_evaluator: Evaluator | None = None,
+            step_evaluator: Evaluator | None = None, step_start: str = "rule", step_rtol: float | None = None,
+            progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
-    Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text) or a
-    parameter name. ``layers`` limits the candidates to these parameter names (default: all).
+    Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text),
+    "deepest-first" (the Pareto layers of ``tower`` deepest first, stopping at the first whose search meets
+    the target) or a parameter name. ``layers`` limits the candidates to these parameter names (default: all).
 
     - ``candidates``: "default" (2-D attention and MLP weights of every block) or "reference" (the
       authors' open_clip set: every parameter except biases, ``logit_scale``, positional and token
@@ -298,6 +302,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
       ``forget_metrics``) and the rest only at step sizes that reach the target: a step that does not reach
       it records its forget metrics alone. ``full_trace=True`` measures everything at every step (for plots
       of the whole trace); the chosen layer and step size are the same either way.
+    - ``search_evaluator``: search every chosen layer's step size on it instead of the task's evaluator
+      (e.g. a host's answers, :func:`unlearn_host` ``search="host"``); the report still uses the task's.
     - ``step_evaluator``: the layer is chosen as always (every layer's search on the task's evaluator),
       then that one layer's step size is searched again, with the same target, on ``step_evaluator``
       (e.g. a host's judged generations, :func:`unlearn_host` ``search="generation"``); the patch takes
@@ -366,7 +372,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     timings["layer_identification"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    evaluator = task.search_evaluator
+    evaluator = search_evaluator or task.search_evaluator
     with stage("search_cache"):  # embeddings of the unedited model, reused by every evaluation
         baseline = evaluator.cache().baseline()  # the unedited model's metrics: one evaluation for every layer
     forget_only = None if full_trace else getattr(evaluator, "forget_metrics", None)
@@ -379,6 +385,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
                 adapter.parameter(name), grads.forget[name], lambda: evaluator(edited_tower=t_, block=b_), target,
                 max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress, baseline=baseline,
                 evaluate_forget=forget_only and (lambda: forget_only(edited_tower=t_, block=b_))))
+        if policy == "deepest-first" and searches[-1].status == "ok":
+            break  # the deepest Pareto layer whose step size met the target
     timings["step_size_search"] = round(time.perf_counter() - t, 2)
 
     met = [s for s in searches if s.status == "ok"]
@@ -446,12 +454,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         step_search=step_search, no_patch=no_patch)
 
 
-# How unlearn_host chooses the step size (the layer is always chosen on the CLIP). "clip": the CLIP's forget
-# target, as the authors do for Stable Diffusion; "generation": that layer's lambda searched again on the host's
-# own outputs from the usual lambda_0; "refine": the same second search started at the CLIP's lambda (the upper
-# bracket's guess) and stopped at a coarser bracket, REFINE_RTOL: a few host evaluations instead of about ten.
-HOST_SEARCHES = ("clip", "generation", "refine")
-REFINE_RTOL = 0.25
+REFINE_RTOL = 0.25  # search="refine" (see slugkit.adapters.host.SEARCHES) stops once hi - lo <= REFINE_RTOL * hi
 
 
 class _HostSearch(Evaluator):
@@ -465,27 +468,73 @@ class _HostSearch(Evaluator):
         return dict(self.evaluate(edited_tower=edited_tower, block=block))
 
 
-def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, search: str | None = None,
-                 forget_text: str | None = None, data=None, classes: Sequence[str] | None = None, seed: int = 0,
-                 progress: bool = True, **kwargs) -> UnlearnResult:
+def resolve_host_recipe(host: Host, preset: str | None, given: dict) -> tuple[str | None, dict]:
+    """``(preset name, settings)`` of a run on ``host``: the host's recipe ``preset`` (default
+    ``host.default_preset``) with the explicitly ``given`` settings (``None`` = not given) applied over it.
+
+    A host without recipes (``host.presets`` empty) returns ``(None, given)``: ``preset`` then keeps its CLIP
+    meaning. A ``fixed`` recipe (the authors') refuses a given setting that contradicts it.
+    """
+    if not host.presets:
+        return None, given
+    name = preset or host.default_preset
+    if name not in host.presets:
+        raise ValueError(f"preset must be one of {sorted(host.presets)} for {host.name!r}, got {preset!r}")
+    recipe: HostRecipe = host.presets[name]
+    settings = recipe.settings()
+    clash = {k: v for k, v in given.items() if v is not None and k in settings and v != settings[k]}
+    if recipe.fixed and clash:
+        fixed = ", ".join(f"{k}={v.describe() if isinstance(v, Target) else v!r}" for k, v in settings.items())
+        shown = {k: v.describe() if isinstance(v, Target) else v for k, v in clash.items()}
+        raise ValueError(f"preset {name!r} on {host.name!r} fixes {fixed}; got {shown}: drop these arguments or "
+                         f"use another preset ({', '.join(sorted(set(host.presets) - {name}))})")
+    return name, settings | {k: v for k, v in given.items() if v is not None}
+
+
+def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, preset: str | None = None,
+                 search: str | None = None, forget_text: str | None = None, policy: str | None = None,
+                 tower: str | None = None, candidates: str | None = None, target: Target | None = None,
+                 max_evals: int | None = None, rtol: float | None = None, data=None,
+                 classes: Sequence[str] | None = None, seed: int = 0, progress: bool = True,
+                 **kwargs) -> UnlearnResult:
     """SLUG on a model that embeds a CLIP tower (Stable Diffusion, LLaVA).
 
     Runs :func:`unlearn` on the matching CLIP (``clip``, default ``load_clip(host.clip_name)``) with the
     candidates restricted to layers the host reads (its tower, blocks up to ``host.max_block``), then
-    measures the host before and after the tower-scoped patch. ``search`` (default ``host.search``: "generation"
-    for Stable Diffusion, "clip" for LLaVA; see :data:`HOST_SEARCHES`): "clip" searches lambda on the
-    CLIP's forget target (fast). "generation" chooses the layer the same way, then searches that layer's
-    lambda again on the host's own outputs (judged pictures, answers): the forget target then holds where it
-    matters, at the cost of about ten host evaluations. "refine" is that second search started at the CLIP's
-    lambda and stopped once the bracket is within :data:`REFINE_RTOL` (a few host evaluations). ``forget_text`` (default
-    ``host.forget_text``): "captions" computes the forget gradient on the forget pictures' own captions,
-    "name" pairs every forget picture with the concept's bare name instead (the task's description says so).
+    measures the host before and after the tower-scoped patch. ``host.check_concept`` refuses a concept the
+    host cannot measure before any work.
+
+    - ``preset``: a host with recipes (``host.presets``, e.g. LLaVA: "reference" = the authors', "slugkit",
+      "clip-side") takes every setting below from the recipe (default ``host.default_preset``); explicit
+      arguments override it, except that the authors' recipe refuses contradicting ones. For a host without
+      recipes (SD), ``preset`` keeps its CLIP meaning (:data:`PRESETS`).
+    - ``search`` (default: the recipe's, else ``host.search``: "generation" for Stable Diffusion): "clip"
+      searches lambda on the CLIP's forget target (fast). "generation" chooses the layer the same way, then
+      searches that layer's lambda again on the host's own outputs (judged pictures, answers): the forget
+      target then holds where it matters, at the cost of about ten host evaluations. "refine" is that second
+      search started at the CLIP's lambda and stopped once the bracket is within :data:`REFINE_RTOL` (a few
+      host evaluations). "host" chooses the layer from the layer table alone (``policy``, e.g. "deepest") and
+      searches its lambda on the host's outputs only (the authors' LLaVA code).
+    - ``forget_text`` (default ``host.forget_text``): "captions" computes the forget gradient on the forget
+      pictures' own captions, "name" pairs every forget picture with the concept's bare name instead.
+
     Other keyword arguments go to :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
     """
-    search = host.search if search is None else search
-    if search not in HOST_SEARCHES:
-        raise ValueError(f"search must be one of {', '.join(map(repr, HOST_SEARCHES))}, got {search!r}")
-    forget_text = host.forget_text if forget_text is None else forget_text
+    host.check_concept(concept)  # before loading anything: a concept the host cannot measure fails at once
+    given = dict(search=search, forget_text=forget_text, policy=policy, tower=tower, candidates=candidates,
+                 target=target, max_evals=max_evals, rtol=rtol)
+    recipe, settings = resolve_host_recipe(host, preset, given)
+    if recipe is not None:
+        kwargs["preset"] = "slugkit"  # the recipe sets everything a CLIP preset would
+    elif preset is not None:
+        kwargs["preset"] = preset
+    search = settings.pop("search") or host.search
+    forget_text = settings.pop("forget_text") or host.forget_text
+    search_options = settings.pop("search_options", None) or {}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    settings.setdefault("tower", host.tower)  # only the host's tower has candidates ("deepest" needs it named)
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {', '.join(map(repr, SEARCHES))}, got {search!r}")
     if forget_text not in FORGET_TEXTS:
         raise ValueError(f"forget_text must be one of {', '.join(map(repr, FORGET_TEXTS))}, got {forget_text!r}")
     if clip is None:
@@ -501,10 +550,13 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
     if forget_text == "name":
         task = task.with_forget_caption(task.concept)
     if search != "clip":
-        kwargs["step_evaluator"] = _HostSearch(host.generation_evaluator(task.concept, clip))
+        on_host = _HostSearch(host.generation_evaluator(task.concept, clip, **search_options))
+        kwargs["search_evaluator" if search == "host" else "step_evaluator"] = on_host
     if search == "refine":
         kwargs.update(step_start="found", step_rtol=REFINE_RTOL)
-    result = unlearn(clip, concept, task=task, layers=allowed, seed=seed, progress=progress, **kwargs)
+    result = unlearn(clip, concept, task=task, layers=allowed, seed=seed, progress=progress, **settings, **kwargs)
+    if recipe is not None:
+        result.preset = recipe
     if result.patch is not None and result.patch.scope != host.scope:
         raise ValueError(f"the patch of {result.layer!r} is scoped to {result.patch.scope!r}, not to the "
                          f"{host.scope!r} tower {host.name!r} embeds")
@@ -512,6 +564,7 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
     if result.patch is not None:
         with stage("host_report"):
             result.host_metrics = host.report_metrics(result.concept, result.patch, progress=progress)
+            result.host_metrics["patch_footprint"] = host.patch_footprint(result.patch)
     result.timings["host_report"] = round(time.perf_counter() - t, 2)
     result.host, result.edited_model_bytes, result.search = host.name, host.edited_model_bytes(), search
     result.peak_rss_mb = peak_rss_mb()

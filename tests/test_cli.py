@@ -44,6 +44,9 @@ def test_unknown_model_and_concept_give_one_line_errors(capsys):
     code, _, err = run_cli(capsys, "unlearn", "--model", "toy-clip", "--forget", "Captain Zorp", "--out", "unused",
                            "--search", "refine")
     assert code == 2 and "--search refine needs a host model" in err
+    code, _, err = run_cli(capsys, "unlearn", "--model", "toy-clip", "--forget", "Captain Zorp", "--out", "unused",
+                           "--preset", "clip-side")
+    assert code == 2 and "--preset clip-side is a recipe of the LLaVA hosts" in err
 
 
 def test_python_dash_m_entry_point():

@@ -8,6 +8,7 @@ import torch
 
 from slugkit.adapters.hf_clip import HFCLIPAdapter
 from slugkit.adapters.host import Host, is_host_name, load_host
+from slugkit.adapters.llava import LLAVA_RECIPES
 from slugkit.adapters.sd import SDHost
 from slugkit.models.hf_convert import clip_tokenizer_from_openclip
 from slugkit.patch import Patch, PatchMismatchError, applied_patches, scope_fingerprint
@@ -282,3 +283,129 @@ def test_recaptioned_pairs_keep_the_pictures():
         named[2]
     with pytest.raises(ValueError, match="empty"):
         pairs.recaptioned(" ")
+
+
+class RecipeHost(MovedSearchHost):
+    """A host with the LLaVA recipes whose "answers" forget once the CLIP's tower has moved ``factor`` times as far
+    as the first step of the search moved it; every call of its evaluator is recorded (the spy)."""
+
+    presets = LLAVA_RECIPES
+    default_preset = "slugkit"
+
+    def __init__(self, clip, factor=2.5):
+        super().__init__(clip, "vision", radius=None)
+        self.factor, self.calls, self.options = factor, [], None
+
+    def generation_evaluator(self, concept, clip, **options):
+        self.options = options
+        source, start = clip.model.get_submodule(self.scope), copy.deepcopy(self.reference)
+
+        def evaluate(edited_tower=None, block=None):
+            moved = sum(float((v - start[k]).norm() ** 2) for k, v in source.state_dict().items()) ** 0.5
+            unit = next((c["moved"] for c in self.calls if c["moved"] > 0), moved)
+            forgotten = moved > 0 and moved >= self.factor * unit
+            metrics = {"forget_top1": 0.0 if forgotten else 1.0, "forget_top5": 1.0, "retain_top1": 1.0,
+                       "utility": 1.0, "call": float(len(self.calls))}
+            self.calls.append({"moved": moved, **metrics})
+            return metrics
+
+        return evaluate
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_reference_preset_is_the_authors_llava_recipe(folder, monkeypatch):
+    """Bare-name forget text, the deepest Pareto layer of the vision tower (no norm, bias or embedding), and the
+    step size searched on the host's answers only: 10 evaluations of the host's evaluator, none of the CLIP's."""
+    import slugkit.slug as slug
+
+    clip = hf_adapter()
+    forget_tokens, real = [], slug.compute_gradients
+
+    def spy(adapter, forget_loader, retain_loader, **kwargs):
+        forget_tokens.append(torch.cat([tokens for _, tokens in forget_loader]))
+        return real(adapter, forget_loader, retain_loader, **kwargs)
+
+    monkeypatch.setattr(slug, "compute_gradients", spy)
+    host = RecipeHost(clip)
+    result = unlearn_host(host, "Captain Zorp", clip=clip, data=folder, classes=FACE_NAMES[1:], preset="reference",
+                          progress=False)
+    # the bare name, paired with every forget picture
+    assert len(forget_tokens) == 1 and len(forget_tokens[0]) > 1
+    assert (forget_tokens[0] == clip.tokenize(["Captain Zorp"])).all()
+    # the deepest Pareto layer of the vision tower, among weights only
+    table = result.table
+    assert set(table["tower"]) == {"vision"}
+    assert not set(table["kind"]) & {"norm", "bias", "pos_embed", "token_embed", "patch_embed", "class_embed", "proj"}
+    assert table["name"].str.endswith(".weight").all()
+    front = table[table["pareto"]]
+    deepest = front[front["block"] == front["block"].max()]["name"].iloc[-1]
+    assert result.layer == deepest and [s.layer for s in result.searches] == [deepest]
+    # the search read the host's answers: baseline + exactly 10 evaluations, each step of the trace is a spy call
+    assert host.options == LLAVA_RECIPES["reference"].search_options
+    assert len(host.calls) == 11 and [s.metrics["call"] for s in result.searches[0].trace] == list(range(1, 11))
+    assert result.step_search is None and result.search == "host" and result.preset == "reference"
+    assert result.target == "forget_top1 <= 0"
+    unit = host.calls[1]["moved"]
+    step = result.step_size * float(result.gradients.forget[result.layer].norm())
+    assert 2.5 * unit * (1 - 1e-5) <= step <= 2.5 * unit * 1.01  # the smallest step that met the host's target
+    assert result.status == "ok" and result.patch.layers == [deepest]
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_host_recipes_resolve_and_the_authors_refuses_changes(folder):
+    clip = hf_adapter()
+    host = RecipeHost(clip)
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], progress=False)
+    for given in (dict(search="clip"), dict(target=Target("forget_top5")), dict(forget_text="captions")):
+        with pytest.raises(ValueError, match="preset 'reference' on 'tiny-host' fixes"):
+            unlearn_host(host, "Captain Zorp", preset="reference", **given, **options)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        unlearn_host(host, "Captain Zorp", preset="authors", **options)
+    assert host.calls == []  # refused before any search
+    # the default recipe takes explicit settings over its own: here the CLIP-side search with captions
+    result = unlearn_host(host, "Captain Zorp", search="clip", forget_text="captions", max_evals=2, **options)
+    assert result.preset == "slugkit" and result.search == "clip" and host.calls == []
+    assert "forget captions replaced" not in result.task
+
+
+class CostlyDeepestHost(RecipeHost):
+    """Like :class:`RecipeHost`, but an edit of ``costly`` (a layer name) loses half of the other names."""
+
+    def __init__(self, clip, costly):
+        super().__init__(clip)
+        self.costly = clip.model.get_parameter(costly)
+        self.costly_start = self.costly.detach().clone()
+
+    def generation_evaluator(self, concept, clip, **options):
+        evaluate = super().generation_evaluator(concept, clip, **options)
+
+        def costly(edited_tower=None, block=None):
+            metrics = evaluate()
+            if not torch.equal(self.costly, self.costly_start):
+                metrics["retain_top1"] = 0.5
+            return metrics
+
+        return costly
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_deepest_first_walks_down_the_front_until_the_other_names_survive(folder):
+    """The option measured in issue 20: the deepest Pareto layer whose step keeps the other names within 10 points
+    (policy "deepest-first" with a retain guard; the forget target unchanged); where the deepest one does, it is
+    the authors' layer."""
+    from slugkit.layer_identification import select_layers
+
+    clip = hf_adapter()
+    guarded = Target("forget_top1", guard_metric="retain_top1", guard_tolerance=0.10)
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], policy="deepest-first", target=guarded,
+                   progress=False)
+    kept = unlearn_host(RecipeHost(clip), "Captain Zorp", **options)
+    order = select_layers(kept.table, "deepest-first", "vision")
+    assert order[0] == select_layers(kept.table, "deepest", "vision")[0] and len(order) >= 2
+    assert [s.layer for s in kept.searches] == order[:1] and kept.layer == order[0]
+    assert kept.target == "forget_top1 <= 0 and retain_top1 >= baseline - 0.1" and kept.search == "host"
+    walked = unlearn_host(CostlyDeepestHost(clip, order[0]), "Captain Zorp", **options)
+    assert [s.layer for s in walked.searches] == order[:2]
+    assert walked.searches[0].status == "target-not-reached"  # forgot, but lost the other names
+    assert any(s.reached and not s.met for s in walked.searches[0].trace)
+    assert walked.layer == order[1] and walked.status == "ok"

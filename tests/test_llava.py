@@ -256,6 +256,10 @@ def test_real_path_end_to_end_on_tiny_llava(tiny_real, tmp_path):
                           target=Target("forget_top1"), progress=False)  # 3 names: top-5 is always 1
     assert result.searches and all(f".layers.0." in s.layer and s.layer.startswith("vision_model.")
                                    for s in result.searches)
+    # the default recipe searched on the LLaVA's answers about the data's pictures (no VQA there: utility NaN)
+    assert result.preset == "slugkit" and result.search == "host" and result.searches
+    assert all(np.isnan(s.metrics["utility"]) and 0 <= s.metrics["forget_top1"] <= 1
+               for search in result.searches for s in search.trace)
     report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
     assert report["host"] == host.name and report["edited_model_bytes"] == host.edited_model_bytes()
     if result.patch is not None:
@@ -281,3 +285,82 @@ def test_cached_and_uncached_greedy_answers_agree(host):
     for q in (TL.phrasings("describe")[0], TL.phrasings("identity")[0]):
         assert (TL.greedy_answers(host.model, host.tokenizer, embeds, q, use_cache=True)
                 == TL.greedy_answers(host.model, host.tokenizer, embeds, q, use_cache=False))
+
+
+# ------------------------------------------------------------------------------------------- recipes (issue 20)
+def test_answer_search_reads_llava_answers_through_the_clips_current_tower(host, monkeypatch):
+    """The evaluator the LLaVA recipes search on asks LLaVA (a spy on its answers), reading the CLIP's tower as
+    the search edits it, and leaves LLaVA's own tower alone."""
+    import slugkit.eval.vlm as vlm
+    from slugkit.models.loading import load_clip
+
+    clip = load_clip("toy-clip-hf")
+    asked, real = [], vlm.greedy_answers
+
+    def spy(model, tokenizer, embeds, question, **kwargs):
+        asked.append((model, question, len(embeds)))
+        return real(model, tokenizer, embeds, question, **kwargs)
+
+    monkeypatch.setattr(vlm, "greedy_answers", spy)
+    evaluate = host.generation_evaluator("Mira Quell", clip, pool=300, n_forget=6, n_other=8, questions="paper",
+                                         n_vqa=60)
+    state = {k: v.clone() for k, v in host.tower_module().state_dict().items()}
+    before = evaluate()
+    assert before["forget_top1"] == 1.0 and before["retain_top1"] == 1.0 and before["utility"] >= 0.9
+    assert all(m is host.model for m, _, _ in asked)
+    assert ("What is the name of the person in this image?", 6) in [(q, n) for _, q, n in asked]
+    patch = _noise_patch(clip, 1, scale=3.0)
+    patch.apply(clip.model)
+    try:
+        after = evaluate()
+    finally:
+        patch.revert(clip.model)
+    assert after["utility"] < before["utility"]  # the edited CLIP tower reached LLaVA's answers
+    assert all(torch.equal(state[k], v) for k, v in host.tower_module().state_dict().items())
+    with pytest.raises(ValueError, match="questions must be one of"):
+        host.generation_evaluator("Mira Quell", clip, questions="some")
+
+
+def test_a_non_character_is_refused_before_any_work(host, monkeypatch, capsys, tmp_path):
+    import slugkit.models.loading as loading
+    import slugkit.slug as slug
+    from slugkit.cli import main
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the concept was checked")
+
+    monkeypatch.setattr(slug, "compute_gradients", no_work)
+    monkeypatch.setattr(loading, "load_clip", no_work)
+    for concept, kind in (("star", "an object"), ("Polka Dots", "a style")):
+        with pytest.raises(ValueError, match=f"'toy-llava' forgets characters .* is {kind}: pick one of Mira Quell"):
+            slug.unlearn_host(host, concept, progress=False)
+    monkeypatch.setattr("slugkit.adapters.host.load_host", lambda name, **kw: host)
+    code = main(["unlearn", "--model", "toy-llava", "--forget", "star", "--out", str(tmp_path / "run")])
+    assert code == 2 and "forgets characters" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_patch_footprint_counts_one_tensor_against_the_tower_the_model_and_llava_15(host):
+    from slugkit.adapters.llava import LLAVA_1_5_7B, reference_footprint
+    from slugkit.models.loading import load_clip
+
+    patch = _noise_patch(load_clip("toy-clip-hf"), 5)
+    out = host.patch_footprint(patch)
+    tower = sum(p.numel() for p in host.tower_module().parameters())
+    assert out["tensors_edited"] == 1 and out["tensors"] == [_block_weight(5)]
+    assert out["params"] == 192 * 768 and out["share_of_tower"] == pytest.approx(192 * 768 / tower)
+    assert out["share_of_model"] == pytest.approx(192 * 768 / sum(p.numel() for p in host.model.parameters()))
+    # LLaVA-1.5-7B from its public config, by hand: CLIP ViT-L/14-336 tower + 2-layer projector + Llama-7B
+    v, t = LLAVA_1_5_7B["vision"], LLAVA_1_5_7B["text"]
+    h, i, n = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
+    block = 4 * (h * h + h) + (i * h + i) + (h * i + h) + 4 * h
+    positions = (v["image_size"] // v["patch_size"]) ** 2 + 1
+    tower15 = 3 * v["patch_size"] ** 2 * h + h + positions * h + 2 * h + n * block + 2 * h
+    H, I, V = t["hidden_size"], t["intermediate_size"], t["vocab_size"]
+    lm = 2 * V * H + t["num_hidden_layers"] * (4 * H * H + 3 * H * I + 2 * H) + H
+    model15 = tower15 + (h * H + H) + (H * H + H) + lm
+    ref = out["llava_1_5_7b"]
+    assert (ref["params"], ref["tower_params"], ref["model_params"]) == (h * i, tower15, model15)
+    assert ref["share_of_tower"] == pytest.approx(h * i / tower15)  # about 1.4% of the tower
+    assert reference_footprint(["encoder.layers.0.self_attn.q_proj.weight"])["params"] == h * h
+    with pytest.raises(ValueError, match="24-block CLIP vision tower"):
+        reference_footprint(["encoder.layers.30.mlp.fc2.weight"])

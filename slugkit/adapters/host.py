@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from torch import nn
 
+from ..step_size_search import Target
 from .base import LayerInfo
 
 # name (exact) or prefix (ending in ":") -> "module:function" building the host from the name
@@ -34,6 +36,37 @@ HOST_LOADERS = {
 # What the forget gradient can pair each forget picture with: "captions" (its own caption, as on CLIP) or
 # "name" (the bare concept name, as the authors' UnlearnCanvas gradients for Stable Diffusion do).
 FORGET_TEXTS = ("captions", "name")
+# Where the step size is searched: "clip" (the matching CLIP's forget metric, every candidate layer, as the authors
+# do for Stable Diffusion), "generation" (the layer chosen that way, its step searched again on the host's outputs
+# from the usual lambda_0), "refine" (that second search started at the CLIP's lambda and stopped at a coarser
+# bracket: a few host evaluations instead of about ten) or "host" (the layer chosen from the layer table alone by
+# the policy, its step searched on the host's outputs only, as the authors' LLaVA code does).
+SEARCHES = ("clip", "generation", "refine", "host")
+
+
+@dataclass(frozen=True)
+class HostRecipe:
+    """The choices of one way to run SLUG on a host (``unlearn_host(preset=...)``, ``--preset``).
+
+    ``fixed``: every setting is part of the recipe (the authors'), so an explicit argument that contradicts one
+    is refused; otherwise explicit arguments override the recipe's settings.
+    """
+
+    forget_text: str
+    policy: str
+    search: str
+    target: Target
+    candidates: str = "default"
+    tower: str | None = None
+    max_evals: int = 10
+    rtol: float = 0.05
+    search_options: dict = field(default_factory=dict)  # keyword arguments of ``host.generation_evaluator``
+    fixed: bool = False
+    about: str = ""  # one line: what the recipe is and where it comes from
+
+    def settings(self) -> dict:
+        """The run settings of the recipe: ``{name: value}`` for every field but ``fixed`` and ``about``."""
+        return {k: v for k, v in asdict(self).items() if k not in ("fixed", "about")} | {"target": self.target}
 
 
 class Host(ABC):
@@ -45,7 +78,10 @@ class Host(ABC):
     scope: str  # the tower's submodule name in the matching CLIP ("text_model" / "vision_model")
     max_block: int | None = None  # deepest 0-based block of ``tower`` whose edit reaches the host's output
     forget_text: str = "captions"  # what the forget gradient pairs each forget picture with, one of FORGET_TEXTS
-    search: str = "clip"  # unlearn_host's default step-size search, one of slugkit.slug.HOST_SEARCHES
+    search: str = "clip"  # unlearn_host's default step-size search (without a recipe), one of SEARCHES
+    # Named recipes (``unlearn_host(preset=NAME)``); empty: ``preset`` keeps its CLIP meaning (see slug.PRESETS)
+    presets: dict[str, HostRecipe] = {}
+    default_preset: str | None = None  # the recipe used when no preset is named (a key of ``presets``)
 
     @abstractmethod
     def tower_module(self) -> nn.Module:
@@ -65,6 +101,18 @@ class Host(ABC):
         "forget_top5", "retain_top1", "utility"}`` measured on the host's own outputs, reading the current
         (possibly edited) tower weights of ``clip``. Hosts that cannot do this keep the default."""
         raise NotImplementedError(f"{self.name!r} has no generation-based search; use search='clip'")
+
+    def check_concept(self, concept: str) -> None:
+        """Raise ``ValueError`` (one sentence) when the host cannot measure forgetting ``concept``; called by
+        :func:`~slugkit.slug.unlearn_host` before any gradient work. The default accepts every concept."""
+
+    def patch_footprint(self, patch) -> dict:
+        """What ``patch`` edits: ``{"tensors_edited", "tensors", "params", "share_of_tower"}`` (parameter
+        counts; the share is of every parameter of the host's tower)."""
+        tower = sum(p.numel() for p in self.tower_module().parameters())
+        params = sum(int(d.numel()) for d in patch.deltas.values())
+        return {"tensors_edited": len(patch.deltas), "tensors": list(patch.deltas), "params": params,
+                "share_of_tower": params / tower}
 
     # ------------------------------------------------------------------ shared behaviour
     def accepts(self, layer: LayerInfo) -> bool:

@@ -14,6 +14,8 @@ Example::
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
 from typing import Sequence
 
@@ -21,11 +23,41 @@ import numpy as np
 import torch
 from torch import nn
 
-from .host import Host
+from ..step_size_search import Target
+from .host import Host, HostRecipe
 from .openclip import _is_pil_list, uint8_to_pixels
 
 DEFAULT_REAL_CLIP = "hf:openai/clip-vit-large-patch14-336"  # LLaVA-1.5's vision tower
 REAL_QUESTION = "What's the name of the person in this image?"  # the paper's question
+
+# The public config of llava-hf/llava-1.5-7b-hf (CLIP ViT-L/14-336 tower, Vicuna-7B), for sizes without weights.
+LLAVA_1_5_7B = {
+    "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+               "image_size": 336, "patch_size": 14, "projection_dim": 768},
+    "text": {"vocab_size": 32064, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 32},
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "projector_hidden_act": "gelu",
+}
+
+# How SLUG runs on LLaVA (``unlearn_host(preset=...)``, ``slugkit unlearn --preset``). Step sizes searched on the
+# host are searched on LLaVA's answers to the name question (``generation_evaluator``): forget_top1 is the share of
+# answers that contain the name, forget_top5 the share with the name's first token among the 5 likeliest.
+LLAVA_RECIPES = {
+    "reference": HostRecipe(
+        forget_text="name", policy="deepest", search="host", target=Target("forget_top1"), max_evals=10, rtol=0.0,
+        search_options={"pool": 2000, "n_forget": 10, "n_other": 10, "questions": "paper", "n_vqa": 300},
+        fixed=True, about="the authors' LLaVA code: bare-name forget text, the deepest Pareto layer of the vision "
+                          "tower, the step size searched on LLaVA's answers until none names the character"),
+    "clip-side": HostRecipe(
+        forget_text="captions", policy="pareto", search="clip", target=Target("forget_top5"),
+        about="slugkit's CLIP-side recipe before issue 20: captions, every Pareto layer searched on the CLIP's "
+              "forget top-5, the best kept; LLaVA takes no part in the search"),
+}
+LLAVA_RECIPES["slugkit"] = HostRecipe(**{
+    **LLAVA_RECIPES["reference"].settings(), "rtol": 0.05,
+    "search_options": {"pool": 2000, "n_forget": None, "n_other": 150, "questions": "all", "n_vqa": 300}},
+    about="the authors' recipe, its step size searched on every validation picture of the character (about 75, not "
+          "10) and every name phrasing, with slugkit's early stop")
 
 
 class LlavaHost(Host):
@@ -37,6 +69,8 @@ class LlavaHost(Host):
 
     tower = "vision"
     scope = "vision_model"
+    presets = LLAVA_RECIPES
+    default_preset = "slugkit"
 
     def __init__(self, model: nn.Module, processor, name: str, clip_name: str, world=None, pairs=None,
                  classes: Sequence[str] | None = None, question: str = REAL_QUESTION, n_eval: int = 1000):
@@ -81,11 +115,12 @@ class LlavaHost(Host):
         return uint8_to_pixels(images, self._size, self._mean, self._std)
 
     @torch.no_grad()
-    def ask(self, images, question: str, max_new_tokens: int = 10) -> list[str]:
-        """Greedy answers to ``question`` about each picture (uint8 ``(N, H, W, 3)`` or PIL images)."""
+    def ask(self, images, question: str, max_new_tokens: int = 10, tower=None) -> list[str]:
+        """Greedy answers to ``question`` about each picture (uint8 ``(N, H, W, 3)`` or PIL images); ``tower``:
+        read the image features from this module (laid out like the vision tower) instead of LLaVA's own."""
         from ..models.toy_llava import greedy_answers, image_embeddings
 
-        embeds = image_embeddings(self.model, self.preprocess(images))
+        embeds = image_embeddings(self.model, self.preprocess(images), tower=tower)
         return greedy_answers(self.model, self.tokenizer, embeds, question, max_new_tokens=max_new_tokens)
 
     @torch.no_grad()
@@ -101,6 +136,27 @@ class LlavaHost(Host):
         return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
     # ------------------------------------------------------------------ the Host contract
+    def check_concept(self, concept: str) -> None:
+        """The toy LLaVA is asked for names: only a character can be forgotten (checked before any work)."""
+        if self.world is None:
+            return
+        from ..data.minicanvas import CHARACTER_NAMES, find_concept
+
+        kind = find_concept(concept)["kind"]
+        if kind != "character":
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise ValueError(f"{self.name!r} forgets characters (its forget rate counts answers naming them), and "
+                             f"{concept!r} is {article} {kind}: pick one of {', '.join(CHARACTER_NAMES)}")
+
+    def patch_footprint(self, patch) -> dict:
+        """:meth:`Host.patch_footprint` plus ``share_of_model`` (of every parameter of this LLaVA) and
+        ``llava_1_5_7b``: the same tensors' share of LLaVA-1.5-7B's tower and model, from its public config
+        (:data:`LLAVA_1_5_7B`; built on the meta device, so nothing is downloaded or allocated)."""
+        out = super().patch_footprint(patch)
+        out["share_of_model"] = out["params"] / sum(p.numel() for p in self.model.parameters())
+        out["llava_1_5_7b"] = reference_footprint([n[len(self.scope) + 1:] for n in patch.deltas])
+        return out
+
     def _eval_world(self):
         if self.world is None:
             raise ValueError(f"{self.name!r} has no built-in evaluation set: `evaluate` measures the toy world "
@@ -146,26 +202,89 @@ class LlavaHost(Host):
                            for b, a in zip(before["examples"], after["examples"])]
         return {k: v for k, v in out.items() if v is not None}
 
-    def generation_evaluator(self, concept: str, clip):
-        """For ``search="generation"``: forget/retain/utility measured on LLaVA's answers (validation pictures),
-        with the CLIP's current (possibly edited) vision tower in place of the host's.
+    def generation_evaluator(self, concept: str, clip, pool: int = 300, n_forget: int | None = None,
+                             n_other: int | None = None, questions: str = "held-out", n_vqa: int | None = None):
+        """For ``search="generation"`` / ``"host"``: forget/retain/utility measured on LLaVA's answers, with the
+        CLIP's current (possibly edited) vision tower in place of the host's.
 
-        ``forget_top1``: share of (forget picture, identity phrasing) answers that contain the name;
-        ``forget_top5``: share where the name's first token is among the 5 likeliest first answer tokens;
-        ``retain_top1``: the name rate on the other characters; ``utility``: exact VQA answers.
+        The search pictures are the first ``pool`` validation pictures (never the report's test pictures): the
+        first ``n_forget`` of the character, ``n_other`` of the other characters (default all), VQA on the object
+        pictures among the first ``n_vqa``. ``questions``: "paper" (the one name question the paper asks),
+        "held-out" (the two held-out identity phrasings) or "all" (every phrasing the report's forget rate uses,
+        :func:`slugkit.eval.vlm.name_questions`).
+
+        ``forget_top1``: share of (forget picture, question) answers that contain the name; ``forget_top5``:
+        share where the name's first token is among the 5 likeliest first answer tokens; ``retain_top1``: the
+        name rate on the other characters; ``utility``: exact VQA answers.
+
+        A real LLaVA (no toy world) is asked ``self.question`` about its ``pairs`` instead (the first ``n_forget``
+        pictures of the concept, ``n_other`` of the ``classes``; the same pictures its report uses):
+        ``forget_top1`` and ``retain_top1`` only, the others NaN.
         """
         from ..data.minicanvas import cached_split
-        from ..eval.vlm import search_metrics
+        from ..eval.vlm import name_questions, real_vlm_metrics, search_metrics
+        from ..models.toy_llava import phrasings
 
-        if self.world is None:
-            raise ValueError(f"{self.name!r}: the answer-based search needs the toy world ('toy-llava')")
-        world = cached_split(n=300, seed=0, split="val")
         tower = clip.model.get_submodule(self.scope)
+        if self.world is None:
+            if self.pairs is None:
+                raise ValueError(f"{self.name!r} needs image-caption pairs to search on its answers: load it with "
+                                 "data=<image folder, CSV or webdataset shards> and classes=[other names]")
+
+            def on_pairs(edited_tower=None, block=None) -> dict:
+                m = real_vlm_metrics(self, concept, tower=tower, n_forget=n_forget, n_other=n_other)
+                return {"forget_top1": m["vlm_forget_rate"], "forget_top5": float("nan"),
+                        "retain_top1": m.get("vlm_retain_acc", float("nan")), "utility": float("nan")}
+
+            return on_pairs
+        asked = {"paper": phrasings("identity", "test")[:1], "held-out": phrasings("identity", "test"),
+                 "all": name_questions()}
+        if questions not in asked:
+            raise ValueError(f"questions must be one of {', '.join(map(repr, asked))}, got {questions!r}")
+        world = cached_split(n=pool, seed=0, split="val")
 
         def evaluate(edited_tower=None, block=None) -> dict:
-            return search_metrics(self.model, self.tokenizer, self.preprocess, world, concept, tower=tower)
+            return search_metrics(self.model, self.tokenizer, self.preprocess, world, concept, tower=tower,
+                                  n_forget=n_forget, n_other=n_other, questions=asked[questions], n_vqa=n_vqa)
 
         return evaluate
+
+
+@functools.lru_cache(maxsize=4)
+def _meta_counts(config_json: str) -> tuple[dict[str, int], int, int]:
+    """``({tower parameter name: numel}, tower parameters, model parameters)`` of the LLaVA of a config."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    config = json.loads(config_json)
+    llava_config = LlavaConfig(vision_config=CLIPVisionConfig(**config["vision"]),
+                               text_config=LlamaConfig(**config["text"]),
+                               vision_feature_layer=config["vision_feature_layer"],
+                               vision_feature_select_strategy=config["vision_feature_select_strategy"],
+                               projector_hidden_act=config["projector_hidden_act"])
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(llava_config)
+    tower = model.model.vision_tower
+    tower = tower if hasattr(tower, "encoder") else tower.vision_model
+    named = {n: p.numel() for n, p in tower.named_parameters()}
+    return named, sum(named.values()), sum(p.numel() for p in model.parameters())
+
+
+def reference_footprint(tower_names: Sequence[str], config: dict = LLAVA_1_5_7B) -> dict:
+    """Parameters of the vision-tower tensors ``tower_names`` (e.g. ``encoder.layers.5.mlp.fc2.weight``) in the
+    LLaVA of ``config`` (default LLaVA-1.5-7B), and their share of its tower and of the whole model.
+
+    Built from the config numbers on the meta device: no weights. A block index beyond the model's blocks is
+    refused (the same layer kind sits in every block with the same shape, so any block < its depth works).
+    """
+    named, tower_params, model_params = _meta_counts(json.dumps(config, sort_keys=True))
+    missing = [n for n in tower_names if n not in named]
+    if missing:
+        raise ValueError(f"{missing[:3]} are not parameters of a {config['vision']['num_hidden_layers']}-block "
+                         "CLIP vision tower")
+    params = sum(named[n] for n in tower_names)
+    return {"tensors": list(tower_names), "params": int(params), "tower_params": int(tower_params),
+            "model_params": int(model_params), "share_of_tower": params / tower_params,
+            "share_of_model": params / model_params}
 
 
 # ---------------------------------------------------------------------------------------------------------

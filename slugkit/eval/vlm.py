@@ -182,51 +182,62 @@ def name_questions(n_train: int = 4) -> list[str]:
     return list(phrasings("identity", "test")) + list(train[::step][:n_train])
 
 
-def search_metrics(model, tokenizer, preprocess: Callable, world: MiniCanvas, forget: str, tower=None) -> dict:
+def search_metrics(model, tokenizer, preprocess: Callable, world: MiniCanvas, forget: str, tower=None,
+                   n_forget: int | None = None, n_other: int | None = None, questions: Sequence[str] | None = None,
+                   n_vqa: int | None = None) -> dict:
     """Cheap answer-based metrics for a step-size search, in the CLIP evaluator's keys (fractions in [0, 1]).
 
-    ``forget_top1``: share of forget-character (picture, held-out identity phrasing) answers naming them;
+    ``forget_top1``: share of (forget-character picture, identity phrasing) answers naming them;
     ``forget_top5``: share where the name's first token is among the 5 likeliest first answer tokens;
-    ``retain_top1``: name rate on the other characters (first held-out phrasing); ``utility``: mean exact
-    VQA accuracy (first held-out phrasing of each type). ``tower``: read the image features from it.
+    ``retain_top1``: name rate on the other characters (first phrasing); ``utility``: mean exact VQA accuracy
+    (first held-out phrasing of each type). ``tower``: read the image features from it.
+
+    Which answers: the first ``n_forget`` pictures of the character and ``n_other`` of the others (default all),
+    ``questions`` (default the held-out identity phrasings), VQA on the object pictures among the first ``n_vqa``
+    pictures of ``world`` (default all).
     """
     from ..data.minicanvas import CHARACTER_NAMES, find_concept
 
     name = find_concept(forget)["name"]
     chars = pictures_for(world, "identity")
-    forget_idx = chars[world.identity[chars] == CHARACTER_NAMES.index(name)]
-    retain_idx = chars[world.identity[chars] != CHARACTER_NAMES.index(name)]
+    forget_idx = chars[world.identity[chars] == CHARACTER_NAMES.index(name)][:n_forget]
+    retain_idx = chars[world.identity[chars] != CHARACTER_NAMES.index(name)][:n_other]
     if len(forget_idx) == 0:
         raise ValueError(f"no pictures of {name!r} among the {len(world)} search pictures")
-    questions = phrasings("identity", "test")
+    questions = list(questions or phrasings("identity", "test"))
     f = ask(model, tokenizer, preprocess, world, forget_idx, questions, tower=tower)
     top5 = [name_in_top_k(model, tokenizer, embed_pictures(model, preprocess, world, forget_idx, tower), name, q)
             for q in questions]
     r = ask(model, tokenizer, preprocess, world, retain_idx, questions[:1], tower=tower)
-    vqa = [exact_accuracy(ask(model, tokenizer, preprocess, world, pictures_for(world, t), phrasings(t)[:1],
-                              tower=tower), t)[0] for t in VQA_TYPES]
+    vqa_idx = {t: pictures_for(world, t) for t in VQA_TYPES}
+    if n_vqa is not None:
+        vqa_idx = {t: idx[idx < n_vqa] for t, idx in vqa_idx.items()}
+    vqa = [exact_accuracy(ask(model, tokenizer, preprocess, world, vqa_idx[t], phrasings(t)[:1], tower=tower), t)[0]
+           for t in VQA_TYPES]
     return {"forget_top1": name_rate(f), "forget_top5": float(torch.cat(top5).float().mean()),
             "retain_top1": name_rate(r), "utility": float(np.mean(vqa))}
 
 
-def real_vlm_metrics(host, forget: str, n_examples: int = 4, progress: bool = False) -> dict:
+def real_vlm_metrics(host, forget: str, n_examples: int = 4, progress: bool = False, tower=None,
+                     n_forget: int | None = None, n_other: int | None = None) -> dict:
     """Forget / retain name rates of a real LLaVA host on its image-caption pairs (``host.pairs``).
 
-    Forget pictures: captions that mention ``forget``; retain pictures: captions that mention one of
-    ``host.classes`` (and not ``forget``); each is asked ``host.question``. No VQA ground truth exists here.
+    Forget pictures: captions that mention ``forget`` (the first ``n_forget``); retain pictures: captions that
+    mention one of ``host.classes`` (and not ``forget``; the first ``n_other``); each is asked ``host.question``,
+    reading the image features from ``tower`` when given. No VQA ground truth exists here.
     """
     from ..data.pairs import mentions
 
     captions = host.pairs.captions()
-    forget_idx = [i for i, c in enumerate(captions) if mentions(c, forget)]
+    forget_idx = [i for i, c in enumerate(captions) if mentions(c, forget)][:n_forget]
     if not forget_idx:
         raise ValueError(f"no caption in {getattr(host.pairs, 'origin', 'the data')} mentions {forget!r}")
     retain = [(i, n) for i, c in enumerate(captions) for n in host.classes
-              if n.lower() != forget.lower() and mentions(c, n) and not mentions(c, forget)]
+              if n.lower() != forget.lower() and mentions(c, n) and not mentions(c, forget)][:n_other]
 
     def answers(indices):
         images = [host.pairs[i][0] for i in indices]
-        return host.ask(images, host.question) if images else []
+        return host.ask(images, host.question, tower=tower) if images else []
 
     fa = answers(forget_idx)
     ra = answers([i for i, _ in retain])

@@ -103,6 +103,25 @@ def vlm_table(report: dict, paper: dict | None = None) -> pd.DataFrame:
     return pd.DataFrame(data).set_index("metric")
 
 
+def recipe_table(results: dict) -> pd.DataFrame:
+    """One row per recipe: ``{preset name: UnlearnResult of unlearn_host}`` -> layer, step size, LLaVA's forget
+    rate / retain accuracy / VQA accuracy before -> after (in %), ``unlearn_seconds`` and the edited tensor's share
+    of the vision tower (%)."""
+    rows = []
+    for name, result in results.items():
+        hm = result.host_metrics
+        row = {"recipe": name, "layer": (result.layer or "none").replace("vision_model.encoder.", ""),
+               "step size": None if result.step_size is None else round(result.step_size, 3)}
+        for label, key in (("forget %", "vlm_forget_rate"), ("retain %", "vlm_retain_acc"), ("VQA %", "vlm_vqa_acc")):
+            row[label] = (f"{_pct(hm[key + '_before'])} → {_pct(hm[key + '_after'])}" if key + "_after" in hm
+                          else "no patch")
+        row["unlearn s"] = round(result.unlearn_seconds, 1)
+        footprint = hm.get("patch_footprint")
+        row["tensor / tower %"] = _pct(footprint["share_of_tower"]) if footprint else None
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("recipe")
+
+
 def _pct(x):
     return None if x is None else round(100 * float(x), 1)
 
