@@ -6,6 +6,7 @@
     slugkit toy build
     slugkit demo
     slugkit bench --model toy-clip --out runs/bench
+    slugkit layers --model toy-clip --forget "Captain Zorp" --out runs/zorp-layers
 
 Every user mistake ends in one sentence on stderr and exit code 2; ``--debug`` shows the traceback
 instead. Exit codes: 0 done, 2 bad input, 3 the run finished but its status is not "ok", 1 an
@@ -143,6 +144,49 @@ def cmd_unlearn(args) -> int:
     print(result.summary())
     print(f"wrote {out / 'report.json'}" + (f" and {out / 'patch.safetensors'}" if result.patch else ""))
     return 0 if result.status == "ok" else 3
+
+
+def _data_or_toy_concept(args, names):
+    """Read ``--data`` (before loading a model: a bad shard fails in a second), or check toy concept names."""
+    if args.classes and not args.data:
+        raise ValueError("--classes only applies with --data (your own pictures); the toy world measures the "
+                         "concept against every other class of its attribute")
+    if args.data:
+        from .data.sources import open_pairs
+
+        return open_pairs(args.data)
+    from .data.minicanvas import find_concept
+    from .models.loading import TOY_MODELS
+
+    if args.model in TOY_MODELS:
+        for name in names:
+            find_concept(name)  # an unknown toy concept fails before the model loads
+    return None
+
+
+def cmd_layers(args) -> int:
+    from .rundir import check_out_dir
+
+    check_out_dir(args.out, args.overwrite)  # before any work
+    data = _data_or_toy_concept(args, [args.forget])
+    from .adapters.host import is_host_name
+    from .atlas import identify_layers
+    from .models.loading import load_clip
+
+    if is_host_name(args.model):
+        raise ValueError(f"`slugkit layers` analyses a CLIP; for {args.model!r} pass the CLIP it embeds "
+                         "(toy-clip-hf for toy-sd and toy-llava)")
+    report = identify_layers(load_clip(args.model, cache_dir=args.cache_dir), args.forget, data=data,
+                             classes=args.classes, include=args.include, exclude=args.exclude, tower=args.tower,
+                             candidates=args.candidates or "default", batch_size=args.batch_size, seed=args.seed,
+                             store=None if args.no_cache else _cache_dir() / "gradients")
+    out = report.save(args.out, overwrite=args.overwrite)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.summary())
+        print(f"wrote {out / 'layers.csv'}, layers.json, heatmap.png and pareto.png")
+    return 0
 
 
 def cmd_toy_sd(args) -> int:
@@ -337,6 +381,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the default for SD, as the authors' UnlearnCanvas runs) or with its own caption (the "
                         "default for LLaVA, as on CLIP)")
     u.set_defaults(func=cmd_unlearn)
+
+    ly = sub.add_parser("layers", help="stages 1-2 only: which layers hold a concept (no unlearning)",
+                        description="Compute the forget and retain gradients and the layer table (importance, "
+                        "alignment, Pareto front) of one concept, as `slugkit unlearn` would, without searching a "
+                        "step size: writes OUT/layers.csv, layers.json, heatmap.png and pareto.png (atomically).")
+    ly.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=MODEL_HELP.split(", or a model that")[0])
+    ly.add_argument("--forget", required=True, metavar="CONCEPT", help="the concept to locate, e.g. 'Captain Zorp'")
+    ly.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder (checked before any work)")
+    ly.add_argument("--overwrite", action="store_true", help="replace a previous slugkit run in --out")
+    ly.add_argument("--data", metavar="PATH", help="your pictures for a real model, as for `slugkit unlearn`")
+    ly.add_argument("--classes", nargs="+", metavar="NAME", help="with --data: the other names (as for unlearn)")
+    ly.add_argument("--tower", choices=["vision", "text"], help="only this tower's layers")
+    ly.add_argument("--include", nargs="+", metavar="KIND", help="only these candidate kinds or name regexes")
+    ly.add_argument("--exclude", nargs="+", metavar="KIND", help="drop these candidate kinds or name regexes")
+    ly.add_argument("--candidates", choices=["default", "reference"], help="candidate set, as for unlearn")
+    ly.add_argument("--seed", type=_int_in(SEED_MIN, SEED_MAX), default=0, metavar="N", help="random seed (default 0)")
+    ly.add_argument("--batch-size", type=_int_in(BATCH_SIZE_MIN, BATCH_SIZE_MAX), default=64, metavar="N",
+                    help="pairs per gradient batch (default 64)")
+    ly.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
+    ly.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
+    ly.add_argument("--json", action="store_true", help="print layers.json to stdout instead of a table")
+    ly.set_defaults(func=cmd_layers)
 
     e = sub.add_parser("eval", help="zero-shot accuracy per attribute, optionally with a patch",
                        description="Zero-shot accuracy of a toy model on held-out MiniCanvas pictures, per "
