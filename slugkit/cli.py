@@ -7,6 +7,8 @@
     slugkit demo
     slugkit bench --model toy-clip --out runs/bench
     slugkit layers --model toy-clip --forget "Captain Zorp" --out runs/zorp-layers
+    slugkit atlas --model toy-clip --out runs/atlas
+    slugkit unlearn --model toy-clip --forget "Captain Zorp" --forget "Mira Quell" --out runs/two
 
 Every user mistake ends in one sentence on stderr and exit code 2; ``--debug`` shows the traceback
 instead. Exit codes: 0 done, 2 bad input, 3 the run finished but its status is not "ok", 1 an
@@ -107,39 +109,34 @@ def cmd_unlearn(args) -> int:
     from .rundir import check_out_dir
 
     check_out_dir(args.out, args.overwrite)  # before any work (and before importing torch): fails in a second
-    if args.classes and not args.data:
-        raise ValueError("--classes only applies with --data (your own pictures); the toy world measures the "
-                         "concept against every other class of its attribute")
+    data = _data_or_toy_concept(args, args.forget)
     from .adapters.host import is_host_name, load_host
     from .models.loading import load_clip
     from .step_size_search import Target
     from .slug import unlearn, unlearn_host
 
-    if args.data:  # read (index) the data before loading a model: a bad shard fails in a second
-        from .data.sources import open_pairs
-
-        data = open_pairs(args.data)
-    else:
-        from .data.minicanvas import find_concept
-        from .models.loading import TOY_MODELS
-
-        data = None
-        if args.model in TOY_MODELS:
-            find_concept(args.forget)  # an unknown toy concept fails before the model loads
     target = Target(forget_metric=f"forget_{args.target}") if args.target else None
-    options = dict(data=data, classes=args.classes, policy=args.policy, include=args.include,
-                   exclude=args.exclude, tower=args.tower, preset=args.preset, candidates=args.candidates,
-                   target=target, max_evals=args.max_evals,
-                   seed=args.seed, batch_size=args.batch_size,
-                   store=None if args.no_cache else _cache_dir() / "gradients")
-    if is_host_name(args.model):
-        result = unlearn_host(load_host(args.model), args.forget, search=args.search, forget_text=args.forget_text,
-                              **options)
+    options = dict(policy=args.policy, include=args.include, exclude=args.exclude, tower=args.tower,
+                   candidates=args.candidates, target=target, max_evals=args.max_evals, seed=args.seed,
+                   batch_size=args.batch_size)
+    if len(args.forget) > 1:  # several concepts: one layer each, one composed patch (slugkit.multi)
+        from .multi import unlearn_many
+
+        if data is not None or is_host_name(args.model) or args.preset != "slugkit":
+            raise ValueError("several --forget concepts at once work on a toy CLIP (toy-clip, toy-clip-hf) without "
+                             "--data or --preset for now; forget one concept at a time otherwise")
+        result = unlearn_many(load_clip(args.model), args.forget, **options)
     else:
-        for flag, value, default in (("--search", args.search, "clip"), ("--forget-text", args.forget_text, None)):
-            if value != default:
-                raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
-        result = unlearn(load_clip(args.model, cache_dir=args.cache_dir), args.forget, **options)
+        options |= dict(data=data, classes=args.classes, preset=args.preset,
+                        store=None if args.no_cache else _cache_dir() / "gradients")
+        if is_host_name(args.model):
+            result = unlearn_host(load_host(args.model), args.forget[0], search=args.search,
+                                  forget_text=args.forget_text, **options)
+        else:
+            for flag, value, default in (("--search", args.search, "clip"), ("--forget-text", args.forget_text, None)):
+                if value != default:
+                    raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
+            result = unlearn(load_clip(args.model, cache_dir=args.cache_dir), args.forget[0], **options)
     out = result.save(args.out, overwrite=args.overwrite)
     print(result.summary())
     print(f"wrote {out / 'report.json'}" + (f" and {out / 'patch.safetensors'}" if result.patch else ""))
@@ -186,6 +183,25 @@ def cmd_layers(args) -> int:
     else:
         print(report.summary())
         print(f"wrote {out / 'layers.csv'}, layers.json, heatmap.png and pareto.png")
+    return 0
+
+
+def cmd_atlas(args) -> int:
+    from .rundir import check_out_dir
+
+    check_out_dir(args.out, args.overwrite)  # before any work
+    from .atlas import build_atlas
+    from .models.loading import TOY_MODELS, load_clip
+
+    if args.model not in TOY_MODELS:  # refuse before loading (and maybe downloading) real weights
+        raise ValueError(f"the atlas covers the toy world's concepts: use a toy model ({', '.join(TOY_MODELS)}), "
+                         f"not {args.model!r}; `slugkit layers --data ...` locates one concept of your data")
+    atlas = build_atlas(load_clip(args.model), args.concepts, seed=args.seed, max_forget=args.max_forget)
+    out = atlas.save(args.out, overwrite=args.overwrite)
+    print(atlas.summary().to_string())
+    print(f"atlas of {len(atlas.names)} concepts x {len(atlas.layers)} layers in {atlas.meta['seconds']:.1f} s; "
+          f"wrote {out}/ (importance.csv, alignment.csv, pareto.csv, cosine.npz, atlas.json, clustermap.png, "
+          "where.png, similarity.png)")
     return 0
 
 
@@ -337,9 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run SLUG: one gradient pass, pick a layer, search the step size, and write "
                        "OUT/report.json and OUT/patch.safetensors (together, atomically).")
     u.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=MODEL_HELP)
-    u.add_argument("--forget", required=True, metavar="CONCEPT", help="the concept to forget, e.g. 'Captain Zorp' (case and extra "
-                   "spaces ignored; `slugkit concepts` lists the toy world's); with --data, every pair whose caption "
-                   "names it is forgotten")
+    u.add_argument("--forget", required=True, action="append", metavar="CONCEPT", help="the concept to forget, e.g. "
+                   "'Captain Zorp' (case and extra spaces ignored; `slugkit concepts` lists the toy world's); with "
+                   "--data, every pair whose caption names it is forgotten. Repeat it (--forget A --forget B) to "
+                   "forget several toy concepts of one kind at once, one layer each, as the paper does")
     u.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder (checked before any work); "
                    "an existing run there is refused unless --overwrite")
     u.add_argument("--overwrite", action="store_true", help="replace the whole previous slugkit run in --out "
@@ -403,6 +420,18 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
     ly.add_argument("--json", action="store_true", help="print layers.json to stdout instead of a table")
     ly.set_defaults(func=cmd_layers)
+
+    at = sub.add_parser("atlas", help="where every toy concept lives: concept x layer importance, alignment, "
+                        "Pareto layers and gradient similarity", description="Stages 1-2 for every MiniCanvas concept "
+                        "with one shared retain gradient; writes matrices (CSV, NPZ, JSON) and figures into OUT.")
+    at.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="a toy CLIP: 'toy-clip' (default) or 'toy-clip-hf'")
+    at.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder (checked before any work)")
+    at.add_argument("--overwrite", action="store_true", help="replace a previous slugkit run in --out")
+    at.add_argument("--concepts", nargs="+", metavar="NAME", help="only these concepts (default: all 38)")
+    at.add_argument("--max-forget", type=_int_in(1, 2000), default=64, metavar="N",
+                    help="forget pairs per concept (default 64, seeded sample)")
+    at.add_argument("--seed", type=_int_in(SEED_MIN, SEED_MAX), default=0, metavar="N", help="random seed (default 0)")
+    at.set_defaults(func=cmd_atlas)
 
     e = sub.add_parser("eval", help="zero-shot accuracy per attribute, optionally with a patch",
                        description="Zero-shot accuracy of a toy model on held-out MiniCanvas pictures, per "
