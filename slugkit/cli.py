@@ -465,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "1 style, 1 object)")
     bp.add_argument("--methods", nargs="+", help="any of slug ga ft gaft salun ssd (default: all)")
     bp.add_argument("--seeds", nargs="+", type=int, default=[0], help="data seeds (forget/retain draw and splits)")
-    bp.add_argument("--multi", nargs="*", help="characters forgotten together, by composed patches and by one "
+    bp.add_argument("--multi", nargs="*", help="characters forgotten together, one layer per concept (the paper's way) and by one "
                     "joint run (default: the 3 default characters; no names: skip)")
     bp.add_argument("--slug-policy", default="pareto", help="SLUG layer policy: pareto, deepest or a layer name")
     bp.add_argument("--max-steps", type=int, default=20, help="baseline steps per grid point")

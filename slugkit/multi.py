@@ -3,8 +3,10 @@
 1. Each concept's forget gradient is computed on the *original* model (one retain gradient for the set).
 2. Each concept gets its own layer from its own Pareto front: every Pareto layer's step size is searched
    for that concept alone, then the layers are assigned greedily, the concept with the fewest working
-   layers first, each taking its best layer no other concept took (a shared layer only when a concept's
-   front leaves no free working layer).
+   layers first: each tries its best few layers no other concept took (a shared layer only when its front
+   leaves no free working layer) together with the edits already chosen, and keeps the one that holds every
+   target with the least damage; the pass is repeated with each concept choosing first in turn, and the best
+   whole assignment is kept (:func:`assign_layers`).
 3. Each step size is searched again with the *other* concepts' updates applied, concept after concept,
    from its solo step size (so it can shrink when the others' edits already help); a second round runs
    when some concept's forget target no longer holds once all updates are in.
@@ -76,21 +78,47 @@ def added(adapter: CLIPAdapter, deltas: dict[str, torch.Tensor]) -> Iterator[Non
                 adapter.parameter(n).copy_(original)
 
 
-def assign_layers(options: dict[str, list[tuple[str, float]]]) -> dict[str, str]:
-    """One layer per concept: ``options[c]`` = the layers where ``c``'s own search met its target, each with its
-    score (higher is better). Concepts with fewer options choose first; each takes its best layer no earlier
-    concept took, or its best layer when all are taken. Returns ``{concept: layer}``."""
-    taken: set[str] = set()
-    chosen: dict[str, str] = {}
-    order = sorted(options, key=lambda c: (len(options[c]), list(options).index(c)))
-    for c in order:
-        ranked = sorted(options[c], key=lambda o: -o[1])
-        if not ranked:
-            continue
-        free = [layer for layer, _ in ranked if layer not in taken]
-        chosen[c] = free[0] if free else ranked[0][0]
-        taken.add(chosen[c])
-    return {c: chosen[c] for c in options if c in chosen}
+def assign_layers(options: dict[str, list[tuple[str, float]]], evaluate=None, max_tries: int = 4) -> dict[str, str]:
+    """One layer per concept, chosen greedily.
+
+    ``options[c]``: the layers where ``c``'s own search met its target, each with its solo score (higher is
+    better). Concepts with fewer options choose first. Each considers its ``max_tries`` best layers that no earlier
+    concept took (all of its layers when every one is taken). Without ``evaluate`` it takes the best by solo
+    score. With it, ``evaluate({concept: layer, ...})`` measures edits together and returns ``(every target
+    reached, score)``: each concept takes the candidate that, with the edits chosen before it, keeps every target
+    and scores best (collateral damage between edits is measured, not guessed), and the greedy pass is repeated
+    with each concept choosing first in turn, keeping the best whole assignment. Returns ``{concept: layer}`` in
+    ``options`` order (concepts without options get none).
+    """
+    first = sorted(options, key=lambda c: (len(options[c]), list(options).index(c)))
+    memo: dict[frozenset, tuple[bool, float]] = {}
+
+    def measured(assignment: dict[str, str]) -> tuple[bool, float]:
+        key = frozenset(assignment.items())
+        if key not in memo:
+            ok, score = evaluate(assignment)
+            memo[key] = (bool(ok), float(score))
+        return memo[key]
+
+    def greedy(order: list[str]) -> dict[str, str]:
+        taken: set[str] = set()
+        chosen: dict[str, str] = {}
+        for c in order:
+            ranked = [layer for layer, _ in sorted(options[c], key=lambda o: -o[1])]
+            if not ranked:
+                continue
+            tries = ([layer for layer in ranked if layer not in taken] or ranked)[:max_tries]
+            if evaluate is None or len(tries) == 1:
+                chosen[c] = tries[0]
+            else:
+                chosen[c] = max(tries, key=lambda layer: measured(chosen | {c: layer}))
+            taken.add(chosen[c])
+        return {c: chosen[c] for c in options if c in chosen}
+
+    if evaluate is None:
+        return greedy(first)
+    candidates = [greedy(first[k:] + first[:k]) for k in range(len(first))]
+    return max(candidates, key=lambda a: measured(a) if a else (False, float("-inf")))
 
 
 @dataclass
@@ -151,8 +179,8 @@ def unlearn_many(adapter: CLIPAdapter, concepts: Sequence[str], *, policy: str =
     """
     start = time.perf_counter()
     names, attribute = resolve_concepts(concepts)
-    if len(set(names)) != len(names):
-        raise ValueError(f"each concept once, please: got {names}")
+    if len(set(names)) != len(names) or len(names) < 2:
+        raise ValueError(f"expected at least two different concepts (slugkit.unlearn forgets one), got {names}")
     from .models.loading import TOY_MODELS
 
     if adapter.name not in TOY_MODELS:
@@ -200,38 +228,47 @@ def unlearn_many(adapter: CLIPAdapter, concepts: Sequence[str], *, policy: str =
     for n in tqdm(names, desc="layers per concept", disable=not progress):
         solo[n] = [search(n, layer, unedited) for layer in select_layers(tables[n], policy, tower)]
     options = {n: [(s.layer, targets[n].score(s.best_metrics)) for s in solo[n] if s.status == "ok"] for n in names}
-    chosen = assign_layers(options)
-    lam = {n: next(s.best_lambda for s in solo[n] if s.layer == chosen[n]) for n in chosen}
+    solo_lam = {(n, s.layer): s.best_lambda for n in names for s in solo[n] if s.status == "ok"}
+
+    def deltas(assignment: dict[str, str], lams: dict[str, float], skip: str | None = None) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for n, layer in assignment.items():
+            if n != skip:
+                d = lams[n] * grads[n].forget[layer]
+                out[layer] = out[layer] + d if layer in out else d
+        return out
+
+    def together(assignment: dict[str, str], lams: dict[str, float]) -> dict:
+        with added(adapter, deltas(assignment, lams)):
+            return ConceptSetEvaluator(adapter, val, names).cache().baseline()
+
+    def evaluate(assignment: dict[str, str]) -> tuple[bool, float]:
+        m = together(assignment, {n: solo_lam[(n, layer)] for n, layer in assignment.items()})
+        return all(targets[n].reached(m) for n in assignment), target.score(m)
+
+    chosen = assign_layers(options, evaluate)
+    lam = {n: solo_lam[(n, chosen[n])] for n in chosen}
     timings["step_size_search"] = round(time.perf_counter() - t, 2)
     warns = [f"no layer of {n!r}'s Pareto front met the target on its own: {n!r} is not forgotten"
              for n in names if n not in chosen]
-
-    def deltas(skip: str | None = None) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for n in chosen:
-            if n != skip:
-                d = lam[n] * grads[n].forget[chosen[n]]
-                out[chosen[n]] = out[chosen[n]] + d if chosen[n] in out else d
-        return out
 
     # 3. each step size again with the others' updates applied, until every target holds together
     t = time.perf_counter()
     joint: list[SearchResult] = []
     rounds = 0
-    together = None
+    final = None
     for rounds in range(1, max_rounds + 1):
         for n in tqdm(list(chosen), desc=f"joint round {rounds}", disable=not progress):
-            with added(adapter, deltas(skip=n)):
+            with added(adapter, deltas(chosen, lam, skip=n)):
                 s = search(n, chosen[n], ConceptSetEvaluator(adapter, val, names).cache(), lambda0=lam[n])
             joint.append(s)
             if s.status == "ok":
                 lam[n] = s.best_lambda
-        with added(adapter, deltas()):
-            together = ConceptSetEvaluator(adapter, val, names).cache().baseline()
-        if all(targets[n].reached(together) for n in chosen):
+        final = together(chosen, lam)
+        if all(targets[n].reached(final) for n in chosen):
             break
     timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
-    missed = [n for n in chosen if together is not None and not targets[n].reached(together)]
+    missed = [n for n in chosen if final is not None and not targets[n].reached(final)]
     if missed:
         warns.append(f"with every update applied, {missed} still miss the target on the search split after "
                      f"{rounds} joint round(s)")

@@ -79,3 +79,82 @@ def test_layers_errors_match_unlearns(capsys, folder, hf_dir, tmp_path):
                            tmp_path / "d")
     assert code == 2 and "not a toy model" in err
     assert not any(tmp_path.iterdir())  # no half-written folder anywhere
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The atlas of the toy world (a few concepts, small retain set: the same code path as all 38)
+# ---------------------------------------------------------------------------------------------------------
+FEW = ["Captain Zorp", "Mira Quell", "star", "Stripes"]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_clip("toy-clip")
+
+
+@pytest.fixture(scope="module")
+def atlas(toy):
+    from slugkit.atlas import build_atlas
+
+    return build_atlas(toy, FEW, max_forget=16, n_retain=128, progress=False)
+
+
+def test_atlas_rows_are_the_layer_tables_of_each_concept(atlas, toy):
+    from slugkit.gradients import Gradients
+    from slugkit.layer_identification import layer_table
+
+    assert list(atlas.importance.index) == FEW and atlas.importance.shape == (4, len(toy.candidate_layers()))
+    for c in ("Mira Quell", "Stripes"):
+        expected = layer_table(toy, Gradients(atlas.forget[c], atlas.retain))
+        got = atlas.table(c)
+        assert list(got["name"]) == list(expected["name"])
+        np.testing.assert_allclose(got["importance"], expected["importance"], rtol=1e-9)
+        np.testing.assert_allclose(got["alignment"], expected["alignment"], rtol=1e-9, atol=1e-12)
+        assert list(got["pareto"]) == list(expected["pareto"])
+        assert atlas.pareto_layers(c) == list(expected.loc[expected["pareto"], "name"])
+
+
+def test_atlas_similarity_is_the_cosine_of_forget_gradients(atlas):
+    layer = atlas.layers["name"].iloc[7]
+    sim = atlas.similarity(layer)
+    a, b = atlas.forget["Captain Zorp"][layer].flatten().double(), atlas.forget["star"][layer].flatten().double()
+    assert sim.loc["Captain Zorp", "star"] == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-9)
+    np.testing.assert_allclose(np.diag(sim), 1.0, atol=1e-9)
+    np.testing.assert_allclose(sim.to_numpy(), sim.to_numpy().T, atol=1e-12)
+    shared = atlas.shared_pareto(["Captain Zorp", "Mira Quell"])
+    assert set(shared.index) == set(atlas.pareto_layers("Captain Zorp")) | set(atlas.pareto_layers("Mira Quell"))
+    assert list(shared.sum(axis=1)) == sorted(shared.sum(axis=1), reverse=True)  # collisions first
+
+
+def test_atlas_saves_matrices_figures_and_a_static_explorer(atlas, tmp_path):
+    from slugkit.viz.widgets import AtlasExplorer
+
+    out = atlas.save(tmp_path / "atlas")
+    for name in ("importance.csv", "alignment.csv", "pareto.csv", "cosine.npz", "atlas.json", "clustermap.png",
+                 "where.png", "similarity.png"):
+        assert (out / name).stat().st_size > 0, name
+    back = pd.read_csv(out / "importance.csv", index_col=0)
+    np.testing.assert_allclose(back.to_numpy(), atlas.importance.to_numpy(), rtol=1e-12)
+    saved = json.loads((out / "atlas.json").read_text())
+    assert saved["pareto"]["star"] == atlas.pareto_layers("star")
+
+    explorer = AtlasExplorer(atlas, concept="Stripes")
+    assert "Stripes" in explorer.text() and str(len(atlas.pareto_layers("Stripes"))) in explorer.text()
+    explorer.mode.value = "layer"
+    explorer.layer.value = atlas.layers["name"].iloc[3]
+    top = atlas.importance[atlas.layers["name"].iloc[3]].idxmax()
+    assert top in explorer.text()
+    bundle = explorer._repr_mimebundle_()
+    assert bundle["image/png"] and "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_similarity_vs_damage_pairs_each_edit_with_every_other_concept(atlas, toy):
+    from slugkit.atlas import similarity_vs_damage
+
+    test = similarity_vs_damage(toy, atlas, ["Captain Zorp"], n_test=600, progress=False)
+    edit = test.edits.iloc[0]
+    assert edit["layer"] in atlas.pareto_layers("Captain Zorp")
+    assert len(test.pairs) == len(FEW) - 1 and set(test.pairs["measured"]) == set(FEW) - {"Captain Zorp"}
+    sim = atlas.similarity(edit["layer"])["Captain Zorp"]
+    assert list(test.pairs["cosine"]) == [sim[b] for b in test.pairs["measured"]]
+    assert -1 <= test.rho <= 1 and list(test.pairs["same_attribute"]) == [True, False, False]

@@ -22,6 +22,23 @@ def test_assign_layers_gives_distinct_layers_where_the_fronts_allow():
     assert assign_layers({"A": [("l1", 0.5)], "B": [("l1", 0.9)], "C": []}) == {"A": "l1", "B": "l1"}
 
 
+def test_assign_layers_measures_the_edits_together():
+    options = {"A": [("l1", 0.9), ("l2", 0.8), ("l3", 0.1)], "B": [("l4", 0.9), ("l1", 0.5)]}
+    seen = []
+
+    def evaluate(assignment):  # A on l1 breaks a target; A on l2 costs more than on l3; B on l1 is best of all
+        seen.append(dict(assignment))
+        score = {"l1": 0.99, "l2": 0.5, "l3": 0.7}.get(assignment.get("A"), 0.6) + (assignment.get("B") == "l1")
+        return assignment.get("A") != "l1", score
+
+    # B (fewer options) chooses first: measured alone, l1 beats l4; A then tries its free layers l2 and l3
+    assert assign_layers(options, evaluate) == {"A": "l3", "B": "l1"}
+    assert {"B": "l1", "A": "l2"} in seen and {"B": "l1", "A": "l3"} in seen
+    assert len(seen) == len({frozenset(a.items()) for a in seen})  # each assignment measured once
+    # with one try each, nothing is measured against anything: A keeps its best solo layer, B the free one
+    assert assign_layers(options, evaluate, max_tries=1) == {"A": "l1", "B": "l4"}
+
+
 def test_added_restores_the_weights_bit_exactly():
     adapter = FakeAdapter()
     name = adapter.candidate_layers()[0].name
