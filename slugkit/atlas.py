@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .adapters.base import CLIPAdapter
+from .adapters.base import TOWERS, CLIPAdapter
 from .bounds import check_batch_size, check_finite_weights, check_retain_set, check_seed
 from .data.pairs import ImageTextPairs, pair_loader
 from .fingerprint import model_fingerprint, to_jsonable
@@ -308,7 +308,8 @@ def build_atlas(adapter: CLIPAdapter, concepts: Sequence[str] | None = None, *, 
         raise ValueError(f"max_forget must be a positive number of pairs, got {max_forget}")
     check_finite_weights(adapter.model, adapter.name)
     items = world_concepts() if concepts is None else [find_concept(c) for c in concepts]
-    infos = candidate_infos(adapter, candidates)
+    rank = {t: k for k, t in enumerate(TOWERS)}  # the order of layer_table: vision first, shallow to deep
+    infos = sorted(candidate_infos(adapter, candidates), key=lambda i: (rank.get(i.tower, len(rank)), i.block))
     layers = [i.name for i in infos]
     start = time.perf_counter()
     retain = retain_gradient(adapter, layers, toy_retain_pairs(seed, n_retain), batch_size=batch_size,
