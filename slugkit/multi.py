@@ -5,8 +5,7 @@
    for that concept alone, then the layers are assigned greedily, the concept with the fewest working
    layers first: each tries its best few layers no other concept took (a shared layer only when its front
    leaves no free working layer) together with the edits already chosen, and keeps the one that holds every
-   target with the least damage; the pass is repeated with each concept choosing first in turn, and the best
-   whole assignment is kept (:func:`assign_layers`).
+   target with the least damage (:func:`assign_layers`).
 3. Each step size is searched again with the *other* concepts' updates applied, concept after concept,
    from its solo step size (so it can shrink when the others' edits already help); a second round runs
    when some concept's forget target no longer holds once all updates are in.
@@ -84,13 +83,11 @@ def assign_layers(options: dict[str, list[tuple[str, float]]], evaluate=None, ma
     ``options[c]``: the layers where ``c``'s own search met its target, each with its solo score (higher is
     better). Concepts with fewer options choose first. Each considers its ``max_tries`` best layers that no earlier
     concept took (all of its layers when every one is taken). Without ``evaluate`` it takes the best by solo
-    score. With it, ``evaluate({concept: layer, ...})`` measures edits together (each at its solo step size) and
-    returns ``(every target reached, score)``: each concept takes the candidate that, with the edits chosen before
-    it, scores best (collateral damage between edits is measured, not guessed), and the greedy pass is repeated
-    with each concept choosing first in turn, keeping the best-scoring whole assignment. Whether the targets are
-    reached at the solo step sizes does not rank assignments: the joint search re-tunes every step size
-    afterwards, and ranking by it once preferred an assignment that reached them at the price of half the retain
-    accuracy. Returns ``{concept: layer}`` in ``options`` order (concepts without options get none).
+    score. With it, ``evaluate({concept: layer, ...})`` measures edits together and returns ``(every target
+    reached, score)``: each concept takes the candidate that, with the edits chosen before it, keeps every target
+    and scores best (collateral damage between edits is measured, not guessed), and the greedy pass is repeated
+    with each concept choosing first in turn, keeping the best whole assignment. Returns ``{concept: layer}`` in
+    ``options`` order (concepts without options get none).
     """
     first = sorted(options, key=lambda c: (len(options[c]), list(options).index(c)))
     memo: dict[frozenset, tuple[bool, float]] = {}
@@ -113,14 +110,14 @@ def assign_layers(options: dict[str, list[tuple[str, float]]], evaluate=None, ma
             if evaluate is None or len(tries) == 1:
                 chosen[c] = tries[0]
             else:
-                chosen[c] = max(tries, key=lambda layer: measured(chosen | {c: layer})[1])
+                chosen[c] = max(tries, key=lambda layer: measured(chosen | {c: layer}))
             taken.add(chosen[c])
         return {c: chosen[c] for c in options if c in chosen}
 
     if evaluate is None:
         return greedy(first)
     candidates = [greedy(first[k:] + first[:k]) for k in range(len(first))]
-    return max(candidates, key=lambda a: measured(a)[1] if a else float("-inf"))
+    return max(candidates, key=lambda a: measured(a) if a else (False, float("-inf")))
 
 
 @dataclass

@@ -26,10 +26,10 @@ def test_assign_layers_measures_the_edits_together():
     options = {"A": [("l1", 0.9), ("l2", 0.8), ("l3", 0.1)], "B": [("l4", 0.9), ("l1", 0.5)]}
     seen = []
 
-    def evaluate(assignment):  # what the edits cost together: A on l2 costs more than on l3; B best on l1
+    def evaluate(assignment):  # A on l1 breaks a target; A on l2 costs more than on l3; B on l1 is best of all
         seen.append(dict(assignment))
         score = {"l1": 0.99, "l2": 0.5, "l3": 0.7}.get(assignment.get("A"), 0.6) + (assignment.get("B") == "l1")
-        return True, score
+        return assignment.get("A") != "l1", score
 
     # B (fewer options) chooses first: measured alone, l1 beats l4; A then tries its free layers l2 and l3
     assert assign_layers(options, evaluate) == {"A": "l3", "B": "l1"}
