@@ -364,11 +364,14 @@ class DamageTest:
     p_same_attribute: float
 
     def summary(self) -> str:
-        verdict = ("gradient similarity predicts the damage" if self.p < 0.05 and self.rho > 0 else
-                   "no positive rank correlation at p < 0.05: gradient similarity does not predict the damage here")
-        return (f"{len(self.pairs)} pairs from {len(self.edits)} edits: Spearman rho = {self.rho:.3f} (p = {self.p:.2g}); "
-                f"pairs of one attribute: rho = {self.rho_same_attribute:.3f} (p = {self.p_same_attribute:.2g}); "
-                f"{verdict}")
+        def verdict(rho: float, p: float) -> str:
+            if not np.isfinite(rho):
+                return "too few pairs"
+            sign = "positive" if rho > 0 else "negative"
+            return f"rho = {rho:.3f} (p = {p:.2g}): {sign}, {'significant' if p < 0.05 else 'not significant'} at p < 0.05"
+
+        return (f"{len(self.pairs)} pairs from {len(self.edits)} edits. All pairs: {verdict(self.rho, self.p)}. "
+                f"Pairs of one attribute: {verdict(self.rho_same_attribute, self.p_same_attribute)}.")
 
 
 def default_sources(atlas: Atlas, per_kind: int = 2) -> list[str]:
