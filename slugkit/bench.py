@@ -6,7 +6,8 @@ For every concept x seed, every method runs on the task :func:`slugkit.tasks.toy
 forget / retain pairs and search split), must meet the same :class:`~slugkit.step_size_search.Target`
 (default: forget top-5 = 0 on the search split), and is then measured by
 :func:`slugkit.eval.metrics.evaluate_unlearning` on the held-out test split. Multi-concept: three
-characters forgotten by composing three single-concept SLUG patches, and by one joint SLUG run.
+characters forgotten the paper's way (one layer per concept, :func:`slugkit.multi.unlearn_many`), and by one
+joint SLUG run.
 
 Writes ``bench.json`` (one row per method x concept x seed, plus the unedited model as "original"),
 ``bench.md`` (the tables) and ``tradeoff.png`` (utility vs forget accuracy, marker area = time).
@@ -35,7 +36,7 @@ from .data.pairs import mentions
 from .gradients import clear_retain_memo
 from .eval.metrics import (ConceptSetEvaluator, CostMeter, changed_bytes, concept_label, evaluate_unlearning,
                            mia_pictures, resolve_concepts, snapshot, toy_training_world)
-from .patch import compose
+from .multi import unlearn_many
 from .resources import data_dir
 from .slug import STATUS_INCOMPLETE, model_bytes, unlearn
 from .step_size_search import Target
@@ -45,7 +46,7 @@ DEFAULT_CONCEPTS = ("Captain Zorp", "Mira Quell", "Rex Calloway", "Stripes", "st
 DEFAULT_METHODS = ("slug", "ga", "ft", "gaft", "salun", "ssd")
 DEFAULT_MULTI = ("Captain Zorp", "Mira Quell", "Rex Calloway")
 METHOD_NAMES = {"original": "Original", "slug": "SLUG", "ga": "GA", "ft": "FT", "gaft": "GA+FT", "salun": "SalUn",
-                "ssd": "SSD", "slug-composed": "SLUG (3 patches composed)", "slug-joint": "SLUG (one joint run)"}
+                "ssd": "SSD", "slug-many": "SLUG (one layer per concept)", "slug-joint": "SLUG (one joint run)"}
 
 
 @dataclass
@@ -222,7 +223,7 @@ def run_method(adapter, method: str, concept: str, seed: int, cfg: BenchConfig, 
 
 
 def run_multi(adapter, concepts: Sequence[str], seed: int, cfg: BenchConfig, pictures: dict) -> list[dict]:
-    """Forget several characters: three composed single-concept patches, and one joint SLUG run."""
+    """Forget several characters: the paper's way (:func:`slugkit.multi.unlearn_many`), and one joint SLUG run."""
     target = Target(forget_metric=cfg.target)
     names, _ = resolve_concepts(concepts)
     joint_task = toy_multi_task(adapter, names, seed=seed, n_val=cfg.n_val, n_test=cfg.n_test)
@@ -232,36 +233,23 @@ def run_multi(adapter, concepts: Sequence[str], seed: int, cfg: BenchConfig, pic
     metrics, secs = _evaluate(adapter, names, world, pictures)
     rows.append(_row("original", names, seed, target, "unedited", metrics, None, 0, adapter, secs, {}))
 
-    # composed: one SLUG run per concept, patches summed
-    parts, costs = [], []
-    for name in names:
-        result, cost = _slug(adapter, toy_task(adapter, name, seed=seed, n_val=cfg.n_val, n_test=cfg.n_test),
-                             target, cfg, seed)
-        parts.append(result)
-        costs.append(cost)
-    cost = costs[0]
-    cost.seconds = sum(c.seconds for c in costs)
-    cost.peak_rss_mb = max(c.peak_rss_mb for c in costs)
-    cost.rss_increase_mb = max(c.rss_increase_mb for c in costs)
-    for f in ("forward_images", "forward_texts", "resumed_image_batches", "backward_passes"):
-        setattr(cost, f, sum(getattr(c, f) for c in costs))
-    patches = [r.patch for r in parts if r.patch is not None]
-    detail = {"parts": [{"concept": r.concept, **_slug_detail(r)} for r in parts]}
-    if len(patches) == len(parts):
-        combined = compose(patches)
-        combined.apply(adapter.model)
+    # the paper's way: each concept its own layer, step sizes searched together, one composed patch
+    with CostMeter(adapter) as meter:
+        many = unlearn_many(adapter, names, policy=cfg.slug_policy, target=target, max_evals=cfg.slug_max_evals,
+                            seed=seed, n_val=cfg.n_val, n_test=cfg.n_test, progress=False)
+    detail = {"per_concept": many.per_concept, "rounds": many.rounds, "timings": many.timings}
+    changed = 0
+    if many.patch is not None:
+        many.patch.apply(adapter.model)
         try:
-            search = joint_task.search_evaluator.cache().baseline()
-            status = "ok" if target.reached(search) else "target-not-reached"
             changed = changed_bytes(before, adapter.model)
             metrics, secs = _evaluate(adapter, names, world, pictures)
         finally:
-            combined.revert(adapter.model)
-        detail["search_forget"] = search[cfg.target]
+            many.patch.revert(adapter.model)
     else:
-        status, changed = "target-not-reached", 0
         metrics, secs = _evaluate(adapter, names, world, pictures)
-    rows.append(_row("slug-composed", names, seed, target, status, metrics, cost, changed, adapter, secs, detail))
+    rows.append(_row("slug-many", names, seed, target, _slug_status(many), metrics, meter.cost, changed, adapter,
+                     secs, detail))
 
     # joint: one forget set holding every concept
     result, cost = _slug(adapter, joint_task, target, cfg, seed)

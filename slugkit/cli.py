@@ -8,6 +8,9 @@
     slugkit bench --model toy-clip --out runs/bench
     slugkit notebooks my-notebooks [--student]
     slugkit lab [my-notebooks]
+    slugkit layers --model toy-clip --forget "Captain Zorp" --out runs/zorp-layers
+    slugkit atlas --model toy-clip --out runs/atlas
+    slugkit unlearn --model toy-clip --forget "Captain Zorp" --forget "Mira Quell" --out runs/two
 
 Every user mistake ends in one sentence on stderr and exit code 2; ``--debug`` shows the traceback
 instead. Exit codes: 0 done, 2 bad input, 3 the run finished but its status is not "ok", 1 an
@@ -110,9 +113,6 @@ def cmd_unlearn(args) -> int:
     from .rundir import check_out_dir
 
     check_out_dir(args.out, args.overwrite)  # before any work (and before importing torch): fails in a second
-    if args.classes and not args.data:
-        raise ValueError("--classes only applies with --data (your own pictures); the toy world measures the "
-                         "concept against every other class of its attribute")
     if not args.profile:
         return _prepare_and_unlearn(args)
     with Profiler(start=time.perf_counter() - (process_age() or 0.0)) as prof:
@@ -124,18 +124,8 @@ def _prepare_and_unlearn(args, prof=None) -> int:
     """Read the data, start the data-parallel processes or join their group, then :func:`_unlearn`."""
     from .profile import stage
 
-    if args.data:  # read (index) the data before loading a model: a bad shard fails in a second
-        from .data.sources import open_pairs
-
-        with stage("data"):
-            data = open_pairs(args.data)
-    else:
-        from .data.minicanvas import find_concept
-        from .models.loading import TOY_MODELS
-
-        data = None
-        if args.model in TOY_MODELS:
-            find_concept(args.forget)  # an unknown toy concept fails before the model loads
+    with stage("data"):
+        data = _data_or_toy_concept(args, args.forget)
     if args.nproc > 1:  # data parallel: torchrun's launcher starts the processes, each runs this command
         if "WORLD_SIZE" in os.environ:
             raise ValueError("--nproc starts torchrun itself: under torchrun leave it out (torchrun's "
@@ -169,10 +159,21 @@ def _unlearn(args, data, writer: bool, device, prof=None) -> int:
                    target=target, max_evals=args.max_evals,
                    seed=args.seed, batch_size=args.batch_size, retain=args.retain,
                    store=None if args.no_cache else _cache_dir() / "gradients", progress=writer)
-    if is_host_name(args.model):
+    if len(args.forget) > 1:  # several concepts: one layer each, one composed patch (slugkit.multi)
+        from .multi import unlearn_many
+
+        if data is not None or is_host_name(args.model) or args.preset not in (None, "slugkit"):
+            raise ValueError("several --forget concepts at once work on a toy CLIP (toy-clip, toy-clip-hf) without "
+                             "--data or --preset for now; forget one concept at a time otherwise")
+        with stage("load"):
+            adapter = load_clip(args.model, device=device)
+        many = {k: options[k] for k in ("policy", "include", "exclude", "tower", "candidates", "target", "max_evals",
+                                        "seed", "batch_size", "progress")}
+        result = unlearn_many(adapter, args.forget, **{k: v for k, v in many.items() if v is not None})
+    elif is_host_name(args.model):
         with stage("load"):
             host = load_host(args.model)
-        result = unlearn_host(host, args.forget, search=args.search, forget_text=args.forget_text, **options)
+        result = unlearn_host(host, args.forget[0], search=args.search, forget_text=args.forget_text, **options)
     else:
         for flag, value in (("--search", args.search), ("--forget-text", args.forget_text)):
             if value is not None:
@@ -183,7 +184,7 @@ def _unlearn(args, data, writer: bool, device, prof=None) -> int:
         options = {k: v for k, v in options.items() if v is not None}  # unlearn's own defaults
         with stage("load"):
             adapter = load_clip(args.model, device=device, cache_dir=args.cache_dir)
-        result = unlearn(adapter, args.forget, **options)
+        result = unlearn(adapter, args.forget[0], **options)
     if prof is not None:
         result.profile = prof.to_dict()  # everything up to writing the run
     out = result.save(args.out, overwrite=args.overwrite)
@@ -205,6 +206,68 @@ def _drop_option(argv: list[str], option: str) -> list[str]:
         elif not item.startswith(option + "="):
             out.append(item)
     return out
+
+
+def _data_or_toy_concept(args, names):
+    """Read ``--data`` (before loading a model: a bad shard fails in a second), or check toy concept names."""
+    if args.classes and not args.data:
+        raise ValueError("--classes only applies with --data (your own pictures); the toy world measures the "
+                         "concept against every other class of its attribute")
+    if args.data:
+        from .data.sources import open_pairs
+
+        return open_pairs(args.data)
+    from .data.minicanvas import find_concept
+    from .models.loading import TOY_MODELS
+
+    if args.model in TOY_MODELS:
+        for name in names:
+            find_concept(name)  # an unknown toy concept fails before the model loads
+    return None
+
+
+def cmd_layers(args) -> int:
+    from .rundir import check_out_dir
+
+    check_out_dir(args.out, args.overwrite)  # before any work
+    data = _data_or_toy_concept(args, [args.forget])
+    from .adapters.host import is_host_name
+    from .atlas import identify_layers
+    from .models.loading import load_clip
+
+    if is_host_name(args.model):
+        raise ValueError(f"`slugkit layers` analyses a CLIP; for {args.model!r} pass the CLIP it embeds "
+                         "(toy-clip-hf for toy-sd and toy-llava)")
+    report = identify_layers(load_clip(args.model, cache_dir=args.cache_dir), args.forget, data=data,
+                             classes=args.classes, include=args.include, exclude=args.exclude, tower=args.tower,
+                             candidates=args.candidates or "default", batch_size=args.batch_size, seed=args.seed,
+                             store=None if args.no_cache else _cache_dir() / "gradients")
+    out = report.save(args.out, overwrite=args.overwrite)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.summary())
+        print(f"wrote {out / 'layers.csv'}, layers.json, heatmap.png and pareto.png")
+    return 0
+
+
+def cmd_atlas(args) -> int:
+    from .rundir import check_out_dir
+
+    check_out_dir(args.out, args.overwrite)  # before any work
+    from .atlas import build_atlas
+    from .models.loading import TOY_MODELS, load_clip
+
+    if args.model not in TOY_MODELS:  # refuse before loading (and maybe downloading) real weights
+        raise ValueError(f"the atlas covers the toy world's concepts: use a toy model ({', '.join(TOY_MODELS)}), "
+                         f"not {args.model!r}; `slugkit layers --data ...` locates one concept of your data")
+    atlas = build_atlas(load_clip(args.model), args.concepts, seed=args.seed, max_forget=args.max_forget)
+    out = atlas.save(args.out, overwrite=args.overwrite)
+    print(atlas.summary().to_string())
+    print(f"atlas of {len(atlas.names)} concepts x {len(atlas.layers)} layers in {atlas.meta['seconds']:.1f} s; "
+          f"wrote {out}/ (importance.csv, alignment.csv, pareto.csv, cosine.npz, atlas.json, clustermap.png, "
+          "where.png, similarity.png)")
+    return 0
 
 
 def cmd_toy_sd(args) -> int:
@@ -393,9 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run SLUG: one gradient pass, pick a layer, search the step size, and write "
                        "OUT/report.json and OUT/patch.safetensors (together, atomically).")
     u.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=MODEL_HELP)
-    u.add_argument("--forget", required=True, metavar="CONCEPT", help="the concept to forget, e.g. 'Captain Zorp' (case and extra "
-                   "spaces ignored; `slugkit concepts` lists the toy world's); with --data, every pair whose caption "
-                   "names it is forgotten")
+    u.add_argument("--forget", required=True, action="append", metavar="CONCEPT", help="the concept to forget, e.g. "
+                   "'Captain Zorp' (case and extra spaces ignored; `slugkit concepts` lists the toy world's); with "
+                   "--data, every pair whose caption names it is forgotten. Repeat it (--forget A --forget B) to "
+                   "forget several toy concepts of one kind at once, one layer each, as the paper does")
     u.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder (checked before any work); "
                    "an existing run there is refused unless --overwrite")
     u.add_argument("--overwrite", action="store_true", help="replace the whole previous slugkit run in --out "
@@ -454,6 +518,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "default for LLaVA, as on CLIP)")
     u.set_defaults(func=cmd_unlearn)
 
+    ly = sub.add_parser("layers", help="stages 1-2 only: which layers hold a concept (no unlearning)",
+                        description="Compute the forget and retain gradients and the layer table (importance, "
+                        "alignment, Pareto front) of one concept, as `slugkit unlearn` would, without searching a "
+                        "step size: writes OUT/layers.csv, layers.json, heatmap.png and pareto.png (atomically).")
+    ly.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=MODEL_HELP.split(", or a model that")[0])
+    ly.add_argument("--forget", required=True, metavar="CONCEPT", help="the concept to locate, e.g. 'Captain Zorp'")
+    ly.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder (checked before any work)")
+    ly.add_argument("--overwrite", action="store_true", help="replace a previous slugkit run in --out")
+    ly.add_argument("--data", metavar="PATH", help="your pictures for a real model, as for `slugkit unlearn`")
+    ly.add_argument("--classes", nargs="+", metavar="NAME", help="with --data: the other names (as for unlearn)")
+    ly.add_argument("--tower", choices=["vision", "text"], help="only this tower's layers")
+    ly.add_argument("--include", nargs="+", metavar="KIND", help="only these candidate kinds or name regexes")
+    ly.add_argument("--exclude", nargs="+", metavar="KIND", help="drop these candidate kinds or name regexes")
+    ly.add_argument("--candidates", choices=["default", "reference"], help="candidate set, as for unlearn")
+    ly.add_argument("--seed", type=_int_in(SEED_MIN, SEED_MAX), default=0, metavar="N", help="random seed (default 0)")
+    ly.add_argument("--batch-size", type=_int_in(BATCH_SIZE_MIN, BATCH_SIZE_MAX), default=64, metavar="N",
+                    help="pairs per gradient batch (default 64)")
+    ly.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
+    ly.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
+    ly.add_argument("--json", action="store_true", help="print layers.json to stdout instead of a table")
+    ly.set_defaults(func=cmd_layers)
+
+    at = sub.add_parser("atlas", help="where every toy concept lives: concept x layer importance, alignment, "
+                        "Pareto layers and gradient similarity", description="Stages 1-2 for every MiniCanvas concept "
+                        "with one shared retain gradient; writes matrices (CSV, NPZ, JSON) and figures into OUT.")
+    at.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="a toy CLIP: 'toy-clip' (default) or 'toy-clip-hf'")
+    at.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder (checked before any work)")
+    at.add_argument("--overwrite", action="store_true", help="replace a previous slugkit run in --out")
+    at.add_argument("--concepts", nargs="+", metavar="NAME", help="only these concepts (default: all 38)")
+    at.add_argument("--max-forget", type=_int_in(1, 2000), default=64, metavar="N",
+                    help="forget pairs per concept (default 64, seeded sample)")
+    at.add_argument("--seed", type=_int_in(SEED_MIN, SEED_MAX), default=0, metavar="N", help="random seed (default 0)")
+    at.set_defaults(func=cmd_atlas)
+
     e = sub.add_parser("eval", help="zero-shot accuracy per attribute, optionally with a patch",
                        description="Zero-shot accuracy of a toy model on held-out MiniCanvas pictures, per "
                        "attribute (identity, object, style, colour).")
@@ -486,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "1 style, 1 object)")
     bp.add_argument("--methods", nargs="+", help="any of slug ga ft gaft salun ssd (default: all)")
     bp.add_argument("--seeds", nargs="+", type=int, default=[0], help="data seeds (forget/retain draw and splits)")
-    bp.add_argument("--multi", nargs="*", help="characters forgotten together, by composed patches and by one "
+    bp.add_argument("--multi", nargs="*", help="characters forgotten together, one layer per concept (the paper's way) and by one "
                     "joint run (default: the 3 default characters; no names: skip)")
     bp.add_argument("--slug-policy", default="pareto", help="SLUG layer policy: pareto, deepest or a layer name")
     bp.add_argument("--max-steps", type=int, default=20, help="baseline steps per grid point")

@@ -326,6 +326,19 @@ def compute_gradients(
                      retain={name: parts["retain"][name] for name in layers}, meta=meta)
 
 
+def retain_gradient(adapter: CLIPAdapter, retain_loader: Iterable, layers: Sequence[str],
+                    store: GradientStore | None = None, progress: bool = True) -> dict[str, torch.Tensor]:
+    """The retain half alone: ``g_r`` of ``layers`` over ``retain_loader``, through the same per-model cache as
+    :func:`compute_gradients` with ``reuse_retain=True`` (computed over every default candidate layer too, so the
+    atlas, :func:`slugkit.multi.unlearn_many` and :func:`slugkit.unlearn` share one computation)."""
+    layers = list(layers)
+    retain_layers = sorted(set(layers) | {info.name for info in adapter.candidate_layers()})
+    _resolve(adapter, retain_layers)
+    grads = _gradient_part(adapter, "retain", retain_loader, retain_layers, model_fingerprint(adapter.model), {},
+                           store, memo=True, progress=progress)
+    return {name: grads[name] for name in layers}
+
+
 def _gradient_part(adapter, loss, loader, wanted, model_fp, meta, store, memo, progress,
                    low_memory=False) -> dict[str, torch.Tensor]:
     """One half of :func:`compute_gradients`: from memory, the store, or computed (then stored); adds to ``meta``."""

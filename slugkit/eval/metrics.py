@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..data.minicanvas import ATTRIBUTES, MiniCanvas, cached_split, find_concept, zero_shot_prompts
-from .zeroshot import ConceptEvaluator, embed_images, embed_prompts
+from .zeroshot import ConceptEvaluator, accuracy_from_embeddings, embed_images, embed_prompts
 
 #: the attributes of UnlearnCanvas-like pictures (objects drawn in a style and a colour)
 CANVAS_ATTRIBUTES = ("object", "style", "colour")
@@ -77,6 +77,17 @@ class ConceptSetEvaluator(ConceptEvaluator):
         missing = [n for n, i in zip(names, self.indices) if not (labels == i).any()]
         if missing:
             raise ValueError(f"the evaluation set has no image of {missing}; use a larger split")
+
+    def metrics(self, image_emb: torch.Tensor, prompt_emb: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The :class:`ConceptEvaluator` metrics of the set, plus ``forget_top1[NAME]`` / ``forget_top5[NAME]``
+        on each concept's own pictures when there are several."""
+        out = super().metrics(image_emb, prompt_emb)
+        if len(self.concepts) > 1:
+            labels = self.world.labels(self.attribute)
+            for name, i in zip(self.concepts, self.indices):
+                acc = accuracy_from_embeddings(image_emb, prompt_emb[self.attribute], np.where(labels == i, labels, -1))
+                out[f"forget_top1[{name}]"], out[f"forget_top5[{name}]"] = acc["top1"], acc["top5"]
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -657,3 +657,62 @@ class GradientSimilarity(Explorer):
 
     def update(self) -> None:
         self.plot.value = figure_png(self.figure(), dpi=self.dpi)
+
+
+# ------------------------------------------------------------------------------------------------
+# Layer atlas
+# ------------------------------------------------------------------------------------------------
+class AtlasExplorer(Explorer):
+    """A :class:`slugkit.atlas.Atlas`, one concept or one layer at a time.
+
+    "concept": that concept's row, as a layer heatmap of its importance (white dots: its Pareto layers);
+    "layer": that layer's column, every concept's importance on it and the cosine between their forget
+    gradients there. Drive it from code with ``explorer.mode.value``, ``.concept.value``, ``.layer.value``.
+    """
+
+    def __init__(self, atlas, concept: str | None = None, layer: str | None = None, mode: str = "concept",
+                 dpi: float = 72):
+        from . import atlas as atlas_figures
+
+        self.atlas, self.dpi, self._figures = atlas, dpi, atlas_figures
+        labels = [(f"{t} {figures.block_label(b)}.{k}", n) for n, t, b, k in
+                  zip(atlas.layers["name"], atlas.layers["tower"], atlas.layers["block"], atlas.layers["kind"])]
+        self.mode = W.ToggleButtons(options=["concept", "layer"], value=mode, description="show")
+        self.concept = W.Dropdown(options=atlas.names, value=concept or atlas.names[0], description="concept")
+        self.layer = W.Dropdown(options=labels, value=layer or labels[0][1], description="layer",
+                                layout=W.Layout(width="360px"))
+        self.plot = W.Image(format="png")
+        self.info = W.HTML()
+        self.widget = W.VBox([W.HTML("<b>Layer atlas</b>: pick a concept to see which layers hold it, or a layer "
+                                     "to see which concepts it holds."),
+                              W.HBox([self.mode, self.concept, self.layer]), self.plot, self.info])
+        self.widget.add_class("slugkit-atlas")
+        for w in (self.mode, self.concept, self.layer):
+            w.observe(lambda change: self.update(), names="value")
+        self.update()
+
+    def figure(self):
+        if self.mode.value == "concept":
+            c = self.concept.value
+            return figures.layer_heatmap(self.atlas.table(c), "importance",
+                                         title=f"{c}: importance on every layer (white dot: its Pareto layers)")
+        return self._figures.layer_column(self.atlas, self.layer.value)
+
+    def text(self) -> str:
+        """The numbers beside the figure: the concept's Pareto layers, or the concepts the layer matters most to."""
+        if self.mode.value == "concept":
+            c = self.concept.value
+            t = self.atlas.table(c)
+            rows = t[t["pareto"]][["name", "importance", "alignment"]]
+            return (f"<p><b>{html.escape(c)}</b>: {len(rows)} Pareto layers</p>"
+                    + rows.to_html(index=False, float_format=lambda x: f"{x:.3g}"))
+        layer = self.layer.value
+        top = self.atlas.importance[layer].nlargest(5)
+        front = self.atlas.pareto[layer]
+        items = "".join(f"<li>{html.escape(n)}: {v:.3g}{' (on its front)' if front[n] else ''}</li>"
+                        for n, v in top.items())
+        return f"<p><b>{html.escape(layer)}</b>: the 5 concepts it matters most to</p><ol>{items}</ol>"
+
+    def update(self) -> None:
+        self.plot.value = figure_png(self.figure(), dpi=self.dpi)
+        self.info.value = self.text()
