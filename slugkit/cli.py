@@ -161,13 +161,18 @@ def cmd_toy_sd(args) -> int:
 
 
 def cmd_toy(args) -> int:
+    if args.without is not None and args.target != "clip":
+        raise ValueError(f"--without applies to the toy CLIP only (`slugkit toy build clip --without NAME`), "
+                         f"not to {args.target!r}")
     if args.target == "llava":
         return cmd_toy_llava(args)
     if args.target in ("sd", "judge"):
         return cmd_toy_sd(args)
-    from .models.toy_clip import build, checkpoint_metadata
+    from .data.minicanvas import find_concept
+    from .models.toy_clip import TrainConfig, build, checkpoint_metadata
 
-    path = build(args.out)
+    without = find_concept(args.without)["name"] if args.without is not None else None
+    path = build(args.out, TrainConfig(without=without), threads=args.threads)
     meta = checkpoint_metadata(path)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {meta['train_seconds']:.0f} s; "
           f"zero-shot top-1 on held-out images: {meta['zero_shot_top1']}")
@@ -359,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip (toy CLIP), judge (picture classifier), sd (judge + toy SD VAE and UNet), "
                         "llava (needs the toy CLIP)")
     b.add_argument("--threads", type=int, metavar="N",
-                   help="llava: torch CPU threads (default all cores; 1 on a busy machine)")
+                   help="clip, llava: torch CPU threads (default all cores; 1 on a busy machine)")
+    b.add_argument("--without", metavar="CONCEPT", help="clip: the reference model, retrained with the same recipe "
+                   "and seed but without any picture of CONCEPT or caption naming it (written as "
+                   "toy-clip-without-<name>.safetensors; load it as 'toy-clip-without:CONCEPT')")
     b.add_argument("--out", metavar="DIR", help="folder to write to (default: the data/ folder)")
     b.set_defaults(func=cmd_toy)
 
