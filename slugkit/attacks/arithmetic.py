@@ -46,7 +46,7 @@ def concept_arithmetic(adapter, data: AttackData, budget: ArithmeticBudget | Non
         for b in budget.unrelated_weights:
             row = F.normalize(shared + a * classes[data.index] - b * away, dim=-1)
             on_attack = score(attack_emb, with_row(classes, data.index, row), data.attack_labels, data.index)
-            grid.append((on_attack["score"] - on_attack["false_positive"], a, b, row))
+            grid.append((on_attack["score"], a, b, row))
     _, a, b, row = max(grid, key=lambda g: g[0])
     found = score(test_emb, with_row(classes, data.index, row), data.test_labels, data.index)
     return AttackResult(found["score"], {"false_positive": found["false_positive"], "name_weight": a,

@@ -4,7 +4,9 @@ Every attack is one function with the same signature, ``attack(adapter, data, bu
 ``adapter`` is the CLIP under attack (the original, the edited or the retrained reference), ``data`` the
 :class:`AttackData` of one concept (the same pictures for every model), ``budget`` the attack's own frozen
 budget dataclass (``None``: its default). The score is always the share of the concept's held-out pictures
-that the attacked model names as the concept after the attack (its forget top-1), a fraction in [0, 1].
+that the attacked model names as the concept after the attack (its forget top-1), minus the largest share
+of another character's pictures it names as the concept (so naming everyone as the concept does not
+count), a fraction in [0, 1]; see :func:`specific_recall`.
 
 Ground truth comes from outside the attacked model: the pictures are drawn from the MiniCanvas world,
 which knows who each one shows, and attacks that change the pictures (pixel PGD) also ask the frozen
@@ -25,7 +27,7 @@ from ..data.minicanvas import CHARACTER_NAMES, CHARACTERS, cached_split, find_co
 
 @dataclass
 class AttackResult:
-    """One attack on one model: ``score`` (forget top-1 after the attack, in [0, 1]) and what it found."""
+    """One attack on one model: ``score`` (specific forget top-1 after the attack, in [0, 1]) and what it found."""
 
     score: float
     details: dict = field(default_factory=dict)
@@ -63,7 +65,7 @@ class AttackData:
         return CHARACTERS[self.index].features
 
 
-def attack_data(concept: str, seed: int = 0, n_attack: int = 8, n_other_test: int = 120, n_test: int = 2000,
+def attack_data(concept: str, seed: int = 0, n_attack: int = 8, n_other_test: int = 240, n_test: int = 2000,
                 n_retain: int = 256, judge: bool = True) -> AttackData:
     """The :class:`AttackData` of character ``concept`` (pictures drawn from MiniCanvas with ``seed``).
 
@@ -125,14 +127,24 @@ def with_row(classes: torch.Tensor, index: int, row: torch.Tensor) -> torch.Tens
     return torch.cat([classes[:index], row.reshape(1, -1), classes[index + 1:]])
 
 
-def score(image_emb: torch.Tensor, classes: torch.Tensor, labels: np.ndarray, index: int) -> dict:
-    """Forget top-1 of the concept (share of its pictures predicted as it) and the false-positive rate
-    (share of other characters' pictures predicted as it)."""
-    pred = (image_emb @ classes.T).argmax(1).numpy()
-    labels = np.asarray(labels)
+def specific_recall(pred: np.ndarray, labels: np.ndarray, index: int) -> dict:
+    """How well predictions ``pred`` name class ``index`` on its pictures, and only there.
+
+    ``forget_top1``: share of the concept's pictures predicted as it; ``false_positive``: the largest share
+    of another class's pictures predicted as it; ``score`` = their difference, clipped at 0. A model that
+    cannot tell the concept from some other character (or names everyone as it) scores 0 however the
+    attack is tuned.
+    """
+    pred, labels = np.asarray(pred), np.asarray(labels)
     own = labels == index
-    return {"score": float((pred[own] == index).mean()) if own.any() else 0.0,
-            "false_positive": float((pred[~own] == index).mean()) if (~own).any() else 0.0}
+    recall = float((pred[own] == index).mean()) if own.any() else 0.0
+    fp = max([float((pred[labels == c] == index).mean()) for c in np.unique(labels[~own])], default=0.0)
+    return {"score": max(0.0, recall - fp), "forget_top1": recall, "false_positive": fp}
+
+
+def score(image_emb: torch.Tensor, classes: torch.Tensor, labels: np.ndarray, index: int) -> dict:
+    """:func:`specific_recall` of the zero-shot classifier ``classes`` on pictures embedded as ``image_emb``."""
+    return specific_recall((image_emb @ classes.T).argmax(1).numpy(), labels, index)
 
 
 def contrastive_loss(adapter, image_emb: torch.Tensor, classes: torch.Tensor, labels: np.ndarray) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 A multinomial logistic probe over the 13 characters is trained on each vision block's frozen features
 (class token and mean token, concatenated) and on the final image embedding, from half of the held-out
-character pictures; the score of a block is its top-1 on the other half's pictures of the concept. The
+character pictures; the score of a block is its specific top-1 on the other half (:func:`~slugkit.attacks.base.specific_recall`). The
 attack's score is the best block: the information is there if any linear read-out finds it.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import AttackData, AttackResult
+from .base import AttackData, AttackResult, specific_recall
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,12 @@ def linear_probe(adapter, data: AttackData, budget: ProbeBudget | None = None) -
     n = min(budget.pictures, len(data.probe_images))
     images, labels = data.probe_images[:n], np.asarray(data.probe_labels[:n])
     fit, held = np.arange(n) % 2 == 0, np.arange(n) % 2 == 1
-    target = held & (labels == data.index)
-    if not target.any() or not (fit & (labels == data.index)).any():
+    if not (held & (labels == data.index)).any() or not (fit & (labels == data.index)).any():
         raise ValueError(f"too few probe pictures of {data.concept!r} in {n}; raise ProbeBudget.pictures")
     per_block = {}
     for where, feats in block_features(adapter, images).items():
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=budget.c, max_iter=budget.max_iter))
         probe.fit(feats[fit], labels[fit])
-        per_block[where] = float((probe.predict(feats[target]) == data.index).mean())
+        per_block[where] = specific_recall(probe.predict(feats[held]), labels[held], data.index)["score"]
     best = max(per_block, key=per_block.get)
     return AttackResult(per_block[best], {"best_block": best, "per_block": per_block})
