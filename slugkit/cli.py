@@ -271,7 +271,7 @@ def cmd_attack(args) -> int:
     models = {"original": load_clip(args.model), "edited": edited,
               "reference": None if reference == "none" else load_clip(reference)}
     data = attack_data(concept, seed=args.seed)
-    report = run_attacks(models, data, attacks=args.attack, budgets=args.budget, progress=not args.json)
+    report = run_attacks(models, data, attacks=args.attack, budgets=args.budget, progress=True)  # bars on stderr
     report |= {"model": args.model, "patch": args.patch, "reference_model": None if reference == "none" else reference,
                "budget_preset": args.budget}
     if args.json:

@@ -64,7 +64,7 @@ def run_attacks(models: dict, data: AttackData, attacks=None, budgets: str | dic
     "reference"}`` -> adapter or None).
 
     Returns ``{attack: {"original", "edited", "reference", "recovery", "budget", "seconds",
-    "seconds_per_model", "details"}, "no_attack": {...}, "worst_recovery", "worst_attack", "concept"}``;
+    "seconds_per_model", "cpu_seconds_per_model", "details"}, "no_attack": {...}, "worst_recovery", "worst_attack", "concept"}``;
     scores are forget top-1 on held-out pictures after the attack, all in [0, 1].
     """
     names = list(ATTACKS) if attacks is None else list(attacks)
@@ -82,16 +82,17 @@ def run_attacks(models: dict, data: AttackData, attacks=None, budgets: str | dic
         fn, _ = ATTACKS[name]
         budget = chosen[name]
         row = {"original": None, "edited": None, "reference": None}
-        seconds, details = {}, {}
+        seconds, cpu, details = {}, {}, {}
         for which, adapter in present.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             result = fn(adapter, data, budget)
             seconds[which] = round(time.perf_counter() - start, 2)
+            cpu[which] = round(time.process_time() - start_cpu, 2)
             row[which] = result.score
             details[which] = result.details
         row["recovery"] = recovery(row["original"], row["edited"], row["reference"])
         out[name] = {**row, "budget": asdict(budget), "seconds": round(sum(seconds.values()), 2),
-                     "seconds_per_model": seconds, "details": details}
+                     "seconds_per_model": seconds, "cpu_seconds_per_model": cpu, "details": details}
     rec = {n: out[n]["recovery"] for n in names if out[n]["recovery"] is not None}
     out["worst_attack"] = max(rec, key=rec.get) if rec else None
     out["worst_recovery"] = rec[out["worst_attack"]] if rec else None
