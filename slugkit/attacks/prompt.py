@@ -46,8 +46,7 @@ def adversarial_prompt(adapter, data: AttackData, budget: PromptBudget | None = 
         loss = contrastive_loss(adapter, images, with_row(classes, data.index, row), data.attack_labels)
         if loss.item() < best[0]:
             best = (loss.item(), probs.argmax(-1).detach().clone())
-        opt.zero_grad()
-        loss.backward()
+        logits.grad, = torch.autograd.grad(loss, [logits])  # the model's weights get no gradient
         opt.step()
     prefix = best[1] if best[1] is not None else torch.zeros(budget.tokens, dtype=torch.long)
     final = ids.clone()

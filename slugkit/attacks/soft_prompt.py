@@ -42,8 +42,7 @@ def soft_prompt(adapter, data: AttackData, budget: SoftPromptBudget | None = Non
     for _ in range(budget.steps):
         row = encode_with(adapter, ids, where, vec)
         loss = contrastive_loss(adapter, images, with_row(classes, data.index, row), labels)
-        opt.zero_grad()
-        loss.backward()
+        vec.grad, = torch.autograd.grad(loss, [vec])  # the model's weights get no gradient
         opt.step()
     with torch.no_grad():
         row = encode_with(adapter, ids, where, vec)
