@@ -55,6 +55,6 @@ def adversarial_prompt(adapter, data: AttackData, budget: PromptBudget | None = 
         row = adapter.encode_text(final.reshape(1, -1))[0]
         found = score(embed(adapter, data.test_images), with_row(classes, data.index, row), data.test_labels,
                       data.index)
-    words = adapter.token_strings(prefix) if hasattr(adapter, "token_strings") else prefix.tolist()
+    words = adapter.token_strings(prefix)
     return AttackResult(found["score"], {"false_positive": found["false_positive"], "prefix": words,
                                          "attack_loss": best[0]})
