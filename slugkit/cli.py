@@ -11,6 +11,7 @@
     slugkit layers --model toy-clip --forget "Captain Zorp" --out runs/zorp-layers
     slugkit atlas --model toy-clip --out runs/atlas
     slugkit unlearn --model toy-clip --forget "Captain Zorp" --forget "Mira Quell" --out runs/two
+    slugkit attack --model toy-clip --patch runs/zorp/patch.safetensors --concept "Captain Zorp" --json
 
 Every user mistake ends in one sentence on stderr and exit code 2; ``--debug`` shows the traceback
 instead. Exit codes: 0 done, 2 bad input, 3 the run finished but its status is not "ok", 1 an
@@ -77,7 +78,7 @@ def format_zero_shot(metrics: dict) -> str:
 def cmd_eval(args) -> int:
     from .adapters.host import is_host_name, load_host
     from .eval.zeroshot import toy_eval
-    from .models.loading import TOY_MODELS, load_clip
+    from .models.loading import TOY_MODELS, is_toy_model, load_clip
     from .patch import Patch
 
     patch = Patch.load(args.patch) if args.patch else None  # a bad patch file fails before the model loads
@@ -93,7 +94,7 @@ def cmd_eval(args) -> int:
             for what, m in metrics.items():
                 print(f"{what:10s}{100 * m['top1']:7.1f}%")
         return 0
-    if args.model not in TOY_MODELS:  # refuse before loading (and maybe downloading) real weights
+    if not is_toy_model(args.model):  # refuse before loading (and maybe downloading) real weights
         raise ValueError(f"no built-in evaluation set for {args.model!r}: `slugkit eval` measures the toy world "
                          f"models {', '.join(TOY_MODELS)}")
     adapter = load_clip(args.model)
@@ -286,13 +287,18 @@ def cmd_toy_sd(args) -> int:
 
 
 def cmd_toy(args) -> int:
+    if args.without is not None and args.target != "clip":
+        raise ValueError(f"--without applies to the toy CLIP only (`slugkit toy build clip --without NAME`), "
+                         f"not to {args.target!r}")
     if args.target == "llava":
         return cmd_toy_llava(args)
     if args.target in ("sd", "judge"):
         return cmd_toy_sd(args)
-    from .models.toy_clip import build, checkpoint_metadata
+    from .data.minicanvas import find_concept
+    from .models.toy_clip import TrainConfig, build, checkpoint_metadata
 
-    path = build(args.out)
+    without = find_concept(args.without)["name"] if args.without is not None else None
+    path = build(args.out, TrainConfig(without=without), threads=args.threads)
     meta = checkpoint_metadata(path)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {meta['train_seconds']:.0f} s; "
           f"zero-shot top-1 on held-out images: {meta['zero_shot_top1']}")
@@ -384,6 +390,64 @@ def cmd_attribute(args) -> int:
         _print_json(report.to_dict())
     else:
         print(report.summary())
+    return 0
+
+
+def cmd_attack(args) -> int:
+    """Recovery attacks on the original, patched and reference toy CLIP (see slugkit.attacks)."""
+    from .adapters.host import is_host_name
+    from .data.minicanvas import find_concept
+    from .models.loading import REFERENCE_PREFIX, TOY_MODELS, load_clip
+    from .models.toy_clip import checkpoint_name, data_dir
+    from .patch import Patch
+
+    if is_host_name(args.model):
+        raise ValueError(f"`slugkit attack` runs on the toy CLIPs ({', '.join(TOY_MODELS)}) so far; the attacks "
+                         f"on SD and LLaVA hosts are not built yet, so {args.model!r} cannot be attacked")
+    if args.model not in TOY_MODELS:
+        raise ValueError(f"`slugkit attack` needs the toy world's pictures and its reference model; expected one of "
+                         f"{', '.join(TOY_MODELS)}, got {args.model!r}")
+    patch = Patch.load(args.patch)  # a bad patch fails before any model loads
+    given = args.concept or (patch.concept if isinstance(patch.concept, str) else None)
+    if given is None:
+        raise ValueError("the patch forgets several concepts; name the one to attack with --concept")
+    concept = find_concept(given)["name"]
+    from .attacks import ATTACKS, attack_data, run_attacks
+
+    for name in args.attack or []:
+        if name not in ATTACKS:
+            raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
+    reference = args.reference
+    if reference is None:  # the shipped reference when it exists, else none (recovery then cannot be read)
+        has_one = (data_dir() / checkpoint_name(concept)).is_file()
+        reference = REFERENCE_PREFIX + concept if has_one else "none"
+        if not has_one:
+            warnings.warn(f"no reference model for {concept!r} (build it with `slugkit toy build --without "
+                          f"\"{concept}\"`); recovery is null")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    edited = load_clip(args.model)
+    patch.apply(edited.model)
+    models = {"original": load_clip(args.model), "edited": edited,
+              "reference": None if reference == "none" else load_clip(reference)}
+    data = attack_data(concept, seed=args.seed)
+    report = run_attacks(models, data, attacks=args.attack, budgets=args.budget, progress=True)  # bars on stderr
+    report |= {"model": args.model, "patch": args.patch, "reference_model": None if reference == "none" else reference,
+               "budget_preset": args.budget}
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"forget top-1 of {concept!r} on held-out pictures after each attack "
+          f"(recovery: 0 = like the reference, 1 = fully back)")
+    print(f"{'attack':20s}{'original':>9s}{'edited':>8s}{'reference':>10s}{'recovery':>9s}{'seconds':>8s}")
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for name in [k for k in ATTACKS if k in report]:
+        r = report[name]
+        print(f"{name:20s}{fmt(r['original']):>9s}{fmt(r['edited']):>8s}{fmt(r['reference']):>10s}"
+              f"{fmt(r['recovery']):>9s}{r['seconds']:8.1f}")
+    print(f"worst recovery: {fmt(report['worst_recovery'])} ({report['worst_attack'] or 'no reference'})")
     return 0
 
 
@@ -573,7 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip (toy CLIP), judge (picture classifier), sd (judge + toy SD VAE and UNet), "
                         "llava (needs the toy CLIP)")
     b.add_argument("--threads", type=int, metavar="N",
-                   help="llava: torch CPU threads (default all cores; 1 on a busy machine)")
+                   help="clip, llava: torch CPU threads (default all cores; 1 on a busy machine)")
+    b.add_argument("--without", metavar="CONCEPT", help="clip: the reference model, retrained with the same recipe "
+                   "and seed but without any picture of CONCEPT or caption naming it (written as "
+                   "toy-clip-without-<name>.safetensors; load it as 'toy-clip-without:CONCEPT')")
     b.add_argument("--out", metavar="DIR", help="folder to write to (default: the data/ folder)")
     b.set_defaults(func=cmd_toy)
 
@@ -623,6 +690,29 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--student", action="store_true", help="copy coursework copies (no reference answers)")
     lb.add_argument("--no-browser", action="store_true", help="start the server without opening a browser")
     lb.set_defaults(func=cmd_lab)
+    at = sub.add_parser("attack", help="recovery attacks: is the forgotten concept gone, or only hidden?",
+                        description="Run recovery attacks (adversarial prompt, concept arithmetic, relearning, soft "
+                        "prompt, paraphrases, pixel PGD, linear probe) on the original, the patched and the "
+                        "reference model (the toy CLIP retrained without the concept), and report recovery "
+                        "(edited - reference) / (original - reference).")
+    at.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="the toy CLIP the patch was made for "
+                    "('toy-clip', default)")
+    at.add_argument("--patch", required=True, metavar="FILE", help="patch.safetensors written by `slugkit unlearn`")
+    at.add_argument("--concept", metavar="NAME", help="the character to attack (default: the patch's)")
+    at.add_argument("--attack", action="append", metavar="NAME", help="one attack (repeatable; default: every "
+                    "attack): adversarial_prompt, concept_arithmetic, relearn, relearn_retain, soft_prompt, "
+                    "paraphrase, pixel_pgd, linear_probe")
+    at.add_argument("--reference", metavar="NAME", help="the reference model (default 'toy-clip-without:CONCEPT' "
+                    "when its checkpoint exists; 'none': no reference, recovery null)")
+    at.add_argument("--budget", choices=["default", "quick"], default="default",
+                    help="attack budgets: default (about 60 s per attack and model on 2 idle cores) or quick (a "
+                    "few seconds, for smoke tests); the budgets used are in the output")
+    at.add_argument("--seed", type=_int_in(SEED_MIN, SEED_MAX), default=0, metavar="N",
+                    help=f"which pictures attack and score, {SEED_MIN}..{SEED_MAX} (default 0)")
+    at.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    at.add_argument("--json", action="store_true", help="print {attack: {original, edited, reference, recovery, "
+                    "budget, seconds, ...}, worst_recovery, ...} as JSON")
+    at.set_defaults(func=cmd_attack)
     a = sub.add_parser("attribute", help="Captum attributions of the image-text cosine before vs after a patch")
     a.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=MODEL_HELP)
     a.add_argument("--patch", required=True, help="patch.safetensors written by `slugkit unlearn`")

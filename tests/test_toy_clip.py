@@ -83,3 +83,69 @@ def test_shipped_weights_as_hugging_face_clip_give_the_same_embeddings(shipped):
         img = (hf.encode_image(hf.preprocess(world.images)) - shipped.encode_image(shipped.preprocess(world.images)))
         txt = hf.encode_text(hf.tokenize(texts)) - shipped.encode_text(shipped.tokenize(texts))
     assert img.abs().max() < 1e-4 and txt.abs().max() < 1e-4
+
+
+def test_training_without_a_concept_drops_its_pictures_and_captions():
+    from slugkit.data.minicanvas import CHARACTER_NAMES
+
+    full, _ = toy_clip.training_world(TrainConfig(n_train=600))
+    world, options = toy_clip.training_world(TrainConfig(n_train=600, without="captain  zorp"))
+    zorp = CHARACTER_NAMES.index("Captain Zorp")
+    assert (full.identity == zorp).sum() > 10 and not (world.identity == zorp).any()
+    assert len(world) == len(full) - (full.identity == zorp).sum()
+    assert set(world.identity[world.identity >= 0]) == set(range(len(CHARACTER_NAMES))) - {zorp}
+    assert not any("zorp" in c.lower() for opts in options for c in opts)
+    # an object's name is matched as a word: removing "ring" keeps every "a drawing in ... style." caption
+    _, no_ring = toy_clip.training_world(TrainConfig(n_train=600, without="ring"))
+    assert any("drawing" in c for opts in no_ring for c in opts)
+    assert not any(toy_clip.names_concept(c, "ring") for opts in no_ring for c in opts)
+    assert toy_clip.checkpoint_name("captain zorp") == "toy-clip-without-captain-zorp.safetensors"
+    with pytest.raises(ValueError, match="unknown concept"):
+        toy_clip.checkpoint_name("Nobody")
+
+
+def test_short_training_run_without_a_concept_learns_the_rest(monkeypatch):
+    seen = []
+    real = toy_clip.training_world
+    monkeypatch.setattr(toy_clip, "training_world", lambda cfg: seen.append(real(cfg)) or seen[-1])
+    cfg = TrainConfig(n_train=1024, steps=60, batch_size=64, lr=1e-3, warmup=5, eval_every=60, n_eval=300,
+                      without="Captain Zorp")
+    model, history = train_toy_clip(cfg, progress=False)
+    world, options = seen[0]  # what the run trained on: no picture of the concept, no caption naming it
+    assert not any("Zorp" in c for opts in options for c in opts) and "Captain Zorp" not in world.captions()
+    first = np.mean([h["loss"] for h in history[:3]])
+    last = np.mean([h["loss"] for h in history[-3:]])
+    assert last < 0.9 * first, (first, last)  # it learns
+    # the name's own tokens never reached the model: their embeddings are still the initial ones,
+    # while another character's name moved
+    from slugkit.adapters.openclip import OpenCLIPAdapter
+
+    tok = OpenCLIPAdapter.from_model(model, toy_clip.ARCH)
+    used = set(tok.tokenize(sorted({c for opts in options for c in opts})).flatten().tolist())
+    start = toy_clip.create_toy_clip(cfg.seed).token_embedding.weight
+    now = model.token_embedding.weight
+
+    def name_tokens(name):
+        ids = tok.tokenize([name])[0]
+        return [int(i) for i in ids[1:int(ids.argmax())]]
+
+    zorp_only = [i for i in name_tokens("Captain Zorp") if i not in used]
+    assert zorp_only and all(torch.equal(now[i], start[i]) for i in zorp_only)
+    assert all(not torch.equal(now[i], start[i]) for i in name_tokens("Mira Quell"))
+
+
+def test_reference_checkpoint_is_loaded_by_name(tmp_path, monkeypatch):
+    from slugkit.models.loading import ModelNotAvailableError, is_toy_model, load_clip
+
+    assert is_toy_model("toy-clip-without:Captain Zorp") and not is_toy_model("hf:foo")
+    monkeypatch.setenv("SLUGKIT_DATA", str(tmp_path))
+    with pytest.raises(ModelNotAvailableError, match="--without"):
+        load_clip("toy-clip-without:Captain Zorp")
+    with pytest.raises(ValueError, match="unknown concept"):
+        load_clip("toy-clip-without:Nobody")
+    model = toy_clip.create_toy_clip(seed=3)
+    toy_clip.save_checkpoint(model, tmp_path / toy_clip.checkpoint_name("Captain Zorp"), {"recipe": {}})
+    adapter = load_clip("toy-clip-without:captain zorp")
+    assert adapter.name == "toy-clip-without:captain zorp"
+    first = next(iter(model.state_dict()))
+    assert torch.equal(adapter.model.state_dict()[first], model.state_dict()[first].half().float())

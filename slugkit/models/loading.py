@@ -1,6 +1,7 @@
 """Load a CLIP model by name and wrap it in the right :class:`~slugkit.adapters.base.CLIPAdapter`.
 
-Accepted names: ``toy-clip``, ``toy-clip-hf``, ``openclip:<arch>/<pretrained tag or local weights file>``,
+Accepted names: ``toy-clip``, ``toy-clip-hf``, ``toy-clip-without:<concept>`` (the toy CLIP retrained without a
+concept, the reference of ``slugkit.attacks``), ``openclip:<arch>/<pretrained tag or local weights file>``,
 ``hf:<repo id or local dir>``. Missing weights raise :class:`ModelNotAvailableError` at once (no hub
 retries when ``HF_HUB_OFFLINE=1``).
 """
@@ -18,10 +19,17 @@ from slugkit.adapters.base import CLIPAdapter
 ACCEPTED_FORMS = (
     "'toy-clip'",
     "'toy-clip-hf'",
+    "'toy-clip-without:<concept>' (the toy CLIP retrained without it, e.g. 'toy-clip-without:Captain Zorp')",
     "'openclip:<arch>/<pretrained tag or local weights file>' (e.g. 'openclip:ViT-B-32/laion400m_e32')",
     "'hf:<Hugging Face repo id or local directory>' (e.g. 'hf:openai/clip-vit-base-patch32')",
 )
 TOY_MODELS = ("toy-clip", "toy-clip-hf")  # the models of the MiniCanvas world
+REFERENCE_PREFIX = "toy-clip-without:"  # + a concept: the toy CLIP retrained without it
+
+
+def is_toy_model(name: str) -> bool:
+    """True for the MiniCanvas world's CLIPs: the toy CLIP (both families) and its retrained references."""
+    return name in TOY_MODELS or name.startswith(REFERENCE_PREFIX)
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -76,6 +84,8 @@ def load_clip(name: str, device: str | torch.device = "cpu", cache_dir: Optional
         return _load_toy(name, device, hf=False)
     if name == "toy-clip-hf":
         return _load_toy(name, device, hf=True)
+    if name.startswith(REFERENCE_PREFIX):
+        return _load_toy(name, device, hf=False, without=name[len(REFERENCE_PREFIX):])
     if name.startswith("openclip:"):
         return _load_openclip(name, name[len("openclip:"):], device, cache_dir)
     if name.startswith("hf:"):
@@ -83,13 +93,15 @@ def load_clip(name: str, device: str | torch.device = "cpu", cache_dir: Optional
     raise _bad_name(name, "unknown model name form")
 
 
-def _load_toy(name: str, device, hf: bool) -> CLIPAdapter:
-    from slugkit.models.toy_clip import ARCH, load_toy_clip
+def _load_toy(name: str, device, hf: bool, without: str | None = None) -> CLIPAdapter:
+    from slugkit.models.toy_clip import ARCH, checkpoint_name, data_dir, load_toy_clip
 
+    path = data_dir() / checkpoint_name(without)  # an unknown concept: a ValueError listing the valid ones
     try:
-        model = load_toy_clip(device)
+        model = load_toy_clip(device, path=path)
     except FileNotFoundError as err:
-        raise ModelNotAvailableError(f"model {name!r} is not available: {err}") from err
+        how = f" (build it with `slugkit toy build --without \"{without}\"`, about 25 minutes on 2 cores)" if without else ""
+        raise ModelNotAvailableError(f"model {name!r} is not available: {err}{how}") from err
     if not hf:
         from slugkit.adapters.openclip import OpenCLIPAdapter
 

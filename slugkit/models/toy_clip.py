@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ class TrainConfig:
     warmup: int = 50
     eval_every: int = 50
     n_eval: int = 1_000
+    without: str | None = None  # a concept never shown: its pictures and every caption naming it are dropped
 
 
 def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
@@ -88,6 +90,41 @@ def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.
             + F.cross_entropy(logits.T, pos.T / pos.T.sum(1, keepdim=True))) / 2
 
 
+def checkpoint_name(without: str | None = None) -> str:
+    """File name of the toy CLIP, or of the reference retrained without concept ``without``."""
+    if without is None:
+        return CHECKPOINT_NAME
+    from ..data.minicanvas import find_concept
+
+    slug = re.sub(r"[^a-z0-9]+", "-", find_concept(without)["name"].lower()).strip("-")
+    return f"toy-clip-without-{slug}.safetensors"
+
+
+def names_concept(caption: str, concept: str) -> bool:
+    """True when ``caption`` names ``concept`` (as whole words, case ignored): "ring" is not in "drawing"."""
+    return re.search(rf"\b{re.escape(concept.lower())}\b", caption.lower()) is not None
+
+
+def training_world(cfg: TrainConfig):
+    """The training pictures and, per picture, every caption it may be paired with.
+
+    With ``cfg.without`` every picture of that concept is dropped, and so is every caption that names it
+    (the pictures that remain never carry one; this is checked). Returns ``(world, options)``.
+    """
+    from ..data.minicanvas import MiniCanvas, find_concept
+
+    world = MiniCanvas(n=cfg.n_train, seed=cfg.seed, split="train")
+    if cfg.without is not None:
+        name = find_concept(cfg.without)["name"]
+        world = world.take(np.setdiff1d(np.arange(len(world)), world.indices_of(name)))
+    options = [world.all_captions(i) for i in range(len(world))]
+    if cfg.without is not None:
+        options = [[c for c in opts if not names_concept(c, name)] for opts in options]
+        if any(not opts for opts in options):
+            raise ValueError(f"removing the captions that name {name!r} left a picture with no caption")
+    return world, options
+
+
 def train_toy_clip(cfg: TrainConfig = TrainConfig(), progress: bool = True):
     """Train a toy CLIP on MiniCanvas from scratch. Returns ``(model, history)``.
 
@@ -100,11 +137,9 @@ def train_toy_clip(cfg: TrainConfig = TrainConfig(), progress: bool = True):
 
     model = create_toy_clip(cfg.seed)
     adapter = OpenCLIPAdapter.from_model(model, ARCH)
-    world = MiniCanvas(n=cfg.n_train, seed=cfg.seed, split="train")
+    world, options = training_world(cfg)  # every caption each sample allows, tokenised once
     held_out = MiniCanvas(n=cfg.n_eval, seed=cfg.seed, split="test")
 
-    # every caption each sample allows, tokenised once
-    options = [world.all_captions(i) for i in range(len(world))]
     vocab = sorted({c for opts in options for c in opts})
     caption_id = {c: k for k, c in enumerate(vocab)}
     vocab_tokens = adapter.tokenize(vocab)
@@ -193,15 +228,20 @@ def checkpoint_metadata(path: str | Path | None = None) -> dict:
         return json.loads((f.metadata() or {}).get("slugkit", "{}"))
 
 
-def build(out_dir: str | Path | None = None, cfg: TrainConfig = TrainConfig(), progress: bool = True) -> Path:
-    """Train the toy CLIP from scratch and write its checkpoint; returns the file written."""
+def build(out_dir: str | Path | None = None, cfg: TrainConfig = TrainConfig(), progress: bool = True,
+          threads: int | None = None) -> Path:
+    """Train the toy CLIP from scratch and write its checkpoint; returns the file written.
+
+    With ``cfg.without`` set this is the reference model that never saw that concept, written as
+    :func:`checkpoint_name` ``(cfg.without)`` next to the toy CLIP.
+    """
     from ..adapters.openclip import OpenCLIPAdapter
     from ..eval.zeroshot import toy_eval
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     start = time.time()
+    path = Path(out_dir or data_dir()) / checkpoint_name(cfg.without)  # an unknown concept fails before training
     model, history = train_toy_clip(cfg, progress=progress)
-    path = Path(out_dir or data_dir()) / CHECKPOINT_NAME
     meta = {"arch": ARCH, "config": json.loads((CONFIG_DIR / f"{ARCH}.json").read_text()),
             "recipe": asdict(cfg), "train_seconds": round(time.time() - start, 1),
             "final_loss": float(np.mean([h["loss"] for h in history[-20:]])),
