@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: demo test unit notebooks book lab toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets browser-test compare strip lock clean
+.PHONY: demo test unit notebooks book lab student wheel toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets browser-test compare strip lock clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ unit: $(STAMP)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
+
+## coursework: the notebooks without their reference answers (cells tagged "solution") in runs/student/
+student: $(STAMP)
+	$(PY) -m slugkit notebooks runs/student --student --overwrite
+
+## the wheel (checkpoints, bench outputs and notebooks inside) in dist/; build/ is setuptools' scratch folder
+wheel: $(STAMP)
+	$(PY) -m pip wheel --no-build-isolation --no-deps --disable-pip-version-check -w dist .
+	rm -rf build
 
 ## notebook 04 in JupyterLab + headless Chromium (move the λ slider; screenshots in runs/browser/), and every
 ## page of the built book (screenshots in runs/book-shots/); run `make book` first

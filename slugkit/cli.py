@@ -6,6 +6,8 @@
     slugkit toy build
     slugkit demo
     slugkit bench --model toy-clip --out runs/bench
+    slugkit notebooks my-notebooks [--student]
+    slugkit lab [my-notebooks]
 
 Every user mistake ends in one sentence on stderr and exit code 2; ``--debug`` shows the traceback
 instead. Exit codes: 0 done, 2 bad input, 3 the run finished but its status is not "ok", 1 an
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -103,21 +106,29 @@ def cmd_eval(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
+    from .profile import Profiler, process_age
     from .rundir import check_out_dir
 
     check_out_dir(args.out, args.overwrite)  # before any work (and before importing torch): fails in a second
     if args.classes and not args.data:
         raise ValueError("--classes only applies with --data (your own pictures); the toy world measures the "
                          "concept against every other class of its attribute")
-    from .adapters.host import is_host_name, load_host
-    from .models.loading import load_clip
-    from .step_size_search import Target
-    from .slug import unlearn, unlearn_host
+    if not args.profile:
+        return _prepare_and_unlearn(args)
+    with Profiler(start=time.perf_counter() - (process_age() or 0.0)) as prof:
+        prof.add("startup", time.perf_counter() - prof.start)  # interpreter start, argument parsing
+        return _prepare_and_unlearn(args, prof)
+
+
+def _prepare_and_unlearn(args, prof=None) -> int:
+    """Read the data, start the data-parallel processes or join their group, then :func:`_unlearn`."""
+    from .profile import stage
 
     if args.data:  # read (index) the data before loading a model: a bad shard fails in a second
         from .data.sources import open_pairs
 
-        data = open_pairs(args.data)
+        with stage("data"):
+            data = open_pairs(args.data)
     else:
         from .data.minicanvas import find_concept
         from .models.loading import TOY_MODELS
@@ -125,24 +136,71 @@ def cmd_unlearn(args) -> int:
         data = None
         if args.model in TOY_MODELS:
             find_concept(args.forget)  # an unknown toy concept fails before the model loads
+    if args.nproc > 1:  # data parallel: torchrun's launcher starts the processes, each runs this command
+        if "WORLD_SIZE" in os.environ:
+            raise ValueError("--nproc starts torchrun itself: under torchrun leave it out (torchrun's "
+                             "--nproc-per-node sets the number of processes)")
+        from .distributed import launch
+
+        return launch(args.nproc, _drop_option(args.argv, "--nproc"), "slugkit unlearn")
+    from . import distributed
+
+    distributed.init_from_env()  # under torchrun: join its process group (gloo on CPU, NCCL on GPUs)
+    try:
+        return _unlearn(args, data, distributed.is_writer(), distributed.device(), prof)
+    finally:
+        distributed.shutdown()
+
+
+def _unlearn(args, data, writer: bool, device, prof=None) -> int:
+    from .profile import stage
+
+    with stage("imports"):
+        from .adapters.host import is_host_name, load_host
+        from .models.loading import load_clip
+        from .step_size_search import Target
+        from .slug import unlearn, unlearn_host
+
+    if not writer:  # the other processes of a data-parallel run compute alongside rank 0 but stay quiet
+        sys.stdout = open(os.devnull, "w")
     target = Target(forget_metric=f"forget_{args.target}") if args.target else None
     options = dict(data=data, classes=args.classes, policy=args.policy, include=args.include,
                    exclude=args.exclude, tower=args.tower, preset=args.preset, candidates=args.candidates,
                    target=target, max_evals=args.max_evals,
-                   seed=args.seed, batch_size=args.batch_size,
-                   store=None if args.no_cache else _cache_dir() / "gradients")
+                   seed=args.seed, batch_size=args.batch_size, retain=args.retain,
+                   store=None if args.no_cache else _cache_dir() / "gradients", progress=writer)
     if is_host_name(args.model):
-        result = unlearn_host(load_host(args.model), args.forget, search=args.search, forget_text=args.forget_text,
-                              **options)
+        with stage("load"):
+            host = load_host(args.model)
+        result = unlearn_host(host, args.forget, search=args.search, forget_text=args.forget_text, **options)
     else:
         for flag, value, default in (("--search", args.search, "clip"), ("--forget-text", args.forget_text, None)):
             if value != default:
                 raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
-        result = unlearn(load_clip(args.model, cache_dir=args.cache_dir), args.forget, **options)
+        with stage("load"):
+            adapter = load_clip(args.model, device=device, cache_dir=args.cache_dir)
+        result = unlearn(adapter, args.forget, **options)
+    if prof is not None:
+        result.profile = prof.to_dict()  # everything up to writing the run
     out = result.save(args.out, overwrite=args.overwrite)
     print(result.summary())
+    if prof is not None:
+        print(prof.summary())
     print(f"wrote {out / 'report.json'}" + (f" and {out / 'patch.safetensors'}" if result.patch else ""))
     return 0 if result.status == "ok" else 3
+
+
+def _drop_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(option + "="):
+            out.append(item)
+    return out
 
 
 def cmd_toy_sd(args) -> int:
@@ -198,15 +256,52 @@ def cmd_demo(args) -> int:
     with atomic_run_dir(out, args.overwrite, what="demo") as tmp:  # all of the demo appears at once, or none
         adapter = load_clip("toy-clip")
         print("toy CLIP zero-shot accuracy on held-out MiniCanvas images:")
-        print(format_zero_shot(toy_eval(adapter)))
+        print(format_zero_shot(toy_eval(adapter, n_test=500 if args.quick else 2000)))
         fig = sample_sheet(MiniCanvas(n=48, seed=0, split="test"))
         fig.savefig(tmp / "sample_sheet.png", dpi=110, bbox_inches="tight")
-        result = unlearn(adapter, args.forget, seed=0)
+        quick = {}
+        if args.quick:  # a quarter of the retain pairs and test pictures; one layer searched, not the whole front
+            from .tasks import toy_task
+
+            quick = {"task": toy_task(adapter, args.forget, n_retain=256, n_test=500), "policy": "deepest",
+                     "tower": "vision"}
+        result = unlearn(adapter, args.forget, seed=0, **quick)
         result.save(tmp / "unlearn")
     print(f"sample sheet: {out / 'sample_sheet.png'}\n")
     print(result.summary())
     print(f"report: {out / 'unlearn' / 'report.json'}")
     return 0
+
+
+def cmd_notebooks(args) -> int:
+    from .resources import copy_notebooks
+
+    written, kept = copy_notebooks(args.dir, student=args.student, overwrite=args.overwrite)
+    what = "student copies of " if args.student else ""
+    print(f"wrote {what}{len(written)} notebook(s) to {Path(args.dir)}" + (
+        f"; kept {len(kept)} already there ({', '.join(p.name for p in kept)}; --overwrite replaces them)"
+        if kept else ""))
+    print(f"open them with: slugkit lab {args.dir}")
+    return 0
+
+
+def lab_command(folder: Path, no_browser: bool = False) -> list[str]:
+    """The JupyterLab command `slugkit lab` runs: this Python's ``jupyterlab`` on ``folder``."""
+    return [sys.executable, "-m", "jupyterlab", f"--notebook-dir={folder}"] + (["--no-browser"] if no_browser else [])
+
+
+def cmd_lab(args) -> int:
+    import importlib.util
+    import subprocess
+
+    from .resources import copy_notebooks
+
+    if importlib.util.find_spec("jupyterlab") is None:
+        raise RuntimeError("JupyterLab is not installed in this Python: install it with "
+                           "pip install 'slugkit[notebooks]' (or pip install jupyterlab ipywidgets)")
+    written, kept = copy_notebooks(args.dir, student=args.student)  # never replaces the learner's notebooks
+    print(f"{Path(args.dir)}: {len(written)} notebook(s) copied, {len(kept)} kept as they were; starting JupyterLab")
+    return subprocess.call(lab_command(Path(args.dir), args.no_browser))
 
 
 def cmd_attribute(args) -> int:
@@ -278,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="slugkit", description="Single Layer Unlearning Gradient, runnable: forget one concept from a "
                 "CLIP model by editing one layer. Start with `slugkit demo`, then `slugkit unlearn --help`.",
                 epilog="Exit codes: 0 done, 2 bad input (one sentence on stderr), 3 the run finished but its status "
-                "is not 'ok', 1 internal error (rerun with --debug), 130 interrupted.")
+                "is not 'ok', 1 internal error (rerun with --debug), 4 another process of a data-parallel run stopped, "
+                "130 interrupted.")
     p.add_argument("--debug", action="store_true", help="show the full traceback instead of a one-sentence error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -326,8 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--batch-size", type=_int_in(BATCH_SIZE_MIN, BATCH_SIZE_MAX, " (the contrastive retain loss "
                    "needs 2 pairs per batch)"), default=64, metavar="N", help=f"pairs per gradient batch, {BATCH_SIZE_MIN}.."
                    f"{BATCH_SIZE_MAX} (default 64; lower it if memory runs out)")
+    u.add_argument("--profile", action="store_true", help="add a 'profile' block to report.json (seconds and peak "
+                   "memory per stage: startup, imports, load, data, gradients, layer table, each layer's search, patch, "
+                   "report) and print it")
+    u.add_argument("--retain", choices=["shared", "per-concept"], default="shared",
+                   help="retain set of the retain gradient: 'shared' (default) = one fixed seeded set per model, its "
+                        "gradient computed once and reused for every concept; 'per-concept' = pairs that do not name "
+                        "the concept, recomputed every run")
     u.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
     u.add_argument("--no-cache", action="store_true", help="do not reuse stored gradients")
+    u.add_argument("--nproc", type=_int_in(1, 1024), default=1, metavar="N",
+                   help="run data parallel in N processes on this machine (starts torchrun: gloo on CPU, one GPU "
+                        "per process with NCCL); the same as `torchrun --nproc-per-node N -m slugkit unlearn ...`")
     u.add_argument("--search", choices=["clip", "generation"], default="clip",
                    help="hosts only: search lambda on the matching CLIP's forget metric (fast), or choose the "
                         "layer that way and search its lambda again on the host's own outputs (judged pictures "
@@ -388,7 +494,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", metavar="DIR", help="new or empty output folder (default runs/demo)")
     d.add_argument("--overwrite", action="store_true", help="replace a previous demo in --out")
     d.add_argument("--forget", default="Captain Zorp", metavar="CONCEPT", help="the character to forget (default 'Captain Zorp')")
+    d.add_argument("--quick", action="store_true", help="a shorter demo for slow machines and install checks: 500 "
+                   "test pictures, 256 retain pairs, only the deepest Pareto layer of the vision tower searched "
+                   "(about a third of the CPU time)")
     d.set_defaults(func=cmd_demo)
+    nb = sub.add_parser("notebooks", help="copy the notebook series into a folder of your own",
+                        description="Copy the notebooks (00_toy_world ... ) shipped with slugkit into DIR, to run "
+                        "and edit them anywhere; `slugkit lab DIR` opens them.")
+    nb.add_argument("dir", metavar="DIR", help="folder to copy into (created if needed)")
+    nb.add_argument("--student", action="store_true", help="coursework copies: without the reference answers "
+                    "(cells tagged 'solution'), so the exercise checkers see your own code")
+    nb.add_argument("--overwrite", action="store_true", help="replace notebooks already in DIR (default: keep "
+                    "them, they may hold your work)")
+    nb.set_defaults(func=cmd_notebooks)
+    lb = sub.add_parser("lab", help="open the notebook series in JupyterLab",
+                        description="Copy the notebooks into DIR (keeping any already there) and start JupyterLab "
+                        "on it. Needs JupyterLab: pip install 'slugkit[notebooks]'.")
+    lb.add_argument("dir", nargs="?", default="slugkit-notebooks", metavar="DIR",
+                    help="folder of your notebooks (default ./slugkit-notebooks)")
+    lb.add_argument("--student", action="store_true", help="copy coursework copies (no reference answers)")
+    lb.add_argument("--no-browser", action="store_true", help="start the server without opening a browser")
+    lb.set_defaults(func=cmd_lab)
     a = sub.add_parser("attribute", help="Captum attributions of the image-text cosine before vs after a patch")
     a.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=MODEL_HELP)
     a.add_argument("--patch", required=True, help="patch.safetensors written by `slugkit unlearn`")
@@ -430,8 +556,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"slugkit: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
+def _speaks(err: BaseException) -> bool:
+    """Whether this process prints ``err``: yes alone; under torchrun rank 0 (the others hit the same error),
+    except for a lost process when `slugkit unlearn --nproc` launched the run (the launcher names it)."""
+    from_launcher = type(err).__name__ == "PeerLost" and os.environ.get("SLUGKIT_LAUNCHED") == "1"
+    return os.environ.get("RANK", "0") == "0" and not from_launcher
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     debug = getattr(args, "debug", False)
     old_show = warnings.showwarning
     if not debug:
@@ -446,8 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if debug:
             raise
-        print(f"slugkit {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
+        if _speaks(err):
+            print(f"slugkit {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
     except Exception as err:  # a bug, not a user mistake: still one line, with the way to the traceback
         if debug:
             raise

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from slugkit import distributed
+
 SAMPLES_PER_TENSOR = 65_536
 
 
@@ -73,19 +75,25 @@ def _update(h, obj) -> None:
         raise TypeError(f"data_fingerprint cannot hash a batch item of type {type(obj).__name__}")
 
 
-def data_fingerprint(loader: Iterable) -> str:
+def data_fingerprint(loader: Iterable, progress: bool = True) -> str:
     """Hex sha256 over every tensor (with dtype, shape and batch structure) a loader yields.
 
-    Iterates the loader once, without any model forward. The loader must be deterministic
-    (no shuffling, no random augmentation) for the fingerprint to be stable.
+    Iterates the loader once, without any model forward; hashes the list of per-batch digests, so under
+    a process group each process digests only its own batches (:mod:`slugkit.distributed`) and all of
+    them get the single-process fingerprint. The loader must be deterministic (no shuffling, no random
+    augmentation) for the fingerprint to be stable.
     """
-    h = hashlib.sha256(b"slugkit.data_fingerprint.v1\n")
-    n = 0
-    for batch in tqdm(loader, desc="fingerprint data", leave=False):
-        h.update(_header("B", n))
-        _update(h, batch)
-        n += 1
-    h.update(_header("N", n))
+    digests = []
+    for batch in tqdm(distributed.shard_batches(loader), desc="fingerprint data", leave=False,
+                      disable=not (progress and distributed.is_writer())):
+        b = hashlib.sha256()
+        _update(b, batch)
+        digests.append(b.hexdigest())
+    digests = distributed.interleave(distributed.gather(digests))
+    h = hashlib.sha256(b"slugkit.data_fingerprint.v2\n")
+    for n, digest in enumerate(digests):
+        h.update(_header("B", n, digest))
+    h.update(_header("N", len(digests)))
     return h.hexdigest()
 
 

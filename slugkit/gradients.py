@@ -5,6 +5,13 @@ contrastive loss on the retain set. Both are averages of per-batch mean gradient
 gradients zeroed before every batch. The contrastive loss of a batch depends on its size (its
 negatives), so the retain batches should all be equally large: ``pair_loader(...,
 equal_batches=True)`` drops the remainder, and :func:`compute_gradients` warns when they are not.
+Under a process group each process takes every N-th batch and the sums are added across processes
+(:mod:`slugkit.distributed`): the same batches, the same means; only rank 0 writes the cache.
+
+The two halves are cached apart: the forget gradient per (model, forget data, layers), the retain gradient
+per (model, retain data, layers). With one fixed retain set per model (SLUG's default, as the authors'
+``train_grads.pt``), the retain gradient — most of the backward passes — is computed once and reused by
+every concept: from a :class:`GradientStore` on disk, and within a process from memory.
 
 Example::
 
@@ -29,12 +36,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from slugkit import distributed
 from slugkit.adapters.base import CLIPAdapter
 from slugkit.fingerprint import canonical_json, data_fingerprint, model_fingerprint
+from slugkit.profile import stage
 
 LOSSES = ("forget", "retain")
 _FORMAT = "slugkit.gradients"
-_KEY_VERSION = "slugkit.gradients.v2"  # bump when the losses, the accumulation or the retain batching change
+_KEY_VERSION = "slugkit.gradients.v4"  # bump when the losses, the accumulation or the retain batching change
+_RETAIN_MEMO: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}  # the last retain gradient of this process
 
 
 def forget_loss(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
@@ -97,7 +107,8 @@ def _accumulate(
         for p in wanted.values():
             p.requires_grad_(True)
         model.eval()
-        for n_batch, batch in enumerate(tqdm(loader, desc=desc or f"{loss} gradients", leave=False, disable=not progress)):
+        mine = distributed.shard_batches(loader)  # every batch, or this process's share of them
+        for n_batch, batch in enumerate(tqdm(mine, desc=desc or f"{loss} gradients", leave=False, disable=not progress)):
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise TypeError(f"{loss} loader must yield (pixels, tokens) pairs; batch {n_batch} is not")
             pixels, tokens = batch
@@ -122,11 +133,14 @@ def _accumulate(
                         raise FloatingPointError(
                             f"non-finite {loss} gradient for layer {name!r} at batch {n_batch}"
                         )
-                if name in sums:
+                if name in sums:  # float64: the sum does not depend on how the batches are split
                     sums[name] += g
                 else:
-                    sums[name] = g.clone()
+                    sums[name] = g.double()
             sizes.append(int(img.shape[0]))
+        sums = distributed.sum_tensors({name: sums.get(name, torch.zeros(p.shape, dtype=torch.float64, device=p.device))
+                                        for name, p in wanted.items()})  # a process without batches adds zeros
+        sizes = distributed.interleave(distributed.gather(sizes))  # every batch's size, in the loader's order
     finally:
         model.zero_grad(set_to_none=True)
         for p, flag in zip(all_params, flags):
@@ -135,7 +149,7 @@ def _accumulate(
             m.training = mode
     if not sizes:
         raise ValueError(f"{loss} loader is empty: it yielded no batch")
-    return {name: (s / len(sizes)).cpu() for name, s in sums.items()}, sizes
+    return {name: (s / len(sizes)).float().cpu() for name, s in sums.items()}, sizes
 
 
 def accumulate_gradients(
@@ -195,7 +209,7 @@ class Gradients:
 
 
 class GradientStore:
-    """A directory of :class:`Gradients` files keyed by model, forget data, retain data and layers.
+    """A directory of gradient files, one per loss: keyed by the loss, model, data and layers (:meth:`key`).
 
     It heals itself: an entry is written to a hidden temporary file and renamed into place (the
     temporary file is removed if the write is interrupted, Ctrl-C included); leftovers of processes
@@ -211,9 +225,11 @@ class GradientStore:
         sweep_stale(self.root, r"^\.(?:tmp-|.*\.)(?P<pid>\d+)(?:-.*|\.tmp)$")
 
     @staticmethod
-    def key(model_fp: str, forget_fp: str, retain_fp: str, layers: Iterable[str]) -> str:
-        """Hex sha256 of the three fingerprints and the sorted layer names."""
-        blob = json.dumps([_KEY_VERSION, model_fp, forget_fp, retain_fp, sorted(layers)])
+    def key(loss: str, model_fp: str, data_fp: str, layers: Iterable[str]) -> str:
+        """Hex sha256 of the loss ("forget" or "retain"), the model and data fingerprints and the sorted layers."""
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        blob = json.dumps([_KEY_VERSION, loss, model_fp, data_fp, sorted(layers)])
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def path(self, key: str) -> Path:
@@ -229,7 +245,9 @@ class GradientStore:
         path = self.path(key)
         try:
             grads = Gradients.load(path)
-            if not grads.forget or set(grads.forget) != set(grads.retain):
+            if not grads.forget and not grads.retain:
+                raise ValueError("it holds no gradient")
+            if grads.forget and grads.retain and set(grads.forget) != set(grads.retain):
                 raise ValueError("forget and retain layers differ")
             return grads
         except (ValueError, OSError) as err:
@@ -254,6 +272,11 @@ class GradientStore:
         return target
 
 
+def clear_retain_memo() -> None:
+    """Forget the retain gradient kept in memory (``reuse_retain``): the next one is computed (or read from a store)."""
+    _RETAIN_MEMO.clear()
+
+
 def compute_gradients(
     adapter: CLIPAdapter,
     forget_loader: Iterable,
@@ -261,50 +284,65 @@ def compute_gradients(
     layers: Sequence[str] | None = None,
     store: GradientStore | None = None,
     progress: bool = True,
+    retain_layers: Sequence[str] | None = None,
+    reuse_retain: bool = False,
 ) -> Gradients:
     """Stage 1: forget and retain gradients of ``layers`` (default: all candidate layers).
 
-    With a ``store``, the three fingerprints are computed first (one extra pass over the data, no
-    model forward) and stored gradients are returned without recomputing.
+    With a ``store``, the fingerprints are computed first (one extra pass over the data, no model
+    forward) and each half found there is returned without recomputing. The retain gradient is
+    computed over ``retain_layers`` (default ``layers``; it must contain them) and cached under
+    them, so a wide ``retain_layers`` (e.g. every candidate layer) serves any later subset of it.
+    ``reuse_retain=True`` also keeps the last retain gradient in memory for this process and reuses
+    it when the model, retain data and ``retain_layers`` match (fingerprinted, even without a store).
     """
     if layers is None:
         layers = [info.name for info in adapter.candidate_layers()]
     layers = list(layers)
     _resolve(adapter, layers)
-    meta = {
-        "model": adapter.name,
-        "family": adapter.family,
-        "model_fingerprint": model_fingerprint(adapter.model),
-        "layers": layers,
-    }
+    retain_layers = layers if retain_layers is None else sorted(retain_layers)
+    if not set(layers) <= set(retain_layers):
+        raise ValueError(f"retain_layers must contain every layer, but lack {sorted(set(layers) - set(retain_layers))[:3]}")
+    _resolve(adapter, retain_layers)
+    model_fp = model_fingerprint(adapter.model)
+    meta = {"model": adapter.name, "family": adapter.family, "model_fingerprint": model_fp, "layers": layers}
+    parts = {}
+    for loss, loader, wanted in (("forget", forget_loader, layers), ("retain", retain_loader, retain_layers)):
+        with stage(f"{loss}_gradient"):
+            parts[loss] = _gradient_part(adapter, loss, loader, wanted, model_fp, meta, store,
+                                         memo=loss == "retain" and reuse_retain, progress=progress)
+    return Gradients(forget={name: parts["forget"][name] for name in layers},
+                     retain={name: parts["retain"][name] for name in layers}, meta=meta)
+
+
+def _gradient_part(adapter, loss, loader, wanted, model_fp, meta, store, memo, progress) -> dict[str, torch.Tensor]:
+    """One half of :func:`compute_gradients`: from memory, the store, or computed (then stored); adds to ``meta``."""
     key = None
-    if store is not None:
-        meta["forget_fingerprint"] = data_fingerprint(forget_loader)
-        meta["retain_fingerprint"] = data_fingerprint(retain_loader)
-        key = GradientStore.key(
-            meta["model_fingerprint"], meta["forget_fingerprint"], meta["retain_fingerprint"], layers
-        )
+    if store is not None or memo:
+        meta[f"{loss}_fingerprint"] = data_fingerprint(loader, progress)
+        key = GradientStore.key(loss, model_fp, meta[f"{loss}_fingerprint"], wanted)
+        meta[f"{loss}_key"] = key
+    found = _RETAIN_MEMO.get(key) if memo else None
+    if found is None and store is not None:
         cached = store.get(key)
-        if cached is not None:
-            return cached
-        meta["key"] = key
-    t0 = time.perf_counter()
-    forget, forget_sizes = _accumulate(adapter, forget_loader, "forget", layers, "forget gradients", progress)
-    t1 = time.perf_counter()
-    retain, retain_sizes = _accumulate(adapter, retain_loader, "retain", layers, "retain gradients", progress)
-    t2 = time.perf_counter()
-    if len(set(retain_sizes)) > 1:
-        warnings.warn(f"retain batches have unequal sizes {sorted(set(retain_sizes))}: each weighs the same in "
-                      "g_r, so a small last batch moves it; build the retain loader with "
-                      "pair_loader(..., equal_batches=True)", stacklevel=2)
-    meta |= {
-        "forget_batches": len(forget_sizes),
-        "retain_batches": len(retain_sizes),
-        "retain_batch_size": retain_sizes[0],
-        "retain_pairs": sum(retain_sizes),
-        "seconds": {"forget": round(t1 - t0, 4), "retain": round(t2 - t1, 4)},
-    }
-    grads = Gradients(forget=forget, retain=retain, meta=meta)
-    if store is not None:
-        store.put(key, grads)
-    return grads
+        usable = cached is not None and set(getattr(cached, loss)) == set(wanted)
+        if distributed.all_agree(usable):  # every process uses the cache, or none does
+            found = getattr(cached, loss), cached.meta
+    if found is None:
+        t = time.perf_counter()
+        grads, sizes = _accumulate(adapter, loader, loss, wanted, f"{loss} gradients", progress)
+        part_meta = {f"{loss}_batches": len(sizes), f"{loss}_seconds": round(time.perf_counter() - t, 4)}
+        if loss == "retain":
+            if len(set(sizes)) > 1:
+                warnings.warn(f"retain batches have unequal sizes {sorted(set(sizes))}: each weighs the same "
+                              "in g_r, so a small last batch moves it; build the retain loader with "
+                              "pair_loader(..., equal_batches=True)", stacklevel=3)
+            part_meta |= {"retain_batch_size": sizes[0], "retain_pairs": sum(sizes)}
+        if store is not None and distributed.is_writer():
+            store.put(key, Gradients(**{"forget": {}, "retain": {}, loss: grads}, meta=part_meta))
+        found = grads, part_meta
+    if memo:
+        _RETAIN_MEMO.clear()  # one entry: a retain gradient is as large as the layers it covers
+        _RETAIN_MEMO[key] = found
+    meta |= found[1]
+    return found[0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from . import distributed
 from .adapters.base import CLIPAdapter
 from .adapters.host import FORGET_TEXTS, Host
 from .bounds import check_batch_size, check_finite_weights, check_fraction, check_max_evals, check_retain_set, check_seed
@@ -26,6 +26,7 @@ from .gradients import GradientStore, Gradients, compute_gradients
 from .layer_identification import candidate_infos, layer_table, select_layers
 from .models.loading import TOY_MODELS
 from .patch import Patch, scope_fingerprint
+from .profile import peak_rss_mb, stage
 from .rundir import atomic_run_dir
 from .step_size_search import SearchResult, Target, search_step_size
 from .tasks import Evaluator, Task, data_task, toy_task
@@ -36,11 +37,10 @@ PRESETS = {
     "slugkit": {"candidates": "default", "forget_metric": "forget_top5", "max_evals": 10, "rtol": 0.05},
     "reference": {"candidates": "reference", "forget_metric": "forget_top5", "max_evals": 10, "rtol": 0.0},
 }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# The retain set of the retain gradient: "shared" (default) is one fixed, seeded set per model and data source,
+# the same for every concept, so its gradient is computed once and reused (the authors' train_grads.pt);
+# "per-concept" draws it from the pairs that do not name the concept, recomputed for every concept.
+RETAIN_SETS = ("shared", "per-concept")
 
 
 def model_bytes(model) -> int:
@@ -73,11 +73,13 @@ class UnlearnResult:
     preset: str = "slugkit"
     candidates: str = "default"
     target: str = ""
+    retain_set: str = "shared"  # "shared", "per-concept", or "task" (a task built without a shared set)
 
     step_search: SearchResult | None = None  # the chosen layer's step size searched again (``step_evaluator``)
     host: str | None = None  # set by :func:`unlearn_host`: the model that embeds the edited tower
     host_metrics: dict = field(default_factory=dict)  # the host's NAME_before / NAME_after metrics
     edited_model_bytes: int | None = None  # bytes of the host's edited tower
+    profile: dict | None = None  # seconds and peak memory per stage (slugkit.profile.Profiler.to_dict), if profiled
 
     @property
     def chosen_search(self) -> SearchResult | None:
@@ -109,7 +111,7 @@ class UnlearnResult:
             # the authors' code returns the last lambda its search tried; slugkit the best one that met the target
             "last_lambda": self.chosen_search.last_lambda if self.chosen_search else None,
             "last_met": self.chosen_search.last_met if self.chosen_search else None,
-            "retain_pairs": self.gradients.meta.get("retain_pairs"),
+            "retain_set": self.retain_set, "retain_pairs": self.gradients.meta.get("retain_pairs"),
             "retain_batches": self.gradients.meta.get("retain_batches"),
             "forget_acc_before": b.get("forget_top1"), "forget_acc_after": a.get("forget_top1"),
             "forget_top5_before": b.get("forget_top5"), "forget_top5_after": a.get("forget_top5"),
@@ -126,15 +128,19 @@ class UnlearnResult:
             "step_search": self.step_search.to_dict() if self.step_search else None,
             "layer_table": self.table.assign(shape=self.table["shape"].map(list)).to_dict(orient="records"),
         } | ({"host": self.host, "clip_model": self.model, "edited_model_bytes": self.edited_model_bytes,
-              **self.host_metrics} if self.host else {}))  # fmt: skip
+              **self.host_metrics} if self.host else {})
+          | ({"profile": self.profile} if self.profile is not None else {}))  # fmt: skip
 
     def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
         """Write ``report.json`` (and ``patch.safetensors`` when a patch was found); returns the folder.
 
         The run is written into a temporary folder beside ``out_dir`` and renamed into place once, so a
         reader sees the previous run, this run, or nothing. A non-empty ``out_dir`` is refused unless
-        ``overwrite`` (then the whole previous run is replaced; see :mod:`slugkit.rundir`).
+        ``overwrite`` (then the whole previous run is replaced; see :mod:`slugkit.rundir`). Under a
+        process group only rank 0 writes (every process holds the same result).
         """
+        if not distributed.is_writer():
+            return Path(out_dir)
         with atomic_run_dir(out_dir, overwrite, what="unlearn") as tmp:
             patch_bytes = 0
             if self.patch is not None:
@@ -235,7 +241,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             tower: str | None = None, preset: str = "slugkit", candidates: str | None = None,
             target: Target | None = None, max_evals: int | None = None, rtol: float | None = None,
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
-            step_evaluator: Evaluator | None = None, progress: bool = True) -> UnlearnResult:
+            retain: str = "shared", full_trace: bool = False, step_evaluator: Evaluator | None = None,
+            progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
@@ -251,7 +258,15 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
       bracketed within ``rtol`` (relative, default 0.05: slugkit's shortcut; 0 = never stop early).
     - ``preset="reference"`` reproduces the authors' choices (reference candidates, top-5 rule, exactly
       10 evaluations, ``rtol=0``); the report then also shows their returned lambda (the last one tried).
-    - Retain gradients use equal contrastive batches of ``batch_size`` pairs (the remainder is dropped).
+    - ``retain``: "shared" (default) computes the retain gradient on the task's concept-independent retain
+      set (``task.shared_retain``), over every default candidate layer, once per model: it is kept in memory
+      for this process and in ``store``, and reused by every later concept; "per-concept" uses the task's
+      retain pairs without the concept (recomputed per concept). Retain gradients use equal contrastive
+      batches of ``batch_size`` pairs (the remainder is dropped).
+    - The search measures the forget metric first (on the concept's pictures alone, when the evaluator has
+      ``forget_metrics``) and the rest only at step sizes that reach the target: a step that does not reach
+      it records its forget metrics alone. ``full_trace=True`` measures everything at every step (for plots
+      of the whole trace); the chosen layer and step size are the same either way.
     - ``step_evaluator``: the layer is chosen as always (every layer's search on the task's evaluator),
       then that one layer's step size is searched again, with the same target, on ``step_evaluator``
       (e.g. a host's judged generations, :func:`unlearn_host` ``search="generation"``); the patch takes
@@ -271,8 +286,13 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     check_fraction("rtol", rtol)
     check_fraction("target threshold", target.threshold)
     check_finite_weights(adapter.model, adapter.name)  # before any data or gradient work
-    task = task or make_task(adapter, concept, data, classes, seed)
-    check_retain_set(len(task.retain), task.concept)
+    if retain not in RETAIN_SETS:
+        raise ValueError(f"retain must be one of {', '.join(map(repr, RETAIN_SETS))}, got {retain!r}")
+    with stage("data"):  # the toy world's pictures are drawn (or read from their cache) here
+        task = task or make_task(adapter, concept, data, classes, seed)
+    retain_set = "task" if retain == "shared" and task.shared_retain is None else retain
+    retain_pairs = task.shared_retain if retain_set == "shared" else task.retain
+    check_retain_set(len(retain_pairs), task.concept)
     names = getattr(task.search_evaluator, "classes", None)  # the names a user-data evaluator chooses among
     if target.forget_metric == "forget_top5" and names is not None and len(names) <= 5:
         raise ValueError(f"the stop rule forget_top5 <= 0 needs at least 6 names to choose among (the concept and "
@@ -289,26 +309,36 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
 
     t = time.perf_counter()
     forget_loader = pair_loader(task.forget, adapter, batch_size=batch_size)
-    retain_loader = pair_loader(task.retain, adapter, batch_size=batch_size, equal_batches=True)
-    grads = compute_gradients(adapter, forget_loader, retain_loader, layers=[i.name for i in infos], store=store,
-                              progress=progress)
+    retain_loader = pair_loader(retain_pairs, adapter, batch_size=batch_size, equal_batches=True)
+    layer_names = [i.name for i in infos]
+    # the retain gradient covers every default candidate too, so one cached g_r serves any subset (a host's tower)
+    retain_layers = sorted(set(layer_names) | {i.name for i in adapter.candidate_layers()})
+    grads = compute_gradients(adapter, forget_loader, retain_loader, layers=layer_names, store=store,
+                              progress=progress, retain_layers=retain_layers, reuse_retain=retain_set == "shared")
     timings["gradients"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    table = layer_table(adapter, grads, infos=infos)
-    layers = select_layers(table, policy, tower)
+    with stage("layer_table"):
+        table = layer_table(adapter, grads, infos=infos)
+        layers = select_layers(table, policy, tower)
     towers = dict(zip(table["name"], table["tower"]))
     blocks = dict(zip(table["name"], table["block"]))
     timings["layer_identification"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    task.search_evaluator.cache()
+    evaluator = task.search_evaluator
+    with stage("search_cache"):  # embeddings of the unedited model, reused by every evaluation
+        baseline = evaluator.cache().baseline()  # the unedited model's metrics: one evaluation for every layer
+    forget_only = None if full_trace else getattr(evaluator, "forget_metrics", None)
     searches = []
     for name in layers:
-        task.search_evaluator.prepare(towers[name], int(blocks[name]))  # model still unedited here
-        evaluate = lambda t=towers[name], b=int(blocks[name]): task.search_evaluator(edited_tower=t, block=b)  # noqa: E731
-        searches.append(search_step_size(adapter.parameter(name), grads.forget[name], evaluate, target,
-                                         max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress))
+        with stage(f"search/{name}"):
+            t_, b_ = towers[name], int(blocks[name])
+            evaluator.prepare(t_, b_)  # model still unedited here
+            searches.append(search_step_size(
+                adapter.parameter(name), grads.forget[name], lambda: evaluator(edited_tower=t_, block=b_), target,
+                max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress, baseline=baseline,
+                evaluate_forget=forget_only and (lambda: forget_only(edited_tower=t_, block=b_))))
     timings["step_size_search"] = round(time.perf_counter() - t, 2)
 
     met = [s for s in searches if s.status == "ok"]
@@ -317,12 +347,13 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     if best is not None and step_evaluator is not None:
         t = time.perf_counter()
         edited_tower, edited_block = towers[best.layer], int(blocks[best.layer])
-        step_evaluator.cache()
-        step_evaluator.prepare(edited_tower, edited_block)
-        step_search = search_step_size(
-            adapter.parameter(best.layer), grads.forget[best.layer],
-            lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target, max_evals=max_evals,
-            layer_name=best.layer, rtol=rtol, progress=progress)
+        with stage(f"search_again/{best.layer}"):
+            step_evaluator.cache()
+            step_evaluator.prepare(edited_tower, edited_block)
+            step_search = search_step_size(
+                adapter.parameter(best.layer), grads.forget[best.layer],
+                lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target, max_evals=max_evals,
+                layer_name=best.layer, rtol=rtol, progress=progress)
         timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
         if step_search.status != "ok":
             warns.append(f"{best.layer} met the target at step size {best.best_lambda:.4g} on the task's evaluator, "
@@ -332,19 +363,24 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     report = task.report_evaluator
     if best is not None:  # activations upstream of the edit serve both the before and the after pass
         edited_tower, edited_block = towers[best.layer], int(blocks[best.layer])
-        report.prepare(edited_tower, edited_block)
-    before = report.cache().baseline()
+    with stage("report"):
+        if best is not None:
+            report.prepare(edited_tower, edited_block)
+        before = report.cache().baseline()
     patch, after = None, before
     if best is not None:
-        scope = adapter.patch_scope(best.layer)
-        patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda, grads.forget[best.layer],
-                                scope_fingerprint(adapter.model, scope), best.best_metrics, scope=scope,
-                                base_digest=tensor_digest(adapter.parameter(best.layer)))
-        patch.apply(adapter.model)
-        try:
-            after = report(edited_tower=edited_tower, block=edited_block)
-        finally:
-            patch.revert(adapter.model)
+        with stage("patch"):
+            scope = adapter.patch_scope(best.layer)
+            patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda,
+                                    grads.forget[best.layer], scope_fingerprint(adapter.model, scope),
+                                    best.best_metrics, scope=scope,
+                                    base_digest=tensor_digest(adapter.parameter(best.layer)))
+        with stage("report"):
+            patch.apply(adapter.model)
+            try:
+                after = report(edited_tower=edited_tower, block=edited_block)
+            finally:
+                patch.revert(adapter.model)
         patch.metrics = {"search": best.best_metrics, "report_before": before, "report_after": after}
     timings["report"] = round(time.perf_counter() - t, 2)
     missing, unmeasured_warns = unmeasured(before, after, report)
@@ -356,7 +392,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         step_size=best.best_lambda if best else None, status=status,
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
-        preset=preset, candidates=candidates, target=target.describe(), step_search=step_search)
+        preset=preset, candidates=candidates, target=target.describe(), retain_set=retain_set,
+        step_search=step_search)
 
 
 class _HostSearch(Evaluator):
@@ -393,7 +430,8 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
     if clip is None:
         from .models.loading import load_clip
 
-        clip = load_clip(host.clip_name)
+        with stage("load"):
+            clip = load_clip(host.clip_name)
     allowed = [info.name for info in clip.candidate_layers() if host.accepts(info)]
     if not allowed:
         raise ValueError(f"{clip.name!r} has no candidate layer that {host.name!r} reads "
@@ -409,7 +447,8 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, s
                          f"{host.scope!r} tower {host.name!r} embeds")
     t = time.perf_counter()  # the host's side: its metrics before/after the patch, the bytes the patch edits
     if result.patch is not None:
-        result.host_metrics = host.report_metrics(result.concept, result.patch, progress=progress)
+        with stage("host_report"):
+            result.host_metrics = host.report_metrics(result.concept, result.patch, progress=progress)
     result.timings["host_report"] = round(time.perf_counter() - t, 2)
     result.host, result.edited_model_bytes = host.name, host.edited_model_bytes()
     result.peak_rss_mb = peak_rss_mb()

@@ -206,6 +206,8 @@ def search_step_size(
     layer_name: str = "",
     rtol: float = 1e-3,
     progress: bool = True,
+    baseline: dict | None = None,
+    evaluate_forget: Callable[[], dict[str, float]] | None = None,
 ) -> SearchResult:
     """Binary search of ``lambda > 0`` for the update ``param <- theta + lambda * grad``.
 
@@ -219,6 +221,12 @@ def search_step_size(
     Forget accuracy need not fall monotonically with lambda, so bisection may bracket the wrong
     interval; whatever happens, ``best_lambda`` is a lambda whose measured metrics met ``target``
     (the highest score among them), or ``None`` with status "target-not-reached".
+
+    Two shortcuts that change no decision: ``baseline`` (the unedited model's metrics, when the caller
+    already has them) replaces the first ``evaluate()``; ``evaluate_forget()`` (only the forget metric,
+    e.g. on the concept's pictures alone) is called first at every step, and ``evaluate()`` only when it
+    reached the target, so a step that did not reach it records the forget metrics alone (its retain and
+    utility never decide anything: only steps that met the target are ranked).
     """
     _check(param, grad, layer_name)
     if max_evals < 1:
@@ -236,7 +244,7 @@ def search_step_size(
 
     trace: list[SearchStep] = []
     try:
-        baseline = dict(evaluate())
+        baseline = dict(evaluate()) if baseline is None else dict(baseline)
         if target.reached(baseline):
             warnings.warn(
                 f"the unedited model already has {target.forget_metric}={baseline[target.forget_metric]} "
@@ -246,7 +254,9 @@ def search_step_size(
         lam = float(lambda0)
         for step in tqdm(range(max_evals), desc=f"step size {layer_name}".strip(), leave=False, disable=not progress):
             _set(param, original, grad, lam)
-            metrics = dict(evaluate())
+            metrics = dict(evaluate_forget()) if evaluate_forget is not None else {}
+            if evaluate_forget is None or target.reached(metrics):
+                metrics = dict(evaluate())
             reached = target.reached(metrics)
             trace.append(SearchStep(step, lam, metrics, reached, target.met(metrics, baseline)))
             if reached:

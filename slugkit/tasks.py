@@ -11,7 +11,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .data.minicanvas import cached_split, find_concept
-from .data.pairs import ImageTextPairs, forget_retain_sets
+from .data.pairs import ImageTextPairs, forget_retain_sets, shared_retain_set
 from .eval.names import NameEvaluator
 from .eval.zeroshot import ConceptEvaluator
 
@@ -22,7 +22,9 @@ class Evaluator(Protocol):
     after ``prepare(tower, block)`` on the unedited model, activations upstream of ``block``.
 
     An evaluator that caches nothing can subclass this and define only ``__call__``: the defaults
-    cache nothing, prepare nothing and measure the baseline with a plain call."""
+    cache nothing, prepare nothing and measure the baseline with a plain call. An evaluator may also define
+    ``forget_metrics(edited_tower, block)``, the forget metrics alone (cheaper): the search then asks it
+    first and makes a full call only where the forget target is reached."""
 
     def cache(self) -> "Evaluator":
         return self
@@ -38,7 +40,13 @@ class Evaluator(Protocol):
 
 @dataclass
 class Task:
-    """Forget/retain pairs for the gradients, an evaluator for the search and one for the report."""
+    """Forget/retain pairs for the gradients, an evaluator for the search and one for the report.
+
+    ``retain`` holds no pair naming the concept (what the baselines fine-tune on, and SLUG's retain set with
+    ``retain="per-concept"``). ``shared_retain`` is the same source's concept-independent retain set
+    (:func:`~slugkit.data.pairs.shared_retain_set`): SLUG's default, whose gradient is computed once per model
+    and reused for every concept; ``None`` for a task built without one (SLUG then uses ``retain``).
+    """
 
     concept: str
     forget: ImageTextPairs
@@ -46,6 +54,7 @@ class Task:
     search_evaluator: Evaluator
     report_evaluator: Evaluator
     description: str = ""
+    shared_retain: ImageTextPairs | None = None
 
     def with_forget_caption(self, caption: str) -> "Task":
         """The same task with every forget picture paired with ``caption`` (e.g. the bare concept name,
@@ -61,7 +70,8 @@ def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 2000, n_val: i
 
     The retain pairs are a seeded random sample of ``n_retain`` (default 1024 =
     :data:`~slugkit.data.pairs.RETAIN_PAIRS`) training pairs that do not name it, so every other
-    concept is represented; :func:`slugkit.slug.unlearn` batches them in equal contrastive batches.
+    concept is represented; the shared retain pairs the same number drawn from all training pairs, the
+    same for every concept. :func:`slugkit.slug.unlearn` batches them in equal contrastive batches.
 
     The step size is searched on the ``val`` split — every picture of the concept among 2000 val
     samples plus the first ``n_val`` others, so the forget metric rests on as many pictures as the
@@ -77,7 +87,8 @@ def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 2000, n_val: i
     test = cached_split(n_test, seed, "test")
     return Task(name, forget, retain, ConceptEvaluator(adapter, val, name), ConceptEvaluator(adapter, test, name),
                 description=f"MiniCanvas seed {seed}: {len(forget)} forget / {len(retain)} retain pairs, "
-                            f"search on {len(val)} val images, report on {n_test} test images")
+                            f"search on {len(val)} val images, report on {n_test} test images",
+                shared_retain=shared_retain_set(train, n_retain, seed))
 
 
 def data_task(adapter, concept: str, data: str | ImageTextPairs, classes: Sequence[str],
@@ -85,7 +96,8 @@ def data_task(adapter, concept: str, data: str | ImageTextPairs, classes: Sequen
     """A task from user data: forget pairs are those whose caption mentions ``concept``.
 
     Retain pairs: a seeded sample of ``n_retain`` pairs that do not mention it (default: up to 1024, as
-    many as exist); :func:`slugkit.slug.unlearn` batches them in equal contrastive batches.
+    many as exist); shared retain pairs: as many drawn from all pairs, the same for every concept.
+    :func:`slugkit.slug.unlearn` batches them in equal contrastive batches.
     """
     from .data.sources import open_pairs
 
@@ -94,4 +106,5 @@ def data_task(adapter, concept: str, data: str | ImageTextPairs, classes: Sequen
     evaluator = NameEvaluator(adapter, forget, retain, concept, classes)
     return Task(concept, forget, retain, evaluator, evaluator,
                 description=f"{pairs.origin}: {len(forget)} forget / {len(retain)} retain pairs "
-                            "(search and report on the same pairs)")
+                            "(search and report on the same pairs)",
+                shared_retain=shared_retain_set(pairs, n_retain, seed))

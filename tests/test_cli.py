@@ -48,3 +48,42 @@ def test_python_dash_m_entry_point():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)) >= 10 + 8 + 6 + 6
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["unlearn", "--help"], ["bench", "--help"],
+                                  ["unlearn", "--forget", "Captain Zorp"],  # --out missing
+                                  ["unlearn", "--forget", "x", "--out", "o", "--seed", "-1"], ["no-such-command"]],
+                         ids=["help", "unlearn-help", "bench-help", "missing-out", "bad-seed", "bad-command"])
+def test_help_and_argument_errors_do_not_import_torch(argv):
+    """`slugkit --help` and argparse's errors answer without torch (which takes seconds to import)."""
+    probe = ("import sys, runpy\n"
+             f"sys.argv = ['slugkit'] + {argv!r}\n"
+             "try:\n    runpy.run_module('slugkit', run_name='__main__')\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    verdict, code = done.stderr.strip().splitlines()[-1].split()
+    assert verdict == "NO-TORCH", done.stderr
+    assert code == ("0" if "--help" in argv else "2")
+    assert ("usage: slugkit" in done.stdout) if "--help" in argv else ("error:" in done.stderr)
+
+
+def test_unlearn_profile_block(tmp_path, capsys):
+    """`--profile`: report.json gains seconds and peak memory per stage, summing to about the total."""
+    out = tmp_path / "run"
+    code, printed, _ = run_cli(capsys, "unlearn", "--forget", "Stripes", "--out", str(out), "--tower", "vision",
+                               "--include", "mlp_fc", "--max-evals", "2", "--no-cache", "--profile")
+    assert code in (0, 3)
+    profile = json.loads((out / "report.json").read_text())["profile"]
+    stages = profile["stages"]
+    expected = {"startup", "imports", "load", "data", "forget_gradient", "retain_gradient", "layer_table",
+                "search_cache", "report"}
+    assert expected <= set(stages)
+    searched = [k for k in stages if k.startswith("search/")]
+    assert searched and all(k.removeprefix("search/").startswith("visual.") for k in searched)
+    assert ("patch" in stages) == (code == 0)
+    assert all(v["seconds"] >= 0 and v["peak_rss_mb"] > 0 for v in stages.values())
+    total = sum(v["seconds"] for v in stages.values())
+    assert total == pytest.approx(profile["total_seconds"], rel=0.05, abs=0.5)
+    assert profile["peak_rss_mb"] >= max(v["peak_rss_mb"] for v in stages.values())
+    assert "profile (" in printed and "retain_gradient" in printed

@@ -191,7 +191,7 @@ def test_store_returns_cached_without_recomputing(tmp_path, monkeypatch):
     store = GradientStore(tmp_path / "cache")
     forget, retain = make_batches(2, 3), make_batches(2, 3, seed=2)
     first = compute_gradients(adapter, forget, retain, layers=LAYERS, store=store)
-    assert first.meta["key"] in store
+    assert first.meta["forget_key"] in store and first.meta["retain_key"] in store
 
     import slugkit.gradients as mod
 
@@ -200,12 +200,52 @@ def test_store_returns_cached_without_recomputing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mod, "_accumulate", boom)
     again = compute_gradients(adapter, forget, retain, layers=list(reversed(LAYERS)), store=store)
-    assert again.meta == first.meta
+    assert again.meta == first.meta | {"layers": list(reversed(LAYERS))} and again.layers == list(reversed(LAYERS))
     for name in LAYERS:
         assert torch.equal(again.forget[name], first.forget[name])
     # other data -> other key -> recomputation
     with pytest.raises(AssertionError, match="recomputed"):
         compute_gradients(adapter, forget, make_batches(2, 3, seed=3), layers=LAYERS, store=store)
+
+
+def _spy_losses(monkeypatch):
+    """Record the loss of every ``_accumulate`` call (the gradient computations that really ran)."""
+    import slugkit.gradients as mod
+
+    calls, real = [], mod._accumulate
+    monkeypatch.setattr(mod, "_accumulate", lambda a, loader, loss, *rest: calls.append(loss) or real(a, loader, loss, *rest))
+    return calls
+
+
+def test_one_retain_gradient_serves_every_forget_set(tmp_path, monkeypatch):
+    """The retain half is stored on its own: a new forget set recomputes only the forget gradient, and a
+    retain gradient over wider ``retain_layers`` serves any subset of them."""
+    adapter, store = FakeAdapter(), GradientStore(tmp_path)
+    retain, all_layers = make_batches(2, 3, seed=2), [i.name for i in FakeAdapter().candidate_layers()]
+    calls = _spy_losses(monkeypatch)
+    a = compute_gradients(adapter, make_batches(1, 3, seed=5), retain, layers=LAYERS, store=store, retain_layers=all_layers)
+    b = compute_gradients(adapter, make_batches(1, 3, seed=6), retain, layers=LAYERS[:1], store=store,
+                          retain_layers=all_layers)
+    assert calls == ["forget", "retain", "forget"]
+    assert set(b.retain) == set(LAYERS[:1]) and torch.equal(a.retain[LAYERS[0]], b.retain[LAYERS[0]])
+    assert not torch.equal(a.forget[LAYERS[0]], b.forget[LAYERS[0]])
+    fresh = compute_gradients(adapter, make_batches(1, 3, seed=6), retain, layers=LAYERS[:1])  # no cache at all
+    assert torch.equal(fresh.retain[LAYERS[0]], b.retain[LAYERS[0]])
+    with pytest.raises(ValueError, match="retain_layers must contain"):
+        compute_gradients(adapter, retain, retain, layers=LAYERS, retain_layers=LAYERS[:1])
+
+
+def test_reuse_retain_keeps_the_last_retain_gradient_in_memory(monkeypatch):
+    adapter, retain = FakeAdapter(), make_batches(2, 3, seed=2)
+    calls = _spy_losses(monkeypatch)
+    first = compute_gradients(adapter, make_batches(1, 3, seed=5), retain, layers=LAYERS, reuse_retain=True)
+    again = compute_gradients(adapter, make_batches(1, 3, seed=6), retain, layers=LAYERS, reuse_retain=True)
+    assert calls == ["forget", "retain", "forget"]
+    assert all(torch.equal(first.retain[n], again.retain[n]) for n in LAYERS)
+    with torch.no_grad():  # another model (an edited weight) -> another fingerprint -> recomputed
+        adapter.model.text.blocks[0].fc.weight[0, 0] += 1e-3
+    compute_gradients(adapter, make_batches(1, 3, seed=6), retain, layers=LAYERS, reuse_retain=True)
+    assert calls[-1] == "retain"
 
 
 def test_store_get_missing(tmp_path):

@@ -337,7 +337,9 @@ def test_5_a_truncated_entry_is_discarded_and_recomputed(tmp_path):
     forget, retain = make_batches(2, 4, seed=1), make_batches(2, 4, seed=2)
     store = GradientStore(tmp_path)
     first = compute_gradients(adapter, forget, retain, store=store, progress=False)
-    (path,) = tmp_path.glob("*.safetensors")
+    paths = sorted(tmp_path.glob("*.safetensors"))
+    assert len(paths) == 2  # the forget and the retain gradient are stored apart
+    path = next(p for p in paths if Gradients.load(p).forget)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.warns(RuntimeWarning, match=r"discarding unreadable gradient cache entry .*; recomputing it"):
         again = compute_gradients(adapter, forget, retain, store=store, progress=False)
@@ -366,7 +368,7 @@ def test_6_a_one_pair_retain_set_is_explained(monkeypatch):
     pairs = InMemoryPairs(pictures(2), ["Zorp waves", "a red cube"])
     monkeypatch.setattr("slugkit.slug.compute_gradients", lambda *a, **k: pytest.fail("gradients computed"))
     with pytest.raises(ValueError, match=r"retain set has 1 pair .* needs at least 2 pairs in a batch"):
-        unlearn(adapter, "Zorp", data=pairs, classes=["cube"], progress=False)
+        unlearn(adapter, "Zorp", data=pairs, classes=["cube"], retain="per-concept", progress=False)
 
 
 def test_6_one_forget_caption_still_gets_two_retain_pairs():

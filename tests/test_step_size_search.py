@@ -234,3 +234,49 @@ def test_apply_step_context_manager():
         with apply_step(param, grad, 2.0):
             raise RuntimeError
     assert torch.equal(param.detach(), original)
+
+
+class NonMonotone:
+    """A deterministic fake whose forget metric is not monotone in lambda (a pseudo-random function of it),
+    with a forget-only shortcut that counts its calls apart from the full ones."""
+
+    def __init__(self, param, grad, seed):
+        self.param, self.grad, self.original = param, grad, param.detach().clone()
+        self.seed, self.full, self.forget_only = seed, 0, 0
+
+    def _lam(self):
+        return round(((self.param.detach() - self.original) / self.grad).mean().item(), 6)
+
+    def _forget(self, lam):
+        return random.Random(f"{self.seed}-{lam}").choice([0.0, 0.0, 0.2, 0.5]) if lam > 0 else 0.9
+
+    def __call__(self):
+        self.full += 1
+        lam = self._lam()
+        return {"forget_top5": self._forget(lam), "retain_top1": 1 / (1 + lam), "utility": 1 - lam / (50 + lam)}
+
+    def forget_metrics(self):
+        self.forget_only += 1
+        return {"forget_top5": self._forget(self._lam())}
+
+
+def test_forget_first_search_returns_the_same_best_point_as_the_full_search():
+    """Measuring the forget metric first (and the rest only where the target is reached) changes no decision:
+    the same step sizes are tried and the same best point returned; only unreached steps lack retain/utility."""
+    saved = 0
+    for trial in range(40):
+        param, grad = _setup(seed=trial)
+        full_ev, lazy_ev = NonMonotone(param, grad, trial), NonMonotone(param, grad, trial)
+        kw = dict(max_evals=8, rtol=0.05 if trial % 2 else 0.0)
+        full = search_step_size(param, grad, full_ev, **kw)
+        base = full.baseline
+        lazy = search_step_size(param, grad, lazy_ev, baseline=base, evaluate_forget=lazy_ev.forget_metrics, **kw)
+        assert [s.lam for s in lazy.trace] == [s.lam for s in full.trace]
+        assert [s.reached for s in lazy.trace] == [s.reached for s in full.trace]
+        assert (lazy.status, lazy.best_lambda, lazy.best_metrics) == (full.status, full.best_lambda, full.best_metrics)
+        for f, s in zip(full.trace, lazy.trace):
+            assert s.metrics == (f.metrics if f.reached else {"forget_top5": f.metrics["forget_top5"]})
+        assert lazy_ev.forget_only == len(lazy.trace)  # one forget-only call per step, no baseline call
+        assert lazy_ev.full == sum(s.reached for s in lazy.trace)
+        saved += full_ev.full - lazy_ev.full
+    assert saved > 40  # the shortcut skipped many full evaluations

@@ -3,7 +3,8 @@
 A data source is an :class:`ImageTextPairs`; models see it only through :func:`pair_loader`,
 which turns pairs into ``(pixels, tokens)`` batches with a :class:`~slugkit.adapters.base.CLIPAdapter`.
 :func:`forget_retain_sets` splits pairs into the forget set (captions naming a concept) and a
-retain set for SLUG.
+retain set without the concept; :func:`shared_retain_set` draws one retain set for every concept (SLUG's
+per-model retain gradient is computed once on it).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ __all__ = [
     "pair_loader",
     "mentions",
     "forget_retain_sets",
+    "shared_retain_set",
     "RETAIN_PAIRS",
 ]
 
@@ -305,14 +307,32 @@ def forget_retain_sets(
             f"retain set is empty: every caption in {origin} mentions '{concept}'; "
             "add pairs that do not mention it or pass exclude_from_retain=False"
         )
+    which = f"pairs in {origin}" if not exclude_from_retain else f"pairs in {origin} that do not mention '{concept}'"
+    return pairs.subset(forget_idx), pairs.subset(_sample(pool, n_retain, seed, which))
+
+
+def shared_retain_set(pairs: ImageTextPairs, n_retain: int | None = None, seed: int = 0) -> ImageTextPairs:
+    """One retain set for every concept: a seeded sample of ``n_retain`` of all ``pairs``, in their order.
+
+    Default size :data:`RETAIN_PAIRS` (capped by what is available). It does not depend on any concept, so
+    it may hold pictures of the concept being forgotten (as a LAION shard may); SLUG computes its retain
+    gradient once per model on it and reuses it for every concept. Equal to the retain side of
+    ``forget_retain_sets(pairs, concept, n_retain, seed, exclude_from_retain=False)`` for any concept.
+    """
+    origin = getattr(pairs, "origin", "<unknown origin>")
+    if len(pairs) == 0:
+        raise ValueError(f"retain set is empty: {origin} has no pairs")
+    return pairs.subset(_sample(list(range(len(pairs))), n_retain, seed, f"pairs in {origin}"))
+
+
+def _sample(pool: list[int], n_retain: int | None, seed: int, which: str) -> list[int]:
+    """A seeded sample of ``n_retain`` of ``pool`` (default ``min(RETAIN_PAIRS, len(pool))``), sorted."""
     if n_retain is None:
         k = min(RETAIN_PAIRS, len(pool))
     else:
         if isinstance(n_retain, bool) or not isinstance(n_retain, (int, np.integer)) or n_retain < 1:
             raise ValueError(f"n_retain must be a positive integer or None, got {n_retain!r}")
         if n_retain > len(pool):
-            which = f"pairs in {origin}" if not exclude_from_retain else f"pairs in {origin} that do not mention '{concept}'"
             raise ValueError(f"n_retain={n_retain} is larger than the {len(pool)} {which}")
         k = int(n_retain)
-    retain_idx = sorted(random.Random(seed).sample(pool, k))
-    return pairs.subset(forget_idx), pairs.subset(retain_idx)
+    return sorted(random.Random(seed).sample(pool, k))

@@ -10,6 +10,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data.minicanvas import ATTRIBUTES, MiniCanvas, cached_split, zero_shot_prompts
 
 
@@ -49,6 +50,17 @@ def accuracy_from_embeddings(image_emb: torch.Tensor, class_emb: torch.Tensor, l
             "predictions": pred.numpy(), "correct_top5": correctk, "labels": y.numpy()}
 
 
+def hit_counts(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: np.ndarray, k: int = 5) -> tuple[int, int, int]:
+    """``(top-1 hits, top-k hits, images)`` among the images with label >= 0: the counts behind
+    :func:`accuracy_from_embeddings`' ``top1`` and ``top5`` (hits / images), which add up across shards."""
+    keep = np.asarray(labels) >= 0
+    if not keep.any():
+        return 0, 0, 0
+    y = torch.from_numpy(np.asarray(labels)[keep])
+    topk = (image_emb[torch.from_numpy(keep)] @ class_emb.T).topk(min(k, class_emb.shape[0]), dim=1).indices
+    return int((topk[:, 0] == y).sum()), int((topk == y[:, None]).any(1).sum()), int(keep.sum())
+
+
 def zero_shot(adapter, world: MiniCanvas, attributes: Iterable[str] = ATTRIBUTES,
               image_emb: torch.Tensor | None = None,
               prompt_emb: dict[str, torch.Tensor] | None = None) -> dict[str, dict]:
@@ -85,6 +97,9 @@ class ConceptEvaluator:
     image embeddings and ``evaluator(edited_tower="vision")`` the prompt embeddings. With
     ``prepare("vision", b)`` (unedited model) ``evaluator("vision", b)`` also reuses the activations
     entering vision block ``b`` and recomputes only the blocks from ``b`` on.
+
+    Under a process group (:mod:`slugkit.distributed`) each process embeds every N-th picture and the
+    hit counts are added across processes, so every process gets the metrics of the whole set.
     """
 
     def __init__(self, adapter, world: MiniCanvas, concept: str):
@@ -102,11 +117,13 @@ class ConceptEvaluator:
         self._prompt_emb: dict[str, torch.Tensor] | None = None
         self._block: int | None = None  # vision block whose input activations are cached
         self._states: list[torch.Tensor] = []
+        self._mine = distributed.shard(len(world))  # this process's pictures (all of them in one process)
+        self._forget_states: list[torch.Tensor] = []  # the same, for the forgotten class(es)' pictures alone
 
     def _embed_images(self) -> torch.Tensor:
         """Image embeddings with the current model, resumed from the prepared block when there is one."""
         if self._block is None:
-            return embed_images(self.adapter, self.world.images)
+            return embed_images(self.adapter, self.world.images[self._mine])
         return torch.cat([self.adapter.encode_image_from(s, self._block) for s in self._states])
 
     @torch.no_grad()
@@ -120,7 +137,7 @@ class ConceptEvaluator:
         """Metrics of the model :meth:`cache` saw, from the cached embeddings."""
         if self._image_emb is None:
             self.cache()
-        return self.metrics(self._image_emb, self._prompt_emb)
+        return self._all_metrics(self._image_emb, self._prompt_emb)
 
     @torch.no_grad()
     def prepare(self, tower: str, block: int, batch_size: int = 512) -> None:
@@ -129,10 +146,34 @@ class ConceptEvaluator:
         ``block`` -1 (a stem parameter such as the patch embedding) caches nothing: an edit there changes
         every block's input, so evaluations recompute the vision tower from pixels."""
         if tower == "vision" and self.adapter.supports_vision_resume and 0 <= block and block != self._block:
-            images = self.world.images
+            images = self.world.images[self._mine]
             self._states = [self.adapter.vision_state(self.adapter.preprocess(torch.tensor(images[i:i + batch_size])), block)
                             for i in range(0, len(images), batch_size)]
+            shown = images[self._forget_index()]
+            self._forget_states = [self.adapter.vision_state(self.adapter.preprocess(torch.tensor(shown[i:i + batch_size])),
+                                                             block) for i in range(0, len(shown), batch_size)]
             self._block = block
+
+    def _forget_index(self) -> np.ndarray:
+        """Positions, within this process's pictures, of the pictures of the forgotten class(es)."""
+        return np.flatnonzero(np.isin(self.world.labels(self.attribute)[self._mine], self.indices))
+
+    @torch.no_grad()
+    def forget_metrics(self, edited_tower: str | None = None, block: int | None = None) -> dict[str, float]:
+        """``forget_top1`` and ``forget_top5`` alone, from the forgotten pictures only (a fraction of a full
+        call's work): the step-size search asks this first and measures the rest only where it reached the target."""
+        pos, a = self._forget_index(), self.attribute
+        if self._image_emb is not None and edited_tower == "text":
+            image_emb = self._image_emb[torch.from_numpy(pos)]
+        elif edited_tower == "vision" and block is not None and block == self._block:
+            image_emb = torch.cat([self.adapter.encode_image_from(s, block) for s in self._forget_states])
+        else:
+            image_emb = embed_images(self.adapter, self.world.images[self._mine][pos])
+        reuse = self._prompt_emb is not None and edited_tower == "vision"
+        prompts = self._prompt_emb[a] if reuse else embed_prompts(self.adapter, [a])[a]
+        labels = self.world.labels(a)[self._mine][pos]
+        f1, f5, n = distributed.sum_counts({"forget": hit_counts(image_emb, prompts, labels)})["forget"]
+        return {"forget_top1": f1 / n if n else float("nan"), "forget_top5": f5 / n if n else float("nan")}
 
     @torch.no_grad()
     def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict[str, float]:
@@ -144,25 +185,40 @@ class ConceptEvaluator:
         elif edited_tower == "vision" and block == self._block:
             image_emb = self._embed_images()
         else:
-            image_emb = embed_images(self.adapter, self.world.images)
+            image_emb = embed_images(self.adapter, self.world.images[self._mine])
         prompt_emb = self._prompt_emb if reuse and edited_tower == "vision" else embed_prompts(self.adapter)
-        return self.metrics(image_emb, prompt_emb)
+        return self._all_metrics(image_emb, prompt_emb)
 
     def metrics(self, image_emb: torch.Tensor, prompt_emb: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The metrics of the whole evaluation set from its image embeddings ``(len(world), D)``."""
+        return self._ratios(self._counts(image_emb, prompt_emb, slice(None)))
+
+    def _all_metrics(self, image_emb: torch.Tensor, prompt_emb: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The metrics of the whole set from this process's share of the image embeddings (counts summed)."""
+        return self._ratios(distributed.sum_counts(self._counts(image_emb, prompt_emb, self._mine)))
+
+    def _counts(self, image_emb, prompt_emb, part: slice) -> dict[str, tuple[int, int, int]]:
+        """``{name: (top-1 hits, top-5 hits, images)}`` of the pictures ``world[part]`` embedded in ``image_emb``."""
         out = {}
         for a in ATTRIBUTES:
-            labels = self.world.labels(a)
+            labels = self.world.labels(a)[part]
             if a != self.attribute:
-                out[f"{a}_top1"] = accuracy_from_embeddings(image_emb, prompt_emb[a], labels)["top1"]
+                out[a] = hit_counts(image_emb, prompt_emb[a], labels)
                 continue
             shows = np.isin(labels, self.indices)  # the forgotten class(es)
-            forget = np.where(shows, labels, -1)
-            retain = np.where((labels >= 0) & ~shows, labels, -1)
-            f = accuracy_from_embeddings(image_emb, prompt_emb[a], forget)
-            r = accuracy_from_embeddings(image_emb, prompt_emb[a], retain)
-            full = accuracy_from_embeddings(image_emb, prompt_emb[a], labels)
-            out |= {"forget_top1": f["top1"], "forget_top5": f["top5"], "retain_top1": r["top1"],
-                    "retain_top5": r["top5"], f"{a}_top1": full["top1"]}
+            out["forget"] = hit_counts(image_emb, prompt_emb[a], np.where(shows, labels, -1))
+            out["retain"] = hit_counts(image_emb, prompt_emb[a], np.where((labels >= 0) & ~shows, labels, -1))
+            out[a] = hit_counts(image_emb, prompt_emb[a], labels)
+        return out
+
+    def _ratios(self, counts: dict[str, tuple[int, int, int]]) -> dict[str, float]:
+        def ratio(hits, n):
+            return hits / n if n else float("nan")
+
+        (f1, f5, nf), (r1, r5, nr) = counts["forget"], counts["retain"]
+        out = {"forget_top1": ratio(f1, nf), "forget_top5": ratio(f5, nf), "retain_top1": ratio(r1, nr),
+               "retain_top5": ratio(r5, nr)}
+        out |= {f"{a}_top1": ratio(counts[a][0], counts[a][2]) for a in ATTRIBUTES}
         out["utility"] = float(np.mean([out[f"{a}_top1"] for a in ATTRIBUTES if a != self.attribute]))
         return out
 

@@ -24,15 +24,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.minicanvas import ATTRIBUTES, MiniCanvas, cached_split
+from ..resources import data_dir
 
 CHECKPOINT_NAME = "judge.safetensors"
 HEADS = {"kind": ("character", "object"), **ATTRIBUTES}  # head name -> class names
-
-
-def _data_dir() -> Path:
-    from .toy_clip import data_dir
-
-    return data_dir()
 
 
 class Judge(nn.Module):
@@ -200,7 +195,7 @@ def load_judge(path: str | Path | None = None) -> Judge:
     """The trained judge (fp32, eval mode) from ``data/judge.safetensors`` or ``path``."""
     from safetensors.torch import load_file
 
-    path = Path(path) if path else _data_dir() / CHECKPOINT_NAME
+    path = Path(path) if path else data_dir() / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"judge checkpoint not found at {path}; rebuild it with `slugkit toy build judge`")
     meta = judge_metadata(path)
@@ -214,7 +209,7 @@ def judge_metadata(path: str | Path | None = None) -> dict:
     """The JSON metadata stored with the judge (recipe, measured accuracy)."""
     from safetensors import safe_open
 
-    path = Path(path) if path else _data_dir() / CHECKPOINT_NAME
+    path = Path(path) if path else data_dir() / CHECKPOINT_NAME
     with safe_open(str(path), "pt") as f:
         return json.loads((f.metadata() or {}).get("slugkit", "{}"))
 
@@ -225,7 +220,7 @@ def build(out_dir: str | Path | None = None, cfg: JudgeConfig = JudgeConfig(), p
     torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     start = time.time()
     judge, history = train_judge(cfg, progress=progress, log=log)
-    path = Path(out_dir or _data_dir()) / CHECKPOINT_NAME
+    path = Path(out_dir or data_dir()) / CHECKPOINT_NAME
     meta = {"recipe": asdict(cfg), "train_seconds": round(time.time() - start, 1),
             "history": [h for h in history if len(h) > 2]}
     save_judge(judge, path, meta)

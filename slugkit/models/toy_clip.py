@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..resources import data_dir
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 ARCH = "toy-clip"  # open_clip architecture name registered by :func:`register`
 CHECKPOINT_NAME = "toy-clip.safetensors"
@@ -42,12 +44,6 @@ def register() -> str:
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
     return ARCH
-
-
-def data_dir() -> Path:
-    """Where shipped checkpoints live: ``$SLUGKIT_DATA`` or the repository's ``data/`` folder."""
-    env = os.environ.get("SLUGKIT_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
 
 
 def create_toy_clip(seed: int = 0) -> torch.nn.Module:

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.minicanvas import CHARACTER_NAMES, COLOUR_NAMES, OBJECTS, STYLES, MiniCanvas
-from .toy_clip import data_dir, warmup_cosine
+from ..resources import data_dir
+from .toy_clip import warmup_cosine
 
 CHECKPOINT_NAME = "toy-llava.safetensors"
 # What the toy LLaVA reads from its vision tower. LLaVA-1.5 reads the penultimate hidden state without the class

@@ -26,14 +26,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..resources import data_dir
+
 CHECKPOINT_NAME = "toy-sd.safetensors"
 IMAGE_SIZE = 64
-
-
-def _data_dir() -> Path:
-    from .toy_clip import data_dir
-
-    return data_dir()
 
 
 @dataclass
@@ -227,7 +223,7 @@ def toy_sd_metadata(path: str | Path | None = None) -> dict:
     """The JSON metadata of a toy SD checkpoint (config, recipe, measured quality)."""
     from safetensors import safe_open
 
-    path = Path(path) if path else _data_dir() / CHECKPOINT_NAME
+    path = Path(path) if path else data_dir() / CHECKPOINT_NAME
     with safe_open(str(path), "pt") as f:
         return json.loads((f.metadata() or {}).get("slugkit", "{}"))
 
@@ -241,7 +237,7 @@ def load_parts(path: str | Path | None = None):
     """``(unet or None, vae, meta)`` from a toy SD checkpoint, fp32, eval mode."""
     from safetensors.torch import load_file
 
-    path = Path(path) if path else _data_dir() / CHECKPOINT_NAME
+    path = Path(path) if path else data_dir() / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"toy SD checkpoint not found at {path}; rebuild it with `slugkit toy build sd`")
     meta = toy_sd_metadata(path)
@@ -269,7 +265,7 @@ def load_toy_sd(path: str | Path | None = None, device: str | torch.device = "cp
 
     unet, vae, meta = load_parts(path)
     if unet is None:
-        raise ValueError(f"toy SD checkpoint {path or _data_dir() / CHECKPOINT_NAME} holds no UNet yet "
+        raise ValueError(f"toy SD checkpoint {path or data_dir() / CHECKPOINT_NAME} holds no UNet yet "
                          "(the build stopped after the VAE); finish it with `slugkit toy build sd`")
     text_encoder, tokenizer = toy_text_encoder()
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -467,7 +463,7 @@ def build(out_dir: str | Path | None = None, recipe: ToySDRecipe = ToySDRecipe()
     from ..data.minicanvas import cached_split
 
     torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
-    path = Path(out_dir or _data_dir()) / CHECKPOINT_NAME
+    path = Path(out_dir or data_dir()) / CHECKPOINT_NAME
     work = Path(work_dir or Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit")) / "toy-sd-build")
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()
