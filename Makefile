@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: demo test unit notebooks lab student wheel toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets bench-real browser-test compare strip lock clean
+.PHONY: demo test unit notebooks book lab student wheel toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets bench-real browser-test compare strip lock clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,20 @@ $(STAMP): pyproject.toml requirements-lock.txt
 demo: $(STAMP)
 	$(PY) -m slugkit demo --out runs/demo --overwrite
 
-## unit tests + every notebook executed with nbmake
+## unit tests, every notebook executed with nbmake, the book built from them, the browser tests
 test: $(STAMP)
-	$(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=600 -q
+	$(PY) -m pytest tests -q
+	$(MAKE) book
 	$(MAKE) browser-test
+
+## every notebook executed once (nbmake) on a copy in runs/notebooks/: the outputs the book shows
+notebooks: $(STAMP)
+	rm -rf runs/notebooks && mkdir -p runs/notebooks && cp notebooks/*.ipynb runs/notebooks/
+	$(PY) -m pytest runs/notebooks --nbmake --nbmake-timeout=600 --overwrite -q -p no:cacheprovider
+
+## the offline HTML book in runs/book/ (Sphinx + MyST-NB, alabaster theme): executed notebooks + docs/ pages
+book: notebooks
+	$(PY) scripts/build_book.py --notebooks runs/notebooks --out runs/book
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q
@@ -38,7 +48,8 @@ wheel: $(STAMP)
 	$(PY) -m pip wheel --no-build-isolation --no-deps --disable-pip-version-check -w dist .
 	rm -rf build
 
-## notebook 04 in JupyterLab + headless Chromium: run it, move the λ slider, screenshots in runs/browser/
+## notebook 04 in JupyterLab + headless Chromium (move the λ slider; screenshots in runs/browser/), and every
+## page of the built book (screenshots in runs/book-shots/); run `make book` first
 ## (installs Debian's chromium when missing and we are root; never downloads a browser build)
 browser-test: $(STAMP)
 	@if [ ! -x /usr/bin/chromium ]; then \

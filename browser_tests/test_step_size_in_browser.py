@@ -71,6 +71,10 @@ def lab(tmp_path):
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                MPLBACKEND="module://matplotlib_inline.backend_inline")
+    # no "get notified about official Jupyter news?" toast over the widget: answer it "never" beforehand
+    notes = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notes.parent.mkdir(parents=True)
+    notes.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     log = tmp_path / "lab.log"
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
@@ -168,6 +172,8 @@ def test_step_size_slider_moves_the_plot_and_the_strip(lab, tmp_path):
             after_png, after_strip = plot.screenshot(), strip.inner_text()
             widget.screenshot(path=str(OUT / "after.png"))
             page.screenshot(path=str(OUT / "page.png"))
+            toasts = page.locator(".Toastify__toast").all_inner_texts()
+            assert not [t for t in toasts if "news" in t.lower()], f"JupyterLab's news prompt is shown: {toasts}"
         finally:
             context.close()
     timings["total_s"] = round(time.monotonic() - start, 1)
