@@ -13,7 +13,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 # repository folder -> (package-data folder in the wheel, the files it ships)
-SHIPPED = {"data": ("_data", ("*.safetensors", "bench/*")), "notebooks": ("_notebooks", ("*.ipynb",))}
+SHIPPED = {"data": ("_data", ("*.safetensors", "bench/*", "bench/*/*")), "notebooks": ("_notebooks", ("*.ipynb",))}
 
 
 class BuildPyWithShippedFiles(build_py):
