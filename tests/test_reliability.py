@@ -241,7 +241,7 @@ def test_3_nan_weights_are_named_before_any_gradient_work(capsys, monkeypatch):
     model = tiny_openclip()
     with torch.no_grad():
         model.transformer.resblocks[1].mlp.c_fc.weight[3, 2] = float("nan")
-    monkeypatch.setattr("slugkit.models.toy_clip.load_toy_clip", lambda device="cpu": model)
+    monkeypatch.setattr("slugkit.models.toy_clip.load_toy_clip", lambda device="cpu", **kwargs: model)
     code, _, err = cli(capsys, "eval", "--model", "toy-clip")
     assert_fails_well(code, err, "layer 'transformer.resblocks.1.mlp.c_fc.weight'", "holds NaN values")
 
@@ -517,7 +517,7 @@ def test_every_user_mistake_is_exit_2_not_1(capsys):
 
 def test_2_demo_writes_its_folder_at_once(tmp_path, capsys, loads, monkeypatch):
     monkeypatch.setattr("slugkit.eval.zeroshot.toy_eval",
-                        lambda adapter: {"identity": {"top1": 1.0, "top5": 1.0, "per_concept": {"A": 1.0}}})
+                        lambda adapter, **k: {"identity": {"top1": 1.0, "top5": 1.0, "per_concept": {"A": 1.0}}})
     monkeypatch.setattr("slugkit.slug.unlearn", lambda adapter, *a, **k: fake_result(adapter))
     figures = types.ModuleType("slugkit.viz.figures")  # no matplotlib: this test is about the folder
     figures.sample_sheet = lambda world: types.SimpleNamespace(savefig=lambda path, **kw: open(path, "wb").close())

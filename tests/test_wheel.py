@@ -56,7 +56,7 @@ def wheel_install(tmp_path_factory):
 def test_wheel_carries_checkpoints_bench_and_notebooks(wheel_install):
     wheel = wheel_install[0]
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in [*(ROOT / "data").glob("*.safetensors"), *(ROOT / "data" / "bench").glob("*")]:
+    for f in [*(ROOT / "data").glob("*.safetensors"), *(p for p in (ROOT / "data" / "bench").rglob("*") if p.is_file())]:
         assert f"slugkit/_data/{f.relative_to(ROOT / 'data').as_posix()}" in names, f"{f.name} is not in the wheel"
     for nb in (ROOT / "notebooks").glob("*.ipynb"):
         assert f"slugkit/_notebooks/{nb.name}" in names, f"{nb.name} is not in the wheel"

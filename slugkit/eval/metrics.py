@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..data.minicanvas import ATTRIBUTES, MiniCanvas, cached_split, find_concept, zero_shot_prompts
-from .zeroshot import ConceptEvaluator, accuracy_from_embeddings, embed_images, embed_prompts
+from .zeroshot import ConceptEvaluator, accuracy_from_embeddings, embed_images, embed_prompts, hit_counts
 
 #: the attributes of UnlearnCanvas-like pictures (objects drawn in a style and a colour)
 CANVAS_ATTRIBUTES = ("object", "style", "colour")
@@ -78,15 +78,23 @@ class ConceptSetEvaluator(ConceptEvaluator):
         if missing:
             raise ValueError(f"the evaluation set has no image of {missing}; use a larger split")
 
-    def metrics(self, image_emb: torch.Tensor, prompt_emb: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The :class:`ConceptEvaluator` metrics of the set, plus ``forget_top1[NAME]`` / ``forget_top5[NAME]``
-        on each concept's own pictures when there are several."""
-        out = super().metrics(image_emb, prompt_emb)
+    def _counts(self, image_emb, prompt_emb, part) -> dict[str, tuple[int, int, int]]:
+        """The :class:`ConceptEvaluator` counts, plus ``forget[NAME]`` on each concept's own pictures (several)."""
+        out = super()._counts(image_emb, prompt_emb, part)
         if len(self.concepts) > 1:
-            labels = self.world.labels(self.attribute)
+            labels = self.world.labels(self.attribute)[part]
             for name, i in zip(self.concepts, self.indices):
-                acc = accuracy_from_embeddings(image_emb, prompt_emb[self.attribute], np.where(labels == i, labels, -1))
-                out[f"forget_top1[{name}]"], out[f"forget_top5[{name}]"] = acc["top1"], acc["top5"]
+                out[f"forget[{name}]"] = hit_counts(image_emb, prompt_emb[self.attribute],
+                                                    np.where(labels == i, labels, -1))
+        return out
+
+    def _ratios(self, counts: dict[str, tuple[int, int, int]]) -> dict[str, float]:
+        """The set's metrics, plus ``forget_top1[NAME]`` / ``forget_top5[NAME]`` when there are several concepts."""
+        out = super()._ratios(counts)
+        for name in self.concepts if len(self.concepts) > 1 else ():
+            top1, top5, n = counts[f"forget[{name}]"]
+            out[f"forget_top1[{name}]"] = top1 / n if n else float("nan")
+            out[f"forget_top5[{name}]"] = top5 / n if n else float("nan")
         return out
 
 
