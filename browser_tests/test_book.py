@@ -19,7 +19,7 @@ from urllib.parse import urldefrag, urljoin, urlparse
 
 import pytest
 
-from test_step_size_in_browser import CHROMIUM, CHROMIUM_ARGS, _missing_reason
+from test_step_size_in_browser import CHROMIUM, CHROMIUM_ARGS, require_browser
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = Path(os.environ.get("SLUGKIT_BOOK", ROOT / "runs" / "book"))
@@ -52,11 +52,7 @@ def _pages() -> list[str]:
 
 
 def test_every_book_page_renders_with_pictures_and_working_links(book_server, tmp_path):
-    reason = _missing_reason()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: the browser test may not skip. {reason}")
-        pytest.skip(reason)
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     pages = _pages()

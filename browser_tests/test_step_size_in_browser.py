@@ -41,6 +41,15 @@ def _missing_reason() -> str | None:
     return None
 
 
+def require_browser() -> None:
+    """Skip when Chromium or Playwright is missing, but fail under CI=true: there the browser tests may not skip."""
+    reason = _missing_reason()
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: the browser test may not skip. {reason}")
+        pytest.skip(reason)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,11 +111,7 @@ def lab(tmp_path):
 
 
 def test_step_size_slider_moves_the_plot_and_the_strip(lab, tmp_path):
-    reason = _missing_reason()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: the browser test may not skip. {reason}")
-        pytest.skip(reason)
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     base, token = lab
