@@ -27,7 +27,7 @@ test: $(STAMP)
 ## every notebook executed once (nbmake) on a copy in runs/notebooks/: the outputs the book shows
 notebooks: $(STAMP)
 	rm -rf runs/notebooks && mkdir -p runs/notebooks && cp notebooks/*.ipynb runs/notebooks/
-	$(PY) -m pytest runs/notebooks --nbmake --nbmake-timeout=600 --overwrite -q -p no:cacheprovider
+	$(PY) -m pytest runs/notebooks --nbmake --nbmake-timeout=1200 --overwrite -q -p no:cacheprovider
 
 ## the offline HTML book in runs/book/ (Sphinx + MyST-NB, alabaster theme): executed notebooks + docs/ pages
 book: notebooks
