@@ -2,29 +2,35 @@
 
     python scripts/bench_distributed.py [--nproc 2] [--forget "Captain Zorp"] [--out runs/bench_distributed]
 
-Runs ``slugkit unlearn --model toy-clip --no-cache`` twice (the second with ``--nproc N``, i.e. torchrun and
-gloo), prints the wall time of the gradient stage, the step-size search and the report evaluation from each
-``report.json``, the load average before and after each run (the machine may be shared: timings at a load
-above the core count are indicative only), and whether the two reports are equal apart from timings.
+Runs ``slugkit unlearn --model toy-clip`` twice, each with a fresh gradient cache (the second with ``--nproc N``,
+i.e. torchrun and gloo), prints the wall time of the gradient stage, the step-size search and the report evaluation
+from each ``report.json``, the load average before and after each run (the machine may be shared: timings at a load
+above the core count are indicative only), the largest relative difference between the two runs' forget and retain
+gradients (read back from the caches), and whether the two reports are equal apart from timings.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-TIMING_KEYS = {"seconds", "unlearn_seconds", "report_seconds", "timings", "peak_rss_mb"}
+from slugkit.gradients import Gradients
+from slugkit.slug import untimed
+
 STAGES = ("gradients", "layer_identification", "step_size_search", "report")
 
 
 def run(nproc: int, forget: str, out: Path) -> tuple[dict, float, tuple[float, float]]:
     cmd = [sys.executable, "-m", "slugkit", "unlearn", "--model", "toy-clip", "--forget", forget, "--out", str(out),
-           "--overwrite", "--no-cache", "--nproc", str(nproc)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+           "--overwrite", "--nproc", str(nproc)]
+    cache = out.with_name(out.name + "-cache")  # beside the run folder, which --overwrite replaces
+    shutil.rmtree(cache, ignore_errors=True)  # a cold run: both gradients computed, then stored here
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SLUGKIT_CACHE=str(cache))
     load_before = os.getloadavg()[0]
     t = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -32,6 +38,20 @@ def run(nproc: int, forget: str, out: Path) -> tuple[dict, float, tuple[float, f
     if done.returncode not in (0, 3):
         sys.exit(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
     return json.loads((out / "report.json").read_text()), wall, (load_before, os.getloadavg()[0])
+
+
+def largest_relative_difference(one: Path, other: Path) -> float:
+    """max over losses and layers of |g_one - g_other| / |g_one| for the gradients two runs cached (same keys)."""
+    paths = sorted((one / "gradients").glob("*.safetensors"))
+    if len(paths) != 2:
+        sys.exit(f"expected the forget and the retain gradient in {one / 'gradients'}, found {len(paths)} files")
+    worst = 0.0
+    for path in paths:
+        a, b = Gradients.load(path), Gradients.load(other / "gradients" / path.name)
+        for loss in ("forget", "retain"):
+            for name, g in getattr(a, loss).items():
+                worst = max(worst, ((g.double() - getattr(b, loss)[name].double()).norm() / g.double().norm()).item())
+    return worst
 
 
 def main() -> None:
@@ -47,8 +67,9 @@ def main() -> None:
         reports[n] = report
         stages = "  ".join(f"{s} {report['timings'].get(s, 0):6.1f} s" for s in STAGES)
         print(f"{n} process(es): {stages}  whole command {wall:6.1f} s  (load average {lb:.1f} -> {la:.1f})")
-    same = ({k: v for k, v in reports[1].items() if k not in TIMING_KEYS}
-            == {k: v for k, v in reports[args.nproc].items() if k not in TIMING_KEYS})
+    same = untimed(reports[1]) == untimed(reports[args.nproc])
+    diff = largest_relative_difference(args.out / "nproc1-cache", args.out / f"nproc{args.nproc}-cache")
+    print(f"forget and retain gradients: largest relative difference {diff:.1e} (bar: 1e-5)")
     print(f"reports equal apart from timings: {same} (layer {reports[1]['layer']}, step size {reports[1]['step_size']})")
 
 

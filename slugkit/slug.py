@@ -181,6 +181,20 @@ class UnlearnResult:
         return "\n".join(lines)
 
 
+REPORT_TIMING_KEYS = frozenset({"seconds", "unlearn_seconds", "unlearn_cpu_seconds", "report_seconds", "timings",
+                                "peak_rss_mb"})  # what differs between two runs of the same case
+
+
+def untimed(report):
+    """``report`` (a ``report.json`` dict) without its timing keys at any depth (the search trace times each step):
+    what two runs of the same case must agree on, e.g. one process against several."""
+    if isinstance(report, dict):
+        return {k: untimed(v) for k, v in report.items() if k not in REPORT_TIMING_KEYS}
+    if isinstance(report, list):
+        return [untimed(v) for v in report]
+    return report
+
+
 REPORT_METRICS = ("forget_top1", "retain_top1", "utility")  # a run without any of these is "incomplete"
 STATUS_INCOMPLETE = "incomplete"  # a patch met the target, but a report metric could not be measured
 

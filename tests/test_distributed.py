@@ -19,19 +19,10 @@ import torch
 from slugkit import distributed
 from slugkit.cli import _drop_option
 from slugkit.gradients import Gradients
+from slugkit.slug import untimed
 
 REPO = Path(__file__).resolve().parents[1]
 CASE = REPO / "tests" / "dist_case.py"
-TIMING_KEYS = {"seconds", "unlearn_seconds", "unlearn_cpu_seconds", "report_seconds", "timings", "peak_rss_mb"}
-
-
-def _untimed(obj):
-    """``obj`` (a report) without its timing keys, at any depth (the search trace times each step too)."""
-    if isinstance(obj, dict):
-        return {k: _untimed(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [_untimed(v) for v in obj]
-    return obj
 
 
 def _env(**extra) -> dict:
@@ -106,7 +97,7 @@ def test_two_gloo_processes_give_the_single_process_gradients_layer_step_size_an
     r2 = json.loads((two / "run" / "report.json").read_text())
     assert r1["status"] == "ok" and r1["layer"] is not None
     assert (r2["layer"], r2["step_size"]) == (r1["layer"], r1["step_size"])
-    assert _untimed(r2) == _untimed(r1)
+    assert untimed(r2) == untimed(r1)
     # rank 0 alone wrote: one run folder, one cache entry per gradient, under the single-process keys
     assert sorted(p.name for p in (two / "run").iterdir()) == sorted(p.name for p in (one / "run").iterdir())
     assert sorted(p.name for p in (two / "cache").iterdir()) == sorted(p.name for p in (one / "cache").iterdir()) \
