@@ -321,7 +321,9 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     - ``step_evaluator``: the layer is chosen as always (every layer's search on the task's evaluator),
       then that one layer's step size is searched again, with the same target, on ``step_evaluator``
       (e.g. a host's judged generations, :func:`unlearn_host` ``search="generation"``); the patch takes
-      that step size (``result.step_search``), and no patch is made when it meets nothing. ``step_start``:
+      that step size (``result.step_search``), and no patch is made when it meets nothing. When no layer met
+      the target on the task's evaluator, the second search runs on the layer that came closest (a warning
+      says so): the task's evaluator then only chooses the layer. ``step_start``:
       where that second search starts, "rule" (``lambda_0 = 0.1 ||theta|| / ||g_f||``, as every search) or
       "found" (the first search's step size, a guess for the upper bracket: doubled when it does not reach
       the target, bisected from 0 when it does); ``step_rtol`` its early-stop tolerance (default ``rtol``).
@@ -406,21 +408,30 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     met = [s for s in searches if s.status == "ok"]
     best = max(met, key=lambda s: target.score(s.best_metrics), default=None)
     step_search, warns = None, []
-    if best is not None and step_evaluator is not None:
+    if step_evaluator is not None and (best is not None or any(s.trace for s in searches)):
+        if best is not None:
+            layer, found = best.layer, best.best_lambda
+            how = f"{layer} met the target at step size {found:.4g} on the task's evaluator"
+        else:  # the task's evaluator only chooses the layer here: the one that came closest to the target
+            closest = explain_no_patch(target, searches)
+            layer, found = closest["layer"], closest["closest_lambda"]
+            how = (f"no layer met the target on the task's evaluator; the second search ran on the one that came "
+                   f"closest, {layer} ({target.forget_metric} = {closest['closest_forget']:.4g} at step size "
+                   f"{found:.4g})")
+            warns.append(how)
         t = time.perf_counter()
-        edited_tower, edited_block = towers[best.layer], int(blocks[best.layer])
-        with stage(f"search_again/{best.layer}"):
+        edited_tower, edited_block = towers[layer], int(blocks[layer])
+        with stage(f"search_again/{layer}"):
             step_evaluator.cache()
             step_evaluator.prepare(edited_tower, edited_block)
             step_search = search_step_size(
-                adapter.parameter(best.layer), grads.forget[best.layer],
+                adapter.parameter(layer), grads.forget[layer],
                 lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target, max_evals=max_evals,
-                lambda0=best.best_lambda if step_start == "found" else None, layer_name=best.layer,
+                lambda0=found if step_start == "found" else None, layer_name=layer,
                 rtol=rtol if step_rtol is None else step_rtol, progress=progress)
         timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
         if step_search.status != "ok":
-            warns.append(f"{best.layer} met the target at step size {best.best_lambda:.4g} on the task's evaluator, "
-                         f"but no step size of the second search met it")
+            warns.append(f"{how}, but no step size of the second search met it")
         best = step_search if step_search.status == "ok" else None
     no_patch = None
     if best is None:

@@ -243,6 +243,32 @@ def test_no_patch_report_says_why_and_which_step_came_closest(folder, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_when_no_layer_meets_the_clip_target_the_host_search_runs_on_the_closest_layer(folder):
+    from slugkit.tasks import Evaluator
+
+    clip = hf_adapter()
+    host = MovedSearchHost(clip, "text", 0.0)  # its generations forget the concept at any step
+
+    class Stubborn(Evaluator):
+        """The first stage's evaluator: the concept never goes (forget top-1 >= 0.5), less so the more the text
+        tower moved, so the layer whose lambda_0 step is largest comes closest."""
+
+        def __call__(self, edited_tower=None, block=None):
+            text = clip.model.get_submodule(host.scope).state_dict()
+            moved = sum(float((v - host.reference[k]).norm() ** 2) for k, v in text.items()) ** 0.5
+            return {"forget_top1": 0.5 + 0.5 / (1 + moved), "forget_top5": 1.0, "retain_top1": 1.0, "utility": 1.0}
+
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False,
+                   max_evals=2)
+    result = unlearn_host(host, "Captain Zorp", search="generation", search_evaluator=Stubborn(), **options)
+    assert len(result.searches) >= 2 and all(s.status == "target-not-reached" for s in result.searches)
+    closest = min(result.searches, key=lambda s: s.closest(Target("forget_top1")).metrics["forget_top1"])
+    assert result.status == "ok" and result.patch is not None  # made by the second search, on that layer
+    assert result.layer == closest.layer == result.step_search.layer
+    assert any("came closest" in w and closest.layer in w for w in result.warnings)
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
 def test_forget_text_name_pairs_every_forget_picture_with_the_bare_name(folder, monkeypatch):
     import slugkit.slug as slug
 
