@@ -128,3 +128,16 @@ def check_retain_set(n_pairs: int, concept: str) -> None:
         f"the retain set has {n_pairs} pair{'s' if n_pairs != 1 else ''} (pictures whose caption does not mention "
         f"{concept!r}) but the CLIP contrastive retain loss needs at least {MIN_RETAIN_PAIRS} pairs in a batch "
         f"(with one pair it is 0 and has no gradient): add captioned pictures that do not show {concept!r}")
+
+
+def check_patch_path(path) -> None:
+    """A ValueError in one sentence unless ``path`` is an existing file (a folder holding ``patch.safetensors``
+    is named in the hint). Used before anything heavy is imported, and by :meth:`slugkit.patch.Patch.load`."""
+    if os.path.isdir(path):
+        inside = os.path.join(path, "patch.safetensors")
+        hint = f"; did you mean {inside!r}?" if os.path.isfile(inside) else ""
+        raise ValueError(f"{str(path)!r} is a folder, not a patch file: expected a .safetensors file written "
+                         f"by slugkit{hint}")
+    if not os.path.exists(path):
+        raise ValueError(f"cannot read patch {str(path)!r}: no such file; expected a .safetensors file written by "
+                         "slugkit (e.g. OUT/patch.safetensors of `slugkit unlearn --out OUT`)")

@@ -51,9 +51,8 @@ def _print_json(obj) -> None:
 
 
 def cmd_concepts(args) -> int:
-    from .data.minicanvas import concepts
-
-    from .models.loading import TOY_MODELS
+    from .data.vocabulary import concepts
+    from .models.names import TOY_MODELS
 
     if args.model not in TOY_MODELS:
         raise ValueError(f"{args.model!r} has no built-in concept list; "
@@ -76,9 +75,18 @@ def format_zero_shot(metrics: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .adapters.host import is_host_name, load_host
+    from .bounds import check_patch_path
+    from .models.names import TOY_MODELS, check_model_name, is_host_name, is_toy_model
+
+    check_model_name(args.model)  # bad names and missing files fail before torch is imported
+    if not is_host_name(args.model) and not is_toy_model(args.model):  # before loading (maybe downloading) weights
+        raise ValueError(f"no built-in evaluation set for {args.model!r}: `slugkit eval` measures the toy world "
+                         f"models {', '.join(TOY_MODELS)}")
+    if args.patch:
+        check_patch_path(args.patch)
+    from .adapters.host import load_host
     from .eval.zeroshot import toy_eval
-    from .models.loading import TOY_MODELS, is_toy_model, load_clip
+    from .models.loading import load_clip
     from .patch import Patch
 
     patch = Patch.load(args.patch) if args.patch else None  # a bad patch file fails before the model loads
@@ -94,9 +102,6 @@ def cmd_eval(args) -> int:
             for what, m in metrics.items():
                 print(f"{what:10s}{100 * m['top1']:7.1f}%")
         return 0
-    if not is_toy_model(args.model):  # refuse before loading (and maybe downloading) real weights
-        raise ValueError(f"no built-in evaluation set for {args.model!r}: `slugkit eval` measures the toy world "
-                         f"models {', '.join(TOY_MODELS)}")
     adapter = load_clip(args.model)
     if patch is not None:
         patch.apply(adapter.model)
@@ -218,9 +223,10 @@ def _data_or_toy_concept(args, names):
         from .data.sources import open_pairs
 
         return open_pairs(args.data)
-    from .data.minicanvas import find_concept
-    from .models.loading import TOY_MODELS
+    from .data.vocabulary import find_concept
+    from .models.names import TOY_MODELS, check_model_name
 
+    check_model_name(args.model)  # a name of no accepted form fails here, before torch is imported
     if args.model in TOY_MODELS:
         for name in names:
             find_concept(name)  # an unknown toy concept fails before the model loads
@@ -231,14 +237,15 @@ def cmd_layers(args) -> int:
     from .rundir import check_out_dir
 
     check_out_dir(args.out, args.overwrite)  # before any work
-    data = _data_or_toy_concept(args, [args.forget])
-    from .adapters.host import is_host_name
-    from .atlas import identify_layers
-    from .models.loading import load_clip
+    from .models.names import is_host_name
 
     if is_host_name(args.model):
         raise ValueError(f"`slugkit layers` analyses a CLIP; for {args.model!r} pass the CLIP it embeds "
                          "(toy-clip-hf for toy-sd and toy-llava)")
+    data = _data_or_toy_concept(args, [args.forget])
+    from .atlas import identify_layers
+    from .models.loading import load_clip
+
     report = identify_layers(load_clip(args.model, cache_dir=args.cache_dir), args.forget, data=data,
                              classes=args.classes, include=args.include, exclude=args.exclude, tower=args.tower,
                              candidates=args.candidates or "default", batch_size=args.batch_size, seed=args.seed,
@@ -256,12 +263,14 @@ def cmd_atlas(args) -> int:
     from .rundir import check_out_dir
 
     check_out_dir(args.out, args.overwrite)  # before any work
-    from .atlas import build_atlas
-    from .models.loading import TOY_MODELS, load_clip
+    from .models.names import TOY_MODELS
 
     if args.model not in TOY_MODELS:  # refuse before loading (and maybe downloading) real weights
         raise ValueError(f"the atlas covers the toy world's concepts: use a toy model ({', '.join(TOY_MODELS)}), "
                          f"not {args.model!r}; `slugkit layers --data ...` locates one concept of your data")
+    from .atlas import build_atlas
+    from .models.loading import load_clip
+
     atlas = build_atlas(load_clip(args.model), args.concepts, seed=args.seed, max_forget=args.max_forget)
     out = atlas.save(args.out, overwrite=args.overwrite)
     print(atlas.summary().to_string())
@@ -294,10 +303,11 @@ def cmd_toy(args) -> int:
         return cmd_toy_llava(args)
     if args.target in ("sd", "judge"):
         return cmd_toy_sd(args)
-    from .data.minicanvas import find_concept
+    from .data.vocabulary import find_concept
+
+    without = find_concept(args.without)["name"] if args.without is not None else None  # before torch
     from .models.toy_clip import TrainConfig, build, checkpoint_metadata
 
-    without = find_concept(args.without)["name"] if args.without is not None else None
     path = build(args.out, TrainConfig(without=without), threads=args.threads)
     meta = checkpoint_metadata(path)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {meta['train_seconds']:.0f} s; "
@@ -378,6 +388,11 @@ def cmd_lab(args) -> int:
 
 
 def cmd_attribute(args) -> int:
+    from .bounds import check_patch_path
+    from .models.names import check_model_name
+
+    check_model_name(args.model)
+    check_patch_path(args.patch)  # before torch is imported
     from .attribution import compare
     from .models.loading import load_clip
     from .patch import Patch
@@ -395,11 +410,9 @@ def cmd_attribute(args) -> int:
 
 def cmd_attack(args) -> int:
     """Recovery attacks on the original, patched and reference toy CLIP (see slugkit.attacks)."""
-    from .adapters.host import is_host_name
-    from .data.minicanvas import find_concept
-    from .models.loading import REFERENCE_PREFIX, TOY_MODELS, load_clip
-    from .models.toy_clip import checkpoint_name, data_dir
-    from .patch import Patch
+    from .bounds import check_patch_path
+    from .data.vocabulary import find_concept
+    from .models.names import REFERENCE_PREFIX, TOY_MODELS, is_host_name
 
     if is_host_name(args.model):
         raise ValueError(f"`slugkit attack` runs on the toy CLIPs ({', '.join(TOY_MODELS)}) so far; the attacks "
@@ -407,6 +420,11 @@ def cmd_attack(args) -> int:
     if args.model not in TOY_MODELS:
         raise ValueError(f"`slugkit attack` needs the toy world's pictures and its reference model; expected one of "
                          f"{', '.join(TOY_MODELS)}, got {args.model!r}")
+    check_patch_path(args.patch)  # before torch is imported
+    from .models.loading import load_clip
+    from .models.toy_clip import checkpoint_name, data_dir
+    from .patch import Patch
+
     patch = Patch.load(args.patch)  # a bad patch fails before any model loads
     given = args.concept or (patch.concept if isinstance(patch.concept, str) else None)
     if given is None:
@@ -452,6 +470,13 @@ def cmd_attack(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from .data.vocabulary import find_concept
+    from .models.names import TOY_MODELS, check_model_name
+
+    check_model_name(args.model)  # bad names fail before torch is imported
+    if args.model in TOY_MODELS:
+        for name in (args.concepts or []) + (args.multi or []):
+            find_concept(name)
     from .bench import BenchConfig, run_bench
 
     if args.threads:

@@ -36,6 +36,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from slugkit.bounds import check_patch_path
 from slugkit.fingerprint import canonical_json, model_fingerprint, tensor_digest
 
 _FORMAT = "slugkit.patch"
@@ -164,14 +165,7 @@ class Patch:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Patch:
-        if os.path.isdir(path):
-            inside = Path(path) / "patch.safetensors"
-            hint = f"; did you mean {str(inside)!r}?" if inside.is_file() else ""
-            raise ValueError(f"{str(path)!r} is a folder, not a patch file: expected a .safetensors file written "
-                             f"by slugkit{hint}")
-        if not os.path.exists(path):
-            raise ValueError(f"cannot read patch {str(path)!r}: no such file; expected a .safetensors file written by slugkit "
-                             "(e.g. OUT/patch.safetensors of `slugkit unlearn --out OUT`)")
+        check_patch_path(path)
         try:
             with safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}

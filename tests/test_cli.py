@@ -58,16 +58,29 @@ def test_python_dash_m_entry_point():
 
 @pytest.mark.parametrize("argv", [["--help"], ["unlearn", "--help"], ["bench", "--help"],
                                   ["unlearn", "--forget", "Captain Zorp"],  # --out missing
-                                  ["unlearn", "--forget", "x", "--out", "o", "--seed", "-1"], ["no-such-command"]],
-                         ids=["help", "unlearn-help", "bench-help", "missing-out", "bad-seed", "bad-command"])
-def test_help_and_argument_errors_do_not_import_torch(argv):
-    """`slugkit --help` and argparse's errors answer without torch (which takes seconds to import)."""
+                                  ["unlearn", "--forget", "x", "--out", "o", "--seed", "-1"], ["no-such-command"],
+                                  # after parsing: names and files checked before torch is imported
+                                  ["unlearn", "--forget", "Nobody", "--out", "o"],
+                                  ["unlearn", "--model", "clip-vit", "--forget", "x", "--out", "o"],
+                                  ["unlearn", "--model", "toy-clip-without:Nobody", "--forget", "x", "--out", "o"],
+                                  ["eval", "--patch", "no/such/patch.safetensors"],
+                                  ["eval", "--model", "hf:openai/clip-vit-base-patch32"],
+                                  ["layers", "--forget", "Nobody", "--out", "o"],
+                                  ["bench", "--concepts", "Nobody"],
+                                  ["toy", "build", "clip", "--without", "Nobody"]],
+                         ids=["help", "unlearn-help", "bench-help", "missing-out", "bad-seed", "bad-command",
+                              "unknown-concept", "bad-model-name", "unknown-reference", "missing-patch",
+                              "eval-real-model", "layers-unknown-concept", "bench-unknown-concept",
+                              "toy-without-unknown"])
+def test_help_and_argument_errors_do_not_import_torch(argv, tmp_path):
+    """`slugkit --help`, argparse's errors and the checks of names and files made right after parsing answer
+    without torch (which takes seconds to import)."""
     probe = ("import sys, runpy\n"
              f"sys.argv = ['slugkit'] + {argv!r}\n"
              "try:\n    runpy.run_module('slugkit', run_name='__main__')\n"
              "except SystemExit as e:\n    code = e.code\n"
              "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code, file=sys.stderr)\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     verdict, code = done.stderr.strip().splitlines()[-1].split()
     assert verdict == "NO-TORCH", done.stderr
     assert code == ("0" if "--help" in argv else "2")

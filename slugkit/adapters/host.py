@@ -22,15 +22,8 @@ from typing import Callable
 from torch import nn
 
 from ..step_size_search import Target
+from ..models.names import HOST_LOADERS, is_host_name  # noqa: F401 (is_host_name: re-exported)
 from .base import LayerInfo
-
-# name (exact) or prefix (ending in ":") -> "module:function" building the host from the name
-HOST_LOADERS = {
-    "toy-sd": "slugkit.adapters.sd:load_toy_sd",
-    "sd:": "slugkit.adapters.sd:load_sd",
-    "toy-llava": "slugkit.adapters.llava:load_toy_llava",
-    "llava:": "slugkit.adapters.llava:load_llava",
-}
 
 
 # What the forget gradient can pair each forget picture with: "captions" (its own caption, as on CLIP) or
@@ -135,12 +128,6 @@ class Host(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, clip={self.clip_name!r}, tower={self.tower!r})"
-
-
-def is_host_name(name: str) -> bool:
-    """Whether ``name`` names a host (``toy-sd``, ``toy-llava``, ``sd:...``, ``llava:...``) rather than a CLIP."""
-    name = name.strip()
-    return any(name == key or (key.endswith(":") and name.startswith(key)) for key in HOST_LOADERS)
 
 
 def load_host(name: str, **kwargs) -> Host:

@@ -15,21 +15,10 @@ from typing import Optional
 import torch
 
 from slugkit.adapters.base import CLIPAdapter
-
-ACCEPTED_FORMS = (
-    "'toy-clip'",
-    "'toy-clip-hf'",
-    "'toy-clip-without:<concept>' (the toy CLIP retrained without it, e.g. 'toy-clip-without:Captain Zorp')",
-    "'openclip:<arch>/<pretrained tag or local weights file>' (e.g. 'openclip:ViT-B-32/laion400m_e32')",
-    "'hf:<Hugging Face repo id or local directory>' (e.g. 'hf:openai/clip-vit-base-patch32')",
-)
-TOY_MODELS = ("toy-clip", "toy-clip-hf")  # the models of the MiniCanvas world
-REFERENCE_PREFIX = "toy-clip-without:"  # + a concept: the toy CLIP retrained without it
+from slugkit.models.names import (  # noqa: F401 (TOY_MODELS, is_toy_model: re-exported)
+    REFERENCE_PREFIX, TOY_MODELS, bad_name, is_toy_model)
 
 
-def is_toy_model(name: str) -> bool:
-    """True for the MiniCanvas world's CLIPs: the toy CLIP (both families) and its retrained references."""
-    return name in TOY_MODELS or name.startswith(REFERENCE_PREFIX)
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -66,10 +55,6 @@ def _forced_hub_offline(offline: bool):
         constants.HF_HUB_OFFLINE = old
 
 
-def _bad_name(name: str, why: str) -> ValueError:
-    return ValueError(f"cannot load model {name!r}: {why}; accepted forms: " + ", ".join(ACCEPTED_FORMS))
-
-
 def load_clip(name: str, device: str | torch.device = "cpu", cache_dir: Optional[str | os.PathLike] = None) -> CLIPAdapter:
     """Load the CLIP model ``name`` on ``device`` (eval mode) and wrap it in its adapter.
 
@@ -77,7 +62,7 @@ def load_clip(name: str, device: str | torch.device = "cpu", cache_dir: Optional
     name forms or architectures and :class:`ModelNotAvailableError` when weights are unreachable.
     """
     if not isinstance(name, str) or not name.strip():
-        raise _bad_name(str(name), "empty model name")
+        raise bad_name(str(name), "empty model name")
     name = name.strip()
     cache_dir = str(cache_dir) if cache_dir is not None else None
     if name == "toy-clip":
@@ -90,7 +75,7 @@ def load_clip(name: str, device: str | torch.device = "cpu", cache_dir: Optional
         return _load_openclip(name, name[len("openclip:"):], device, cache_dir)
     if name.startswith("hf:"):
         return _load_hf(name, name[len("hf:"):], device, cache_dir)
-    raise _bad_name(name, "unknown model name form")
+    raise bad_name(name, "unknown model name form")
 
 
 def _load_toy(name: str, device, hf: bool, without: str | None = None) -> CLIPAdapter:
@@ -156,7 +141,7 @@ def _load_openclip(name: str, spec: str, device, cache_dir: Optional[str]) -> CL
     register()
     arch, sep, weights = spec.partition("/")
     if not arch or not sep or not weights:
-        raise _bad_name(name, "expected 'openclip:<arch>/<pretrained tag or local weights file>'")
+        raise bad_name(name, "expected 'openclip:<arch>/<pretrained tag or local weights file>'")
     if arch not in open_clip.list_models():
         raise ValueError(
             f"unknown open_clip architecture {arch!r} in {name!r}; see the valid ones with "
@@ -230,7 +215,7 @@ def _load_hf(name: str, src: str, device, cache_dir: Optional[str]) -> CLIPAdapt
     from slugkit.adapters.hf_clip import HFCLIPAdapter
 
     if not src:
-        raise _bad_name(name, "expected 'hf:<repo id or local dir>'")
+        raise bad_name(name, "expected 'hf:<repo id or local dir>'")
     src = os.path.expanduser(src)
     local = os.path.isdir(src)
     if not local and _looks_like_path(src):
