@@ -133,10 +133,10 @@ def write_shard(path, n=3):
 def test_1_rerun_into_a_previous_run_is_refused_before_any_work(tmp_path, capsys, loads, monkeypatch):
     monkeypatch.setattr("slugkit.slug.unlearn", lambda adapter, *a, **k: fake_result(adapter))
     out = tmp_path / "run"
-    assert cli(capsys, "unlearn", "--model", "fake", "--forget", "Zorp", "--out", out)[0] == 0
+    assert cli(capsys, "unlearn", "--model", "hf:fake", "--forget", "Zorp", "--out", out)[0] == 0
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     assert {"report.json", "patch.safetensors"} <= set(first)
-    code, _, err = cli(capsys, "unlearn", "--model", "fake", "--forget", "Zorp", "--out", out, "--max-evals", "1")
+    code, _, err = cli(capsys, "unlearn", "--model", "hf:fake", "--forget", "Zorp", "--out", out, "--max-evals", "1")
     assert_fails_well(code, err, "already holds files", "--overwrite")
     assert len(loads) == 1  # the second run stopped before loading anything
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
@@ -145,10 +145,10 @@ def test_1_rerun_into_a_previous_run_is_refused_before_any_work(tmp_path, capsys
 def test_1_overwrite_replaces_the_whole_run(tmp_path, capsys, loads, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.setattr("slugkit.slug.unlearn", lambda adapter, *a, **k: fake_result(adapter))
-    assert cli(capsys, "unlearn", "--model", "fake", "--forget", "Zorp", "--out", out)[0] == 0
+    assert cli(capsys, "unlearn", "--model", "hf:fake", "--forget", "Zorp", "--out", out)[0] == 0
     monkeypatch.setattr("slugkit.slug.unlearn",
                         lambda adapter, *a, **k: fake_result(adapter, "target-not-reached", with_patch=False))
-    code, out_text, _ = cli(capsys, "unlearn", "--model", "fake", "--forget", "Zorp", "--out", out, "--overwrite")
+    code, out_text, _ = cli(capsys, "unlearn", "--model", "hf:fake", "--forget", "Zorp", "--out", out, "--overwrite")
     assert code == 3
     assert not (out / "patch.safetensors").exists()  # the first run's patch went with its report
     assert json.loads((out / "report.json").read_text())["status"] == "target-not-reached"
@@ -503,7 +503,7 @@ def test_interrupt_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("slugkit.models.loading.load_clip", interrupted)
-    code, _, err = cli(capsys, "unlearn", "--model", "fake", "--forget", "Zorp", "--out", tmp_path / "run")
+    code, _, err = cli(capsys, "unlearn", "--model", "hf:fake", "--forget", "Zorp", "--out", tmp_path / "run")
     assert code == 130 and err.strip().splitlines() == [
         "slugkit unlearn: interrupted; output folders were left as they were"]
 
