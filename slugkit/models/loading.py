@@ -197,6 +197,25 @@ def _load_openclip(name: str, spec: str, device, cache_dir: Optional[str]) -> CL
     return _checked(OpenCLIPAdapter(model.eval(), tokenizer, transform, name=name))
 
 
+def random_clip(arch: str = "ViT-B-32", seed: int = 0, device: str | torch.device = "cpu") -> CLIPAdapter:
+    """open_clip architecture ``arch`` with random weights (nothing is downloaded), in its adapter, eval mode.
+
+    Only the architecture matters to what this is for: measuring the cost of passes through a real-size
+    model (``slugkit.eval.projection``); a random model names nobody.
+    """
+    import open_clip
+
+    from slugkit.adapters.openclip import OpenCLIPAdapter
+    from slugkit.models.toy_clip import register
+
+    register()
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {arch!r}; expected one of open_clip.list_models()")
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch, pretrained=None, device=device)
+    return _checked(OpenCLIPAdapter.from_model(model.eval(), arch, name=f"openclip:{arch}/random"))
+
+
 def _first_line(err: BaseException, limit: int = 100) -> str:
     import pickle
 
