@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from slugkit.eval.projection import (PAPER_SCALE, PassTiming, ScaleInput, measure_pass_seconds,
+from slugkit.eval.projection import (PAPER_SCALE, PassTiming, ScaleInput, measure_pass_seconds, projection_summary,
                                      paper_scale_projection, project_costs, scale_table)
 from tests.fakes import IMAGE_SIZE, FakeAdapter
 
@@ -94,3 +94,13 @@ def test_scale_table_names_a_source_for_every_input_and_marks_assumptions():
     assert table["source"].str.len().gt(10).all()
     assumed = set(table.index[table["source"].str.startswith("assumption")])
     assert assumed == {"forget_pairs", "search_layers"}
+
+
+def test_summary_states_the_tables_numbers():
+    table = project_costs(TIMING, SMALL)
+    text = projection_summary(TIMING, table)
+    cold = table.loc["SLUG (cold)", "hours"]
+    search_share = 110 * TIMING.fwd_seconds / 3600 / cold
+    assert f"SLUG {cold:.3g} h" in text and f"{search_share:.0%} of it the step-size search" in text
+    assert f"GA+FT {table.loc['GA+FT', 'hours']:.3g} h ({table.loc['GA+FT', 'hours'] / cold:.2g}x)" in text
+    assert "0.5 s per pair forward+backward, 0.125 s per picture forward" in text

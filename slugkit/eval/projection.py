@@ -74,8 +74,8 @@ class PassTiming:
 
     ``fwd_bwd_seconds``: per pair (a picture and its caption), forward through both towers + CLIP contrastive
     loss + backward; ``fwd_seconds``: per picture, forward through the vision tower only, no graph (a search
-    evaluation classifies pictures against class-name embeddings computed once). Each is the fastest of ``repeats`` timed batches of ``batch_size`` pairs, divided by ``batch_size``, on
-    ``threads`` torch threads.
+    evaluation classifies pictures against class-name embeddings computed once). Each is the fastest of
+    ``repeats`` timed batches of ``batch_size`` pairs, divided by ``batch_size``, on ``threads`` torch threads.
     """
 
     fwd_bwd_seconds: float
@@ -192,3 +192,38 @@ def paper_scale_projection(adapter: CLIPAdapter | None = None, scale: Mapping[st
         adapter = random_clip("ViT-B-32")
     timing = measure(adapter, **measure_kw)
     return timing, project_costs(timing, scale)
+
+
+def projection_summary(timing: PassTiming, table: pd.DataFrame) -> str:
+    """One paragraph stating what :func:`project_costs` computed, every number read from ``timing`` and ``table``."""
+    hours = table["hours"]
+    cold, warm = hours["SLUG (cold)"], hours["SLUG (warm retain gradient)"]
+    search = table.loc["SLUG (cold)", "fwd_pictures"] * timing.fwd_seconds / 3600
+    baselines = ", ".join(f"{m} {hours[m]:.3g} h ({hours[m] / cold:.2g}x)" for m in table.index
+                          if not m.startswith("SLUG"))
+    return (f"Measured on this CPU ({timing.threads} torch thread(s), batches of {timing.batch_size}, fastest of "
+            f"{timing.repeats}): {timing.fwd_bwd_seconds:.3g} s per pair forward+backward, {timing.fwd_seconds:.3g} s "
+            f"per picture forward. Projected: SLUG {cold:.3g} h with the retain gradient computed ({search / cold:.0%} "
+            f"of it the step-size search), {warm:.3g} h with it cached; the baselines (and their multiple of SLUG's "
+            f"{cold:.3g} h): {baselines}.")
+
+
+def projection_figure(table: pd.DataFrame):
+    """Horizontal bars of projected hours per method, log scale; SLUG's rows in their own colour."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from ..viz import figures  # noqa: F401  (sets the seaborn theme once)
+
+    slug, other = sns.color_palette("colorblind", 2)
+    colours = [slug if m.startswith("SLUG") else other for m in table.index]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.barh(list(table.index), table["hours"], color=colours)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("projected hours on this CPU (log scale)")
+    ax.set_title("A projection, not a run: measured seconds per pass x each method's passes at the paper's scale")
+    for y, h in enumerate(table["hours"]):
+        ax.text(h, y, f" {h:.3g} h", va="center", fontsize=9)
+    fig.tight_layout()
+    return fig
