@@ -26,6 +26,7 @@ True
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -215,15 +216,21 @@ def projection_figure(table: pd.DataFrame):
 
     from ..viz import figures  # noqa: F401  (sets the seaborn theme once)
 
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     slug, other = sns.color_palette("colorblind", 2)
     colours = [slug if m.startswith("SLUG") else other for m in table.index]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    ax.barh(list(table.index), table["hours"], color=colours)
+    hours = table["hours"].astype(float)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    ax.barh(list(table.index), hours, color=colours)
     ax.set_xscale("log")
+    ax.set_xlim(10 ** math.floor(math.log10(hours.min())), hours.max() * 4)  # bars start a decade below the least
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.invert_yaxis()
     ax.set_xlabel("projected hours on this CPU (log scale)")
-    ax.set_title("A projection, not a run: measured seconds per pass x each method's passes at the paper's scale")
-    for y, h in enumerate(table["hours"]):
+    ax.set_title("A projection, not a run: measured seconds per pass x each method's passes", fontsize=11)
+    for y, h in enumerate(hours):
         ax.text(h, y, f" {h:.3g} h", va="center", fontsize=9)
     fig.tight_layout()
     return fig
