@@ -102,7 +102,8 @@ def measure_pass_seconds(adapter: CLIPAdapter, batch_size: int = 4, repeats: int
                          f"{repeats}")
     size = int(image_size or getattr(adapter, "image_size", 224))
     gen = torch.Generator().manual_seed(0)
-    pixels = adapter.preprocess(torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, generator=gen))
+    pictures = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, generator=gen)
+    pixels = adapter.preprocess(pictures)
     tokens = adapter.tokenize([f"a photo of person number {i}." for i in range(batch_size)])
     model = adapter.model
 
@@ -133,20 +134,22 @@ def measure_pass_seconds(adapter: CLIPAdapter, batch_size: int = 4, repeats: int
     return timing
 
 
-def _counts(scale: Mapping[str, ScaleInput]) -> dict[str, tuple[int, int, int, int, str]]:
-    """Per method: (forget pairs, retain pairs, epochs, search evaluations, what its passes are)."""
+def _counts(scale: Mapping[str, ScaleInput]) -> dict[str, tuple[int, int, int, int, int, str]]:
+    """Per method: (forget pairs, retain pairs, epochs, search evaluations, forward+backward pairs, what its
+    passes are)."""
     v = {k: s.value for k, s in scale.items()}
     f, r, e = v["forget_pairs"], v["retain_pairs"], v["baseline_epochs"]
     evals = v["search_layers"] * v["evals_per_layer"]
     search = f"{v['search_layers']} layers x {v['evals_per_layer']} evaluations x {v['eval_pictures']} pictures"
     return {
-        "SLUG (cold)": (f, r, 1, evals, f"one gradient over forget + retain pairs; search: {search}"),
-        "SLUG (warm retain gradient)": (f, 0, 1, evals, f"forget gradient only (retain gradient cached); {search}"),
-        "GA": (f, 0, e, 0, f"{e} epochs of gradient ascent over the forget pairs"),
-        "FT": (0, r, e, 0, f"{e} epochs of fine-tuning over the retain pairs"),
-        "GA+FT": (f, r, e, 0, f"{e} epochs, each over the forget then the retain pairs"),
-        "SalUn": (f, r, e, 0, f"one forget gradient for the saliency mask (as slugkit's SalUn) + {e} epochs of GA+FT"),
-        "SSD": (f, r, 1, 0, "no training: one importance pass over the forget and the retain pairs"),
+        "SLUG (cold)": (f, r, 1, evals, f + r, f"one gradient over forget + retain pairs; search: {search}"),
+        "SLUG (warm retain gradient)": (f, 0, 1, evals, f, f"forget gradient only (retain cached); search: {search}"),
+        "GA": (f, 0, e, 0, e * f, f"{e} epochs of gradient ascent over the forget pairs"),
+        "FT": (0, r, e, 0, e * r, f"{e} epochs of fine-tuning over the retain pairs"),
+        "GA+FT": (f, r, e, 0, e * (f + r), f"{e} epochs, each over the forget then the retain pairs"),
+        "SalUn": (f, r, e, 0, f + e * (f + r),
+                  f"one forget gradient for the saliency mask (as slugkit's SalUn) + {e} epochs of GA+FT"),
+        "SSD": (f, r, 1, 0, f + r, "no training: one importance pass over the forget and the retain pairs"),
     }
 
 
@@ -163,13 +166,13 @@ def project_costs(timing: PassTiming, scale: Mapping[str, ScaleInput] = PAPER_SC
         raise ValueError(f"scale is missing {sorted(missing)}; expected every key of PAPER_SCALE")
     pictures = scale["eval_pictures"].value
     rows = {}
-    for method, (forget, retain, epochs, evals, passes) in _counts(scale).items():
-        fwd_bwd_pairs = epochs * (forget + retain) + (forget if method == "SalUn" else 0)
+    for method, (forget, retain, epochs, evals, fwd_bwd_pairs, passes) in _counts(scale).items():
         fwd_pictures = evals * pictures
         seconds = fwd_bwd_pairs * timing.fwd_bwd_seconds + fwd_pictures * timing.fwd_seconds
         rows[method] = {
             "forget_pairs": forget, "retain_pairs": retain, "epochs": epochs, "search_evaluations": evals,
-            "eval_pictures": pictures if evals else 0, "fwd_bwd_pairs": fwd_bwd_pairs, "fwd_pictures": fwd_pictures,
+            "eval_pictures": pictures if evals else 0, "fwd_bwd_pairs": fwd_bwd_pairs,
+            "fwd_pictures": fwd_pictures,
             "fwd_bwd_s_per_pair": timing.fwd_bwd_seconds, "fwd_s_per_picture": timing.fwd_seconds,
             "batch_size": timing.batch_size, "threads": timing.threads, "seconds": seconds,
             "hours": seconds / 3600, "passes": passes,
@@ -196,27 +199,26 @@ def paper_scale_projection(adapter: CLIPAdapter | None = None, scale: Mapping[st
 
 
 def projection_summary(timing: PassTiming, table: pd.DataFrame) -> str:
-    """One paragraph stating what :func:`project_costs` computed, every number read from ``timing`` and ``table``."""
+    """One paragraph stating what :func:`project_costs` computed; every number is read from ``timing``/``table``."""
     hours = table["hours"]
     cold, warm = hours["SLUG (cold)"], hours["SLUG (warm retain gradient)"]
     search = table.loc["SLUG (cold)", "fwd_pictures"] * timing.fwd_seconds / 3600
     baselines = ", ".join(f"{m} {hours[m]:.3g} h ({hours[m] / cold:.2g}x)" for m in table.index
                           if not m.startswith("SLUG"))
     return (f"Measured on this CPU ({timing.threads} torch thread(s), batches of {timing.batch_size}, fastest of "
-            f"{timing.repeats}): {timing.fwd_bwd_seconds:.3g} s per pair forward+backward, {timing.fwd_seconds:.3g} s "
-            f"per picture forward. Projected: SLUG {cold:.3g} h with the retain gradient computed ({search / cold:.0%} "
-            f"of it the step-size search), {warm:.3g} h with it cached; the baselines (and their multiple of SLUG's "
-            f"{cold:.3g} h): {baselines}.")
+            f"{timing.repeats}): {timing.fwd_bwd_seconds:.3g} s per pair forward+backward, "
+            f"{timing.fwd_seconds:.3g} s per picture forward. Projected: SLUG {cold:.3g} h with the retain gradient "
+            f"computed ({search / cold:.0%} of it the step-size search), {warm:.3g} h with it cached; the baselines "
+            f"(and their multiple of SLUG's {cold:.3g} h): {baselines}.")
 
 
 def projection_figure(table: pd.DataFrame):
     """Horizontal bars of projected hours per method, log scale; SLUG's rows in their own colour."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     from ..viz import figures  # noqa: F401  (sets the seaborn theme once)
-
-    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     slug, other = sns.color_palette("colorblind", 2)
     colours = [slug if m.startswith("SLUG") else other for m in table.index]

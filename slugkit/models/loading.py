@@ -212,11 +212,12 @@ def random_clip(arch: str = "ViT-B-32", seed: int = 0, device: str | torch.devic
     register()
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {arch!r}; expected one of open_clip.list_models()")
-    torch.manual_seed(seed)
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: that is the point
     try:
-        model = open_clip.create_model(arch, pretrained=None, device=device)
+        with torch.random.fork_rng():  # seeded without moving the caller's random stream
+            torch.manual_seed(seed)
+            model = open_clip.create_model(arch, pretrained=None, device=device)
     finally:
         logging.disable(previous)
     return _checked(OpenCLIPAdapter.from_model(model.eval(), arch, name=f"openclip:{arch}/random"))
