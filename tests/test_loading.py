@@ -12,7 +12,7 @@ import slugkit.models.toy_clip as toy_clip
 from slugkit.adapters.hf_clip import HFCLIPAdapter
 from slugkit.adapters.openclip import OpenCLIPAdapter
 from slugkit.models.hf_convert import clip_tokenizer_from_openclip, save_hf
-from slugkit.models.loading import ModelNotAvailableError, load_clip
+from slugkit.models.loading import ModelNotAvailableError, load_clip, random_clip
 
 TINY_ARCH = "slugkit-test-tiny-vit"
 CAPTIONS = ["a photo of Captain Zorp.", "a red square", ""]
@@ -155,6 +155,16 @@ def test_unknown_architecture():
 def test_unknown_tag():
     with pytest.raises(ValueError, match="known tags"):
         load_clip("openclip:ViT-B-32/not_a_real_tag")
+
+
+def test_random_clip_builds_the_architecture_with_seeded_random_weights(tiny_arch):
+    a, b = random_clip(tiny_arch, seed=3), random_clip(tiny_arch, seed=3)
+    assert isinstance(a, OpenCLIPAdapter) and a.name == f"openclip:{tiny_arch}/random" and not a.model.training
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    assert not torch.equal(a.model.visual.proj, random_clip(tiny_arch, seed=4).model.visual.proj)
+    assert a.encode_image(a.preprocess(images())).shape == (2, 24)
+    with pytest.raises(ValueError, match="unknown open_clip architecture"):
+        random_clip("ViT-Q-99")
 
 
 def test_toy_clip_missing_checkpoint(monkeypatch, tmp_path):

@@ -8,6 +8,7 @@ retries when ``HF_HUB_OFFLINE=1``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -180,6 +181,31 @@ def _load_openclip(name: str, spec: str, device, cache_dir: Optional[str]) -> CL
     except Exception as err:  # UnpicklingError, SafetensorError, EOFError, KeyError, state-dict mismatch ...
         raise _unreadable_weights(name, weights, arch, err) from err
     return _checked(OpenCLIPAdapter(model.eval(), tokenizer, transform, name=name))
+
+
+def random_clip(arch: str = "ViT-B-32", seed: int = 0, device: str | torch.device = "cpu") -> CLIPAdapter:
+    """open_clip architecture ``arch`` with random weights (nothing is downloaded), in its adapter, eval mode.
+
+    Only the architecture matters to what this is for: measuring the cost of passes through a real-size
+    model (``slugkit.eval.projection``); a random model names nobody.
+    """
+    import open_clip
+
+    from slugkit.adapters.openclip import OpenCLIPAdapter
+    from slugkit.models.toy_clip import register
+
+    register()
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {arch!r}; expected one of open_clip.list_models()")
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: that is the point
+    try:
+        with torch.random.fork_rng():  # seeded without moving the caller's random stream
+            torch.manual_seed(seed)
+            model = open_clip.create_model(arch, pretrained=None, device=device)
+    finally:
+        logging.disable(previous)
+    return _checked(OpenCLIPAdapter.from_model(model.eval(), arch, name=f"openclip:{arch}/random"))
 
 
 def _first_line(err: BaseException, limit: int = 100) -> str:
