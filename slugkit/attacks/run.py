@@ -35,8 +35,8 @@ ATTACKS = {  # name -> (function, default budget); every function: (adapter, dat
 QUICK = {
     "adversarial_prompt": PromptBudget(steps=5),
     "concept_arithmetic": ArithmeticBudget(name_weights=(1.0, -1.0), unrelated_weights=(0.0,)),
-    "relearn": RelearnBudget(steps=4, headline_step=2, eval_every=2),
-    "relearn_retain": RelearnBudget(steps=4, headline_step=2, eval_every=2),
+    "relearn": RelearnBudget(steps=4, headline_step=2, curve_steps=(2, 4)),
+    "relearn_retain": RelearnBudget(steps=4, headline_step=2, curve_steps=(2, 4)),
     "soft_prompt": SoftPromptBudget(steps=5),
     "paraphrase": ParaphraseBudget(phrasings=4),
     "pixel_pgd": PGDBudget(steps=3, pictures=8),
