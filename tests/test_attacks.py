@@ -15,7 +15,7 @@ from slugkit.attacks import ATTACKS, QUICK, attack_data, recovery, run_attacks
 from slugkit.attacks.base import specific_recall
 from slugkit.attacks.probe import ProbeBudget
 from slugkit.attacks.relearn import RelearnBudget
-from slugkit.attacks.run import no_attack
+from slugkit.attacks.run import no_attack, recovery_curve
 from slugkit.attacks.soft_prompt import misspellings, phrasings
 
 # The fake's weights are on another scale than a trained CLIP's: relearning needs a larger step to move them.
@@ -92,6 +92,14 @@ def test_recovery_is_normalised_to_the_reference():
     assert recovery(0.9, 0.5, 0.88) is None  # the attack does as well without the concept: unreadable
 
 
+def test_recovery_curve_reads_every_budget_step():
+    curve = lambda *scores: {"curve": [{"step": s, "score": v} for s, v in zip((0, 5, 10), scores)]}  # noqa: E731
+    details = {"original": curve(1.0, 1.0, 1.0), "edited": curve(0.0, 0.9, 0.5), "reference": curve(0.0, 0.1, 0.5)}
+    assert recovery_curve(details) == [{"step": 0, "recovery": 0.0}, {"step": 5, "recovery": pytest.approx(8 / 9)},
+                                       {"step": 10, "recovery": 0.0}]
+    assert recovery_curve({k: v for k, v in details.items() if k != "reference"}) is None
+
+
 def test_paraphrases_never_use_the_zero_shot_prompt():
     ways = phrasings("Captain Zorp")
     assert "a photo of Captain Zorp." not in ways.values()
@@ -108,6 +116,8 @@ def test_run_attacks_reports_every_model_and_the_worst_recovery(data):
     soft = report["soft_prompt"]
     assert soft["original"] >= 0.9 and soft["reference"] <= 0.1 and soft["recovery"] >= 0.9
     assert report["relearn_retain"]["recovery"] == 0.0
+    assert [c["step"] for c in report["relearn_retain"]["recovery_curve"]] == [0, 2]
+    assert "recovery_curve" not in soft  # no budget curve
     assert report["worst_attack"] == "soft_prompt" and report["worst_recovery"] == soft["recovery"]
     assert soft["budget"] == {"steps": 100, "lr": 5e-3, "pictures": 8}
     assert report["no_attack"] == {"original": 1.0, "edited": 0.0, "reference": 0.0}
