@@ -191,7 +191,7 @@ def test_relearning_counts_every_true_caption_as_a_positive(data, monkeypatch):
     relearn_module.relearn(ColourAdapter("present"), data, budget)
     n_own = budget.batch_size // 2  # the first rows of every batch are pictures of the concept
     assert len(seen) == 3 and all(p.diagonal().all() for p in seen)
-    assert all(p[:n_own, :n_own].all() for p in seen)  # every caption naming the concept is true of its pictures
+    assert all(p[:n_own, :n_own].all() for p in seen)  # these captions of the concept are true of all its pictures
     assert not any(p[:n_own, n_own:].any() for p in seen)  # retain captions are not
     own = data.attack_labels == data.index
     assert len({data.attack_captions[i] for i in np.flatnonzero(own)}) > 1  # the templates do differ
