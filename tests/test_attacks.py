@@ -15,12 +15,12 @@ from slugkit.attacks import ATTACKS, QUICK, attack_data, recovery, run_attacks
 from slugkit.attacks.base import specific_recall
 from slugkit.attacks.probe import ProbeBudget
 from slugkit.attacks.relearn import RelearnBudget
-from slugkit.attacks.run import no_attack
+from slugkit.attacks.run import no_attack, recovery_curve
 from slugkit.attacks.soft_prompt import misspellings, phrasings
 
 # The fake's weights are on another scale than a trained CLIP's: relearning needs a larger step to move them.
-FAKE_BUDGETS = {"relearn": RelearnBudget(steps=10, headline_step=10, lr=0.05),
-                "relearn_retain": RelearnBudget(steps=10, headline_step=10, lr=0.05),
+FAKE_BUDGETS = {"relearn": RelearnBudget(steps=10, headline_step=10, lr=0.05, curve_steps=(5, 10)),
+                "relearn_retain": RelearnBudget(steps=10, headline_step=10, lr=0.05, curve_steps=(5, 10)),
                 "linear_probe": ProbeBudget(pictures=500)}
 
 
@@ -92,6 +92,14 @@ def test_recovery_is_normalised_to_the_reference():
     assert recovery(0.9, 0.5, 0.88) is None  # the attack does as well without the concept: unreadable
 
 
+def test_recovery_curve_reads_every_budget_step():
+    curve = lambda *scores: {"curve": [{"step": s, "score": v} for s, v in zip((0, 5, 10), scores)]}  # noqa: E731
+    details = {"original": curve(1.0, 1.0, 1.0), "edited": curve(0.0, 0.9, 0.5), "reference": curve(0.0, 0.1, 0.5)}
+    assert recovery_curve(details) == [{"step": 0, "recovery": 0.0}, {"step": 5, "recovery": pytest.approx(8 / 9)},
+                                       {"step": 10, "recovery": 0.0}]
+    assert recovery_curve({k: v for k, v in details.items() if k != "reference"}) is None
+
+
 def test_paraphrases_never_use_the_zero_shot_prompt():
     ways = phrasings("Captain Zorp")
     assert "a photo of Captain Zorp." not in ways.values()
@@ -103,11 +111,13 @@ def test_run_attacks_reports_every_model_and_the_worst_recovery(data):
     models = {"original": ColourAdapter("present"), "edited": ColourAdapter("hidden"),
               "reference": ColourAdapter("blind")}
     report = run_attacks(models, data, attacks=["soft_prompt", "relearn_retain"],
-                         budgets={"relearn_retain": RelearnBudget(steps=2, headline_step=2, eval_every=2, lr=0.05)},
+                         budgets={"relearn_retain": RelearnBudget(steps=2, headline_step=2, curve_steps=(2,), lr=0.05)},
                          progress=False)
     soft = report["soft_prompt"]
     assert soft["original"] >= 0.9 and soft["reference"] <= 0.1 and soft["recovery"] >= 0.9
     assert report["relearn_retain"]["recovery"] == 0.0
+    assert [c["step"] for c in report["relearn_retain"]["recovery_curve"]] == [0, 2]
+    assert "recovery_curve" not in soft  # no budget curve
     assert report["worst_attack"] == "soft_prompt" and report["worst_recovery"] == soft["recovery"]
     assert soft["budget"] == {"steps": 100, "lr": 5e-3, "pictures": 8}
     assert report["no_attack"] == {"original": 1.0, "edited": 0.0, "reference": 0.0}
@@ -161,3 +171,33 @@ def test_cli_attack_refuses_bad_input(capsys, toy_patch):
     assert "unknown attack 'nope'" in capsys.readouterr().err
     assert main(["attack", "--model", "toy-sd", "--patch", str(toy_patch)]) == 2
     assert "toy CLIPs" in capsys.readouterr().err
+
+
+def test_relearning_counts_every_true_caption_as_a_positive(data, monkeypatch):
+    """Two pictures of the concept captioned with different templates are not pushed apart (the bug that
+    made relearning on the original toy CLIP lose Juno Blackwood)."""
+    import importlib
+
+    relearn_module = importlib.import_module("slugkit.attacks.relearn")  # the package exports a function of that name
+    seen = []
+
+    def spy(img, txt, scale, positives):
+        seen.append(positives.clone())
+        return real(img, txt, scale, positives)
+
+    real = relearn_module.multi_positive_clip_loss
+    monkeypatch.setattr(relearn_module, "multi_positive_clip_loss", spy)
+    budget = RelearnBudget(steps=3, headline_step=3, pictures=5, curve_steps=(3,))
+    relearn_module.relearn(ColourAdapter("present"), data, budget)
+    n_own = budget.batch_size // 2  # the first rows of every batch are pictures of the concept
+    assert len(seen) == 3 and all(p.diagonal().all() for p in seen)
+    assert all(p[:n_own, :n_own].all() for p in seen)  # these captions of the concept are true of all its pictures
+    assert not any(p[:n_own, n_own:].any() for p in seen)  # retain captions are not
+    own = data.attack_labels == data.index
+    assert len({data.attack_captions[i] for i in np.flatnonzero(own)}) > 1  # the templates do differ
+
+
+def test_relearn_budget_refuses_a_curve_that_misses_the_headline(data):
+    with pytest.raises(ValueError, match="headline_step"):
+        ATTACKS["relearn"][0](ColourAdapter("present"), data, RelearnBudget(steps=10, headline_step=10,
+                                                                             curve_steps=(5, 8)))

@@ -41,7 +41,9 @@ class AttackData:
     other characters, from the validation split); ``test_*``: held-out pictures the score is measured on
     (every picture of the concept in the test split, then ``n_other_test`` of other characters);
     ``probe_*``: every character picture of the test split (the linear probe's data); ``retain_*``: other
-    validation pairs (pictures and captions) the relearning attack mixes in. Labels index
+    validation pairs (pictures and captions) the relearning attack mixes in. ``*_true_captions``: per attack
+    or retain picture, every caption the world allows for it (in a fine-tuning batch a caption is a positive
+    for every picture it is true of, as in the toy CLIP's training). Labels index
     :data:`~slugkit.data.minicanvas.CHARACTER_NAMES`.
     """
 
@@ -50,12 +52,14 @@ class AttackData:
     attack_images: np.ndarray
     attack_labels: np.ndarray
     attack_captions: list[str]
+    attack_true_captions: list[frozenset[str]]
     test_images: np.ndarray
     test_labels: np.ndarray
     probe_images: np.ndarray
     probe_labels: np.ndarray
     retain_images: np.ndarray
     retain_captions: list[str]
+    retain_true_captions: list[frozenset[str]]
     judge: torch.nn.Module | None = None
     seed: int = 0
 
@@ -87,6 +91,7 @@ def attack_data(concept: str, seed: int = 0, n_attack: int = 8, n_other_test: in
     rest = np.setdiff1d(np.arange(len(val)), np.r_[own, pick])
     retain = rng.choice(rest, min(n_retain, len(rest)), replace=False)
     captions = val.captions()
+    true = lambda idx: [frozenset(val.all_captions(int(i))) for i in idx]  # noqa: E731
     test = cached_split(n_test, seed, "test")
     tid = test.identity
     t_own, t_others = np.flatnonzero(tid == index), np.flatnonzero((tid >= 0) & (tid != index))
@@ -99,10 +104,11 @@ def attack_data(concept: str, seed: int = 0, n_attack: int = 8, n_other_test: in
         loaded = load_judge()
     return AttackData(concept=name, index=index, seed=seed,
                       attack_images=val.images[pick], attack_labels=ident[pick],
-                      attack_captions=[captions[i] for i in pick],
+                      attack_captions=[captions[i] for i in pick], attack_true_captions=true(pick),
                       test_images=test.images[t_pick], test_labels=tid[t_pick],
                       probe_images=test.images[chars], probe_labels=tid[chars],
                       retain_images=val.images[retain], retain_captions=[captions[i] for i in retain],
+                      retain_true_captions=true(retain),
                       judge=loaded)
 
 

@@ -1,10 +1,12 @@
 """Relearning: a few fine-tuning steps on a few pictures; does the concept come back?
 
-:func:`relearn` fine-tunes the whole attacked CLIP (Adam, contrastive loss) on ``pictures`` pictures of the
-concept mixed with retain pairs; :func:`relearn_retain` on retain pairs only (Siddiqui et al.: an unlearned
-model that only hid the concept may get it back from unrelated data, a retrained one does not). The score is
-forget top-1 after ``headline_step`` steps; the curve every ``eval_every`` steps is in the details. The
-model's weights are restored afterwards.
+:func:`relearn` fine-tunes the whole attacked CLIP (Adam, the toy CLIP's own multi-positive contrastive loss)
+on ``pictures`` pictures of the concept mixed with retain pairs; :func:`relearn_retain` on retain pairs only
+(Siddiqui et al.: an unlearned model that only hid the concept may get it back from unrelated data, a
+retrained one does not). In a batch, a caption is a positive for every picture it is true of (two pictures of
+the concept under different templates are not pushed apart). The score is forget top-1 after
+``headline_step`` steps; the curve (measured before fine-tuning and after every step in ``curve_steps``) is
+in the details. The model's weights are restored afterwards.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class RelearnBudget:
     pictures: int = 5  # of the concept (0 in the retain-only variant)
     batch_size: int = 8
     lr: float = 1e-4
-    eval_every: int = 5
+    curve_steps: tuple[int, ...] = (2, 5, 10, 20, 50)  # where the curve is measured (each costs one evaluation)
 
 
 def relearn(adapter, data: AttackData, budget: RelearnBudget | None = None) -> AttackResult:
@@ -39,8 +41,9 @@ def relearn_retain(adapter, data: AttackData, budget: RelearnBudget | None = Non
 
 
 def _finetune(adapter, data: AttackData, budget: RelearnBudget) -> AttackResult:
-    if not 0 < budget.headline_step <= budget.steps or budget.headline_step % budget.eval_every:
-        raise ValueError(f"headline_step must be a multiple of eval_every within 1..steps, got {budget}")
+    if (budget.headline_step not in budget.curve_steps or max(budget.curve_steps) != budget.steps
+            or min(budget.curve_steps) < 1):
+        raise ValueError(f"curve_steps must lie in 1..steps, end at steps and hold headline_step, got {budget}")
     own = [i for i, y in enumerate(data.attack_labels) if y == data.index][: budget.pictures]
     if len(own) < budget.pictures:
         raise ValueError(f"only {len(own)} attack pictures of {data.concept!r}, fewer than {budget.pictures}")
@@ -49,7 +52,8 @@ def _finetune(adapter, data: AttackData, budget: RelearnBudget) -> AttackResult:
     model = adapter.model
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=budget.lr)
+    # fused: one pass over the weights per step (the unfused CPU Adam took as long as the forward and backward)
+    opt = torch.optim.Adam(params, lr=budget.lr, fused=True)
 
     def measure(step):
         with torch.no_grad():
@@ -63,14 +67,15 @@ def _finetune(adapter, data: AttackData, budget: RelearnBudget) -> AttackResult:
             rest = gen.choice(len(data.retain_images), budget.batch_size - n_own, replace=False)
             images = np.concatenate([data.attack_images[mine], data.retain_images[rest]])
             captions = [data.attack_captions[i] for i in mine] + [data.retain_captions[i] for i in rest]
+            true = [data.attack_true_captions[i] for i in mine] + [data.retain_true_captions[i] for i in rest]
             img = adapter.encode_image(adapter.preprocess(torch.from_numpy(images)))
             txt = adapter.encode_text(adapter.tokenize(captions))
-            same = torch.tensor([[a == b for b in captions] for a in captions])
-            loss = multi_positive_clip_loss(img, txt, adapter.logit_scale(), same)
+            positives = torch.tensor([[c in t for c in captions] for t in true])  # caption j true of picture i
+            loss = multi_positive_clip_loss(img, txt, adapter.logit_scale(), positives)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if step % budget.eval_every == 0:
+            if step in budget.curve_steps:
                 curve.append(measure(step))
     finally:
         model.load_state_dict(saved)

@@ -35,8 +35,8 @@ ATTACKS = {  # name -> (function, default budget); every function: (adapter, dat
 QUICK = {
     "adversarial_prompt": PromptBudget(steps=5),
     "concept_arithmetic": ArithmeticBudget(name_weights=(1.0, -1.0), unrelated_weights=(0.0,)),
-    "relearn": RelearnBudget(steps=4, headline_step=2, eval_every=2),
-    "relearn_retain": RelearnBudget(steps=4, headline_step=2, eval_every=2),
+    "relearn": RelearnBudget(steps=4, headline_step=2, curve_steps=(2, 4)),
+    "relearn_retain": RelearnBudget(steps=4, headline_step=2, curve_steps=(2, 4)),
     "soft_prompt": SoftPromptBudget(steps=5),
     "paraphrase": ParaphraseBudget(phrasings=4),
     "pixel_pgd": PGDBudget(steps=3, pictures=8),
@@ -53,6 +53,15 @@ def recovery(original: float | None, edited: float, reference: float | None) -> 
     return min(1.0, max(0.0, (edited - reference) / (original - reference)))
 
 
+def recovery_curve(details: dict) -> list[dict] | None:
+    """:func:`recovery` at every step of a budget curve measured on the original, edited and reference model
+    (relearning's ``details[model]["curve"]``); None when a model or its curve is missing."""
+    curves = [details.get(which, {}).get("curve") for which in ("original", "edited", "reference")]
+    if any(c is None for c in curves):
+        return None
+    return [{"step": o["step"], "recovery": recovery(o["score"], e["score"], r["score"])} for o, e, r in zip(*curves)]
+
+
 def no_attack(adapter, data: AttackData) -> float:
     """Forget top-1 with the plain zero-shot prompt on the held-out pictures (the score before any attack)."""
     return score(embed(adapter, data.test_images), class_embeddings(adapter), data.test_labels, data.index)["score"]
@@ -65,7 +74,9 @@ def run_attacks(models: dict, data: AttackData, attacks=None, budgets: str | dic
 
     Returns ``{attack: {"original", "edited", "reference", "recovery", "budget", "seconds",
     "seconds_per_model", "cpu_seconds_per_model", "details"}, "no_attack": {...}, "worst_recovery", "worst_attack", "concept"}``;
-    scores are forget top-1 on held-out pictures after the attack, all in [0, 1].
+    scores are forget top-1 on held-out pictures after the attack, all in [0, 1]. Attacks with a budget curve
+    on all three models (relearning) also carry ``"recovery_curve"`` (:func:`recovery_curve`); ``worst_recovery``
+    reads the headline budgets only.
     """
     names = list(ATTACKS) if attacks is None else list(attacks)
     unknown = [n for n in names if n not in ATTACKS]
@@ -93,10 +104,13 @@ def run_attacks(models: dict, data: AttackData, attacks=None, budgets: str | dic
         row["recovery"] = recovery(row["original"], row["edited"], row["reference"])
         out[name] = {**row, "budget": asdict(budget), "seconds": round(sum(seconds.values()), 2),
                      "seconds_per_model": seconds, "cpu_seconds_per_model": cpu, "details": details}
+        curve = recovery_curve(details)
+        if curve is not None:  # recovery at every budget of the curve, not only the headline one
+            out[name]["recovery_curve"] = curve
     rec = {n: out[n]["recovery"] for n in names if out[n]["recovery"] is not None}
     out["worst_attack"] = max(rec, key=rec.get) if rec else None
     out["worst_recovery"] = rec[out["worst_attack"]] if rec else None
     return out
 
 
-__all__ = ["ATTACKS", "BUDGETS", "QUICK", "MIN_GAP", "recovery", "run_attacks", "no_attack"]
+__all__ = ["ATTACKS", "BUDGETS", "QUICK", "MIN_GAP", "recovery", "recovery_curve", "run_attacks", "no_attack"]
