@@ -169,23 +169,24 @@ def _evaluate(adapter, names, world, pictures) -> tuple[dict, float]:
     return metrics, time.perf_counter() - t
 
 
-def _slug(adapter, task: Task, target: Target, cfg: BenchConfig, seed: int, warm: bool = False):
+def _slug(adapter, task: Task, target: Target, cfg: BenchConfig, seed: int, warm_task: Task | None = None):
     """SLUG with its built-in report skipped; returns (UnlearnResult, Cost).
 
     Cold: the per-model retain gradient is computed inside the measured time (the in-memory copy is dropped
-    first). ``warm``: the run is repeated with it kept, and ``result.timings["warm_seconds"]`` is that run's wall time
-    (the same layer and step size: only the retain gradient is skipped, checked: the warm run's retain gradient
-    must be the very tensors the cold run computed)."""
-    run = lambda: unlearn(  # noqa: E731
-        adapter, concept_label(task.concept) if not isinstance(task.concept, str) else task.concept,
-        task=without_report(task), policy=cfg.slug_policy, target=target, max_evals=cfg.slug_max_evals, seed=seed,
+    first). With ``warm_task`` (the same task built afresh, so that its evaluators hold nothing the cold run
+    prepared) the run is repeated with the retain gradient kept, and ``result.timings["warm_seconds"]`` is that
+    run's wall time (the same layer and step size: only the retain gradient is skipped, checked: the warm run's
+    retain gradient must be the very tensors the cold run computed)."""
+    run = lambda t: unlearn(  # noqa: E731
+        adapter, concept_label(t.concept) if not isinstance(t.concept, str) else t.concept,
+        task=without_report(t), policy=cfg.slug_policy, target=target, max_evals=cfg.slug_max_evals, seed=seed,
         store=None, retain=cfg.slug_retain, progress=False)
     clear_retain_memo()
     with CostMeter(adapter) as meter:
-        result = run()
-    if warm:
+        result = run(task)
+    if warm_task is not None:
         t = time.perf_counter()
-        again = run()
+        again = run(warm_task)
         result.timings["warm_seconds"] = round(time.perf_counter() - t, 2)
         if (again.layer, again.step_size) != (result.layer, result.step_size):
             raise RuntimeError(f"SLUG's warm run chose {again.layer} at {again.step_size}, the cold one "
@@ -226,7 +227,8 @@ def run_method(adapter, method: str, concept: str, seed: int, cfg: BenchConfig, 
         metrics, secs = _evaluate(adapter, names, world, pictures)
         return _row(method, names, seed, target, "unedited", metrics, None, 0, adapter, secs, {})
     if method == "slug":
-        result, cost = _slug(adapter, task, target, cfg, seed, warm=True)
+        warm_task = toy_task(adapter, concept, seed=seed, n_val=cfg.n_val, n_test=cfg.n_test)
+        result, cost = _slug(adapter, task, target, cfg, seed, warm_task=warm_task)
         detail = _slug_detail(result)
         if result.patch is None:
             metrics, secs = _evaluate(adapter, names, world, pictures)
@@ -538,6 +540,11 @@ def _times(slug_row, row) -> tuple[str, str]:
     return ("–" if _missing(warm) else f"{row['match_seconds'] / warm:.1f}x"), f"{row['match_seconds'] / cold:.1f}x"
 
 
+def _quality(metrics: dict | None) -> str:
+    """Search-split retain / utility in %, "–" without them."""
+    return "–" if not metrics else f"{_pct(metrics.get('retain_top1'))} / {_pct(metrics.get('utility'))}"
+
+
 def equal_quality_lines(table: pd.DataFrame) -> list[str]:
     """The "cost at equal quality" section of ``bench.md`` (empty without match runs)."""
     pairs = _match_pairs(table)
@@ -545,17 +552,20 @@ def equal_quality_lines(table: pd.DataFrame) -> list[str]:
         return []
     lines = ["## Cost at equal quality", "",
              "Each baseline below ran its learning-rate grid again until its edit met SLUG's forget target *and* "
-             "SLUG's retain and utility within 1 point (all on the search split, against SLUG's chosen edit), or "
-             "until its budget of optimiser steps ran out. SLUG cold: the per-model retain gradient computed; warm: "
-             "reused from memory.", "",
-             "| concept | seed | SLUG cold (s) | SLUG warm (s) | method | time to match (s) | steps | "
-             "match / SLUG warm | match / SLUG cold |", "|---|---|---|---|---|---|---|---|---|"]
+             "SLUG's retain and utility within 1 point (all on the search split, against SLUG's chosen edit; retain / "
+             "utility columns: search split, %), or until its budget of optimiser steps ran out. SLUG cold: the "
+             "per-model retain gradient computed; warm: reused from memory.", "",
+             "| concept | seed | SLUG cold (s) | SLUG warm (s) | SLUG retain / utility | method | time to match (s) | "
+             "steps | its retain / utility | match / SLUG warm | match / SLUG cold |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for slug_row, r in pairs:
         warm = slug_row.get("unlearn_seconds_warm")
         x_warm, x_cold = _times(slug_row, r)
         lines.append(f"| {r['concept']} | {r['seed']} | {slug_row['unlearn_seconds']:.1f} | "
-                     f"{'–' if _missing(warm) else f'{warm:.1f}'} | {r['method']} | "
-                     f"{_match_cell(r).split(' (')[0]} | {int(r['match_steps'])} | {x_warm} | {x_cold} |")
+                     f"{'–' if _missing(warm) else f'{warm:.1f}'} | {_quality(slug_row['detail'].get('search_metrics'))} "
+                     f"| {r['method']} | {_match_cell(r).split(' (')[0]} | {int(r['match_steps'])} | "
+                     f"{_quality((r['detail'].get('match') or {}).get('search_metrics') if r['matched'] else None)} "
+                     f"| {x_warm} | {x_cold} |")
     lines.append("")
     for _, r in (p for p in pairs if not p[1]["matched"]):
         lines.append(f"{r['method']} on {r['concept']} (seed {r['seed']}): not matched in {int(r['match_steps'])} "

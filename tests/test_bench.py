@@ -83,12 +83,15 @@ def _equal_quality_rows(gaft_match_seconds):
     base = dict(kind="character", concept="A", seed=0, forget_top1=0.0, forget_top5=0.0, retain=0.9, utility=0.88,
                 mia=0.5, mia_std=0.01, ua=None, ira=None, cra=None, peak_rss_mb=900.0, rss_increase_mb=10.0,
                 backward_passes=1, model_bytes=1000, changed_bytes=10, changed_pct=1.0, status="ok",
-                unlearn_seconds_warm=None, matched=None, match_seconds=None, match_steps=None, match_budget=None)
+                unlearn_seconds_warm=None, matched=None, match_seconds=None, match_steps=None, match_budget=None,
+                detail={})
     return pd.DataFrame([
         dict(base, method="Original", method_key="original", status="unedited", unlearn_seconds=0.0),
-        dict(base, method="SLUG", method_key="slug", unlearn_seconds=5.0, unlearn_seconds_warm=1.0),
+        dict(base, method="SLUG", method_key="slug", unlearn_seconds=5.0, unlearn_seconds_warm=1.0,
+             detail={"search_metrics": {"retain_top1": 1.0, "utility": 0.995}}),
         dict(base, method="GA+FT", method_key="gaft", unlearn_seconds=4.0, matched=True,
-             match_seconds=gaft_match_seconds, match_steps=40, match_budget=120),
+             match_seconds=gaft_match_seconds, match_steps=40, match_budget=120,
+             detail={"match": {"search_metrics": {"retain_top1": 0.992, "utility": 0.99}}}),
         dict(base, method="SalUn", method_key="salun", unlearn_seconds=4.0, matched=False, match_steps=120,
              match_budget=120)])
 
@@ -96,8 +99,8 @@ def _equal_quality_rows(gaft_match_seconds):
 def test_equal_quality_section_and_check():
     rows = _equal_quality_rows(gaft_match_seconds=20.0)
     md = markdown_report(rows, {"command": "slugkit bench", "target": "forget_top5"})
-    assert "| A | 0 | 5.0 | 1.0 | GA+FT | 20.0 | 40 | 20.0x | 4.0x |" in md
-    assert "| A | 0 | 5.0 | 1.0 | SalUn | not matched in 120 steps | 120 | – | – |" in md
+    assert "| A | 0 | 5.0 | 1.0 | 100.0 / 99.5 | GA+FT | 20.0 | 40 | 99.2 / 99.0 | 20.0x | 4.0x |" in md
+    assert "| A | 0 | 5.0 | 1.0 | 100.0 / 99.5 | SalUn | not matched in 120 steps | 120 | – | – | – |" in md
     assert "SalUn on A (seed 0): not matched in 120 steps (budget 120 optimiser steps" in md
     assert "| GA+FT | A | 0 | ok |" in md and "| 20.0 (40 steps) |" in md
     checks = claim_checks(rows)
