@@ -15,6 +15,9 @@ Writes ``bench.json`` (one row per method x concept x seed, plus the unedited mo
 Cost is measured by :class:`~slugkit.eval.metrics.CostMeter` around the unlearning procedure only
 (SLUG: gradients + layer identification + step-size search; baselines: their whole grid, including
 the evaluations their stop rule needs); the final evaluation is timed separately (``eval_seconds``).
+All methods run one after another in this process; memory is the peak RSS while the method ran
+(model and data included) after handing freed memory back to the OS, and its increase over the start.
+
 SLUG's single-concept rows carry ``unlearn_seconds`` (cold: the per-model retain gradient computed inside the
 timing) and ``unlearn_seconds_warm`` (the same run again, reusing that retain gradient from memory).
 
@@ -26,8 +29,8 @@ task's search evaluator on the **search (val) split**, the split both stop rules
 its chosen edit on that split; or until ``match_budget`` optimiser steps are spent. Its row gains
 ``match_seconds`` (``None`` when not matched), ``match_steps`` (the steps it took; the budget when not matched)
 and ``match_budget``.
-All methods run one after another in this process; memory is the peak RSS while the method ran
-(model and data included) after handing freed memory back to the OS, and its increase over the start.
+SLUG runs first on each concept; without a SLUG edit to match (SLUG not run, or no patch) there is no match
+run and the match fields are ``None``.
 """
 from __future__ import annotations
 
@@ -513,13 +516,14 @@ def markdown_report(table: pd.DataFrame, config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _match_cell(r) -> str:
-    """A row's time to match SLUG's quality: seconds, "not matched in N steps", or "–" (no match run)."""
+def _match_cell(r, steps: bool = True) -> str:
+    """A row's time to match SLUG's quality: seconds (and steps), "not matched in N steps", or "–" (no match run)."""
     matched = r.get("matched")
     if _missing(matched):
         return "–"
-    return f"{r['match_seconds']:.1f} ({int(r['match_steps'])} steps)" if matched else \
-        f"not matched in {int(r['match_steps'])} steps"
+    if not matched:
+        return f"not matched in {int(r['match_steps'])} steps"
+    return f"{r['match_seconds']:.1f}" + (f" ({int(r['match_steps'])} steps)" if steps else "")
 
 
 def _match_pairs(table: pd.DataFrame):
@@ -563,7 +567,7 @@ def equal_quality_lines(table: pd.DataFrame) -> list[str]:
         x_warm, x_cold = _times(slug_row, r)
         lines.append(f"| {r['concept']} | {r['seed']} | {slug_row['unlearn_seconds']:.1f} | "
                      f"{'–' if _missing(warm) else f'{warm:.1f}'} | {_quality(slug_row['detail'].get('search_metrics'))} "
-                     f"| {r['method']} | {_match_cell(r).split(' (')[0]} | {int(r['match_steps'])} | "
+                     f"| {r['method']} | {_match_cell(r, steps=False)} | {int(r['match_steps'])} | "
                      f"{_quality((r['detail'].get('match') or {}).get('search_metrics') if r['matched'] else None)} "
                      f"| {x_warm} | {x_cold} |")
     lines.append("")
