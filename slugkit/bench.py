@@ -152,11 +152,16 @@ def _row(method: str, concepts, seed: int, target: Target, status: str, metrics:
     row |= {"unlearn_seconds": c.get("seconds", 0.0),
             # SLUG's single-concept rows: the same run again with the per-model retain gradient already computed
             "unlearn_seconds_warm": (detail.get("timings") or {}).get("warm_seconds"),
+            # CPU seconds (every thread of the process): the same comparison with the other jobs' load taken out
+            "unlearn_cpu_seconds": (detail.get("timings") or {}).get("unlearn_cpu_seconds"),
+            "unlearn_cpu_seconds_warm": (detail.get("timings") or {}).get("warm_cpu_seconds"),
             # baselines in BenchConfig.match: time and optimiser steps to reach SLUG's quality (None: not run)
             "matched": None if match is None else match.matched,
             "match_seconds": None if match is None or match.seconds is None else round(match.seconds, 2),
             "match_steps": None if match is None else match.steps,
-            "match_budget": None if match is None else match.budget, "eval_seconds": eval_seconds,
+            "match_budget": None if match is None else match.budget,
+            "match_cpu_seconds": None if match is None or not match.matched else round(match.cpu_seconds, 2),
+            "eval_seconds": eval_seconds,
             "peak_rss_mb": c.get("peak_rss_mb"), "rss_increase_mb": c.get("rss_increase_mb"),
             "changed_bytes": changed, "model_bytes": model_bytes(adapter.model),
             "forward_images": c.get("forward_images", 0), "forward_texts": c.get("forward_texts", 0),
@@ -191,6 +196,7 @@ def _slug(adapter, task: Task, target: Target, cfg: BenchConfig, seed: int, warm
         t = time.perf_counter()
         again = run(warm_task)
         result.timings["warm_seconds"] = round(time.perf_counter() - t, 2)
+        result.timings["warm_cpu_seconds"] = again.timings.get("unlearn_cpu_seconds")
         if (again.layer, again.step_size) != (result.layer, result.step_size):
             raise RuntimeError(f"SLUG's warm run chose {again.layer} at {again.step_size}, the cold one "
                                f"{result.layer} at {result.step_size}: the runs should be identical")
@@ -544,6 +550,12 @@ def _times(slug_row, row) -> tuple[str, str]:
     return ("–" if _missing(warm) else f"{row['match_seconds'] / warm:.1f}x"), f"{row['match_seconds'] / cold:.1f}x"
 
 
+def _cpu(slug_row, row) -> str:
+    """CPU seconds of SLUG cold, warm and the baseline's match ("–" where not measured)."""
+    values = (slug_row.get("unlearn_cpu_seconds"), slug_row.get("unlearn_cpu_seconds_warm"), row.get("match_cpu_seconds"))
+    return ", ".join("–" if _missing(v) else f"{v:.1f}" for v in values)
+
+
 def _quality(metrics: dict | None) -> str:
     """Search-split retain / utility in %, "–" without them."""
     return "–" if not metrics else f"{_pct(metrics.get('retain_top1'))} / {_pct(metrics.get('utility'))}"
@@ -558,10 +570,11 @@ def equal_quality_lines(table: pd.DataFrame) -> list[str]:
              "Each baseline below ran its learning-rate grid again until its edit met SLUG's forget target *and* "
              "SLUG's retain and utility within 1 point (all on the search split, against SLUG's chosen edit; retain / "
              "utility columns: search split, %), or until its budget of optimiser steps ran out. SLUG cold: the "
-             "per-model retain gradient computed; warm: reused from memory.", "",
+             "per-model retain gradient computed; warm: reused from memory. Times are wall seconds; the CPU "
+             "seconds (every thread of the process) show the same work with a crowded machine's load taken out.", "",
              "| concept | seed | SLUG cold (s) | SLUG warm (s) | SLUG retain / utility | method | time to match (s) | "
-             "steps | its retain / utility | match / SLUG warm | match / SLUG cold |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "steps | its retain / utility | match / SLUG warm | match / SLUG cold | CPU s: SLUG cold, warm, match |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for slug_row, r in pairs:
         warm = slug_row.get("unlearn_seconds_warm")
         x_warm, x_cold = _times(slug_row, r)
@@ -569,7 +582,7 @@ def equal_quality_lines(table: pd.DataFrame) -> list[str]:
                      f"{'–' if _missing(warm) else f'{warm:.1f}'} | {_quality(slug_row['detail'].get('search_metrics'))} "
                      f"| {r['method']} | {_match_cell(r, steps=False)} | {int(r['match_steps'])} | "
                      f"{_quality((r['detail'].get('match') or {}).get('search_metrics') if r['matched'] else None)} "
-                     f"| {x_warm} | {x_cold} |")
+                     f"| {x_warm} | {x_cold} | {_cpu(slug_row, r)} |")
     lines.append("")
     for _, r in (p for p in pairs if not p[1]["matched"]):
         lines.append(f"{r['method']} on {r['concept']} (seed {r['seed']}): not matched in {int(r['match_steps'])} "

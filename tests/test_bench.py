@@ -31,6 +31,7 @@ def test_bench_cli_writes_json_markdown_and_figure(tmp_path, capsys):
     assert slug["backward_passes"] >= 2 and slug["changed_bytes"] <= 0.02 * slug["model_bytes"]
     # warm: the same run with the per-model retain gradient already computed (16 of its 18 backward passes)
     assert 0 < slug["unlearn_seconds_warm"] < slug["unlearn_seconds"] and pd.isna(ga["unlearn_seconds_warm"])
+    assert 0 < slug["unlearn_cpu_seconds_warm"] < slug["unlearn_cpu_seconds"]
     if slug["status"] == "ok":
         assert slug["ua"] > orig["ua"]  # the style is no longer recognised as often
     # GA never met the target in 2 steps: both grid points ran to the end, and it moved much of the model
@@ -88,9 +89,10 @@ def _equal_quality_rows(gaft_match_seconds):
     return pd.DataFrame([
         dict(base, method="Original", method_key="original", status="unedited", unlearn_seconds=0.0),
         dict(base, method="SLUG", method_key="slug", unlearn_seconds=5.0, unlearn_seconds_warm=1.0,
+             unlearn_cpu_seconds=4.0, unlearn_cpu_seconds_warm=0.8,
              detail={"search_metrics": {"retain_top1": 1.0, "utility": 0.995}}),
         dict(base, method="GA+FT", method_key="gaft", unlearn_seconds=4.0, matched=True,
-             match_seconds=gaft_match_seconds, match_steps=40, match_budget=120,
+             match_seconds=gaft_match_seconds, match_steps=40, match_budget=120, match_cpu_seconds=15.0,
              detail={"match": {"search_metrics": {"retain_top1": 0.992, "utility": 0.99}}}),
         dict(base, method="SalUn", method_key="salun", unlearn_seconds=4.0, matched=False, match_steps=120,
              match_budget=120)])
@@ -99,8 +101,8 @@ def _equal_quality_rows(gaft_match_seconds):
 def test_equal_quality_section_and_check():
     rows = _equal_quality_rows(gaft_match_seconds=20.0)
     md = markdown_report(rows, {"command": "slugkit bench", "target": "forget_top5"})
-    assert "| A | 0 | 5.0 | 1.0 | 100.0 / 99.5 | GA+FT | 20.0 | 40 | 99.2 / 99.0 | 20.0x | 4.0x |" in md
-    assert "| A | 0 | 5.0 | 1.0 | 100.0 / 99.5 | SalUn | not matched in 120 steps | 120 | – | – | – |" in md
+    assert "| A | 0 | 5.0 | 1.0 | 100.0 / 99.5 | GA+FT | 20.0 | 40 | 99.2 / 99.0 | 20.0x | 4.0x | 4.0, 0.8, 15.0 |" in md
+    assert "| A | 0 | 5.0 | 1.0 | 100.0 / 99.5 | SalUn | not matched in 120 steps | 120 | – | – | – | 4.0, 0.8, – |" in md
     assert "SalUn on A (seed 0): not matched in 120 steps (budget 120 optimiser steps" in md
     assert "| GA+FT | A | 0 | ok |" in md and "| 20.0 (40 steps) |" in md
     checks = claim_checks(rows)

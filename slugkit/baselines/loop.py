@@ -252,6 +252,7 @@ class MatchResult:
     steps: int
     budget: int
     wall_seconds: float  # the whole run, matched or not
+    cpu_seconds: float  # CPU time of the whole run, every thread of this process (robust to a crowded machine)
     rule: str
     result: BaselineResult
 
@@ -273,10 +274,10 @@ def match_baseline(adapter, method: Baseline, task, target: Target, reference: d
         raise ValueError(f"the match budget must give every grid point at least one step: got {budget} steps "
                          f"for {len(grid)} points")
     rule = MatchTarget(target, dict(reference), tolerance)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = run_baseline(adapter, method, task, rule, grid=grid, max_steps=budget // len(grid),
                           eval_every=eval_every, batch_size=batch_size, seed=seed, progress=progress)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     matched = result.status == "ok"
-    return MatchResult(matched, wall if matched else None, result.steps_taken, budget, wall,
+    return MatchResult(matched, wall if matched else None, result.steps_taken, budget, wall, cpu,
                        rule.describe(), result)
