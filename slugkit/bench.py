@@ -263,19 +263,25 @@ def run_method(adapter, method: str, concept: str, seed: int, cfg: BenchConfig, 
               "grid": [dict(g) for g in baseline.grid]}
     match = None
     if method in {m.lower() for m in cfg.match} and reference is not None:
-        match = _match(adapter, method, task, target, reference, cfg, seed)
+        match, test_metrics = _match(adapter, method, task, target, reference, cfg, seed)
         detail["match"] = {"rule": match.rule, "hparams": match.result.hparams, "step": match.result.step,
-                           "search_metrics": match.result.metrics, "wall_seconds": round(match.wall_seconds, 2)}
+                           "search_metrics": match.result.metrics, "test_metrics": test_metrics,
+                           "wall_seconds": round(match.wall_seconds, 2), "cpu_seconds": round(match.cpu_seconds, 2)}
     return _row(method, names, seed, target, _slug_status(result), metrics, meter.cost, changed, adapter, secs, detail,
                 match=match)
 
 
 def _match(adapter, method: str, task: Task, target: Target, reference: dict, cfg: BenchConfig, seed: int):
-    """The baseline run again until it matches SLUG's quality (``reference``, search split); the model is restored."""
+    """The baseline run again until it matches SLUG's quality (``reference``, search split); returns the
+    :class:`~slugkit.baselines.MatchResult` and, when matched, the matched edit's metrics on the held-out test split
+    (``task.report_evaluator``, outside the timing; ``None`` otherwise). The model is restored."""
     match = match_baseline(adapter, make_baseline(method), task, target, reference, budget=cfg.match_budget,
                            eval_every=cfg.eval_every, seed=seed, progress=False)
-    match.result.restore(adapter.model)
-    return match
+    try:
+        test_metrics = task.report_evaluator() if match.matched else None
+    finally:
+        match.result.restore(adapter.model)
+    return match, test_metrics
 
 
 def run_multi(adapter, concepts: Sequence[str], seed: int, cfg: BenchConfig, pictures: dict) -> list[dict]:
@@ -569,19 +575,22 @@ def equal_quality_lines(table: pd.DataFrame) -> list[str]:
     lines = ["## Cost at equal quality", "",
              "Each baseline below ran its learning-rate grid again until its edit met SLUG's forget target *and* "
              "SLUG's retain and utility within 1 point (all on the search split, against SLUG's chosen edit; retain / "
-             "utility columns: search split, %), or until its budget of optimiser steps ran out. SLUG cold: the "
+             "utility columns in %: on the search split, then on the held-out test split), or until its budget of optimiser steps ran out. SLUG cold: the "
              "per-model retain gradient computed; warm: reused from memory. Times are wall seconds; the CPU "
              "seconds (every thread of the process) show the same work with a crowded machine's load taken out.", "",
-             "| concept | seed | SLUG cold (s) | SLUG warm (s) | SLUG retain / utility | method | time to match (s) | "
-             "steps | its retain / utility | match / SLUG warm | match / SLUG cold | CPU s: SLUG cold, warm, match |",
+             "| concept | seed | SLUG cold (s) | SLUG warm (s) | SLUG retain / utility: search; test | method | "
+             "time to match (s) | steps | its retain / utility: search; test | match / SLUG warm | match / SLUG cold | "
+             "CPU s: SLUG cold, warm, match |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for slug_row, r in pairs:
         warm = slug_row.get("unlearn_seconds_warm")
         x_warm, x_cold = _times(slug_row, r)
+        match = (r["detail"].get("match") or {}) if r["matched"] else {}
         lines.append(f"| {r['concept']} | {r['seed']} | {slug_row['unlearn_seconds']:.1f} | "
-                     f"{'–' if _missing(warm) else f'{warm:.1f}'} | {_quality(slug_row['detail'].get('search_metrics'))} "
+                     f"{'–' if _missing(warm) else f'{warm:.1f}'} | {_quality(slug_row['detail'].get('search_metrics'))}; "
+                     f"{_quality({'retain_top1': slug_row['retain'], 'utility': slug_row['utility']})} "
                      f"| {r['method']} | {_match_cell(r, steps=False)} | {int(r['match_steps'])} | "
-                     f"{_quality((r['detail'].get('match') or {}).get('search_metrics') if r['matched'] else None)} "
+                     f"{_quality(match.get('search_metrics'))}; {_quality(match.get('test_metrics'))} "
                      f"| {x_warm} | {x_cold} | {_cpu(slug_row, r)} |")
     lines.append("")
     for _, r in (p for p in pairs if not p[1]["matched"]):

@@ -93,7 +93,8 @@ def _equal_quality_rows(gaft_match_seconds):
              detail={"search_metrics": {"retain_top1": 1.0, "utility": 0.995}}),
         dict(base, method="GA+FT", method_key="gaft", unlearn_seconds=4.0, matched=True,
              match_seconds=gaft_match_seconds, match_steps=40, match_budget=120, match_cpu_seconds=15.0,
-             detail={"match": {"search_metrics": {"retain_top1": 0.992, "utility": 0.99}}}),
+             detail={"match": {"search_metrics": {"retain_top1": 0.992, "utility": 0.99},
+                               "test_metrics": {"retain_top1": 0.85, "utility": 0.97}}}),
         dict(base, method="SalUn", method_key="salun", unlearn_seconds=4.0, matched=False, match_steps=120,
              match_budget=120)])
 
@@ -101,8 +102,10 @@ def _equal_quality_rows(gaft_match_seconds):
 def test_equal_quality_section_and_check():
     rows = _equal_quality_rows(gaft_match_seconds=20.0)
     md = markdown_report(rows, {"command": "slugkit bench", "target": "forget_top5"})
-    assert "| A | 0 | 5.0 | 1.0 | 100.0 / 99.5 | GA+FT | 20.0 | 40 | 99.2 / 99.0 | 20.0x | 4.0x | 4.0, 0.8, 15.0 |" in md
-    assert "| A | 0 | 5.0 | 1.0 | 100.0 / 99.5 | SalUn | not matched in 120 steps | 120 | – | – | – | 4.0, 0.8, – |" in md
+    assert ("| A | 0 | 5.0 | 1.0 | 100.0 / 99.5; 90.0 / 88.0 | GA+FT | 20.0 | 40 | 99.2 / 99.0; 85.0 / 97.0 | 20.0x "
+            "| 4.0x | 4.0, 0.8, 15.0 |") in md
+    assert ("| A | 0 | 5.0 | 1.0 | 100.0 / 99.5; 90.0 / 88.0 | SalUn | not matched in 120 steps | 120 | –; – | – | – "
+            "| 4.0, 0.8, – |") in md
     assert "SalUn on A (seed 0): not matched in 120 steps (budget 120 optimiser steps" in md
     assert "| GA+FT | A | 0 | ok |" in md and "| 20.0 (40 steps) |" in md
     checks = claim_checks(rows)
