@@ -17,6 +17,20 @@ Cost is measured by :class:`~slugkit.eval.metrics.CostMeter` around the unlearni
 the evaluations their stop rule needs); the final evaluation is timed separately (``eval_seconds``).
 All methods run one after another in this process; memory is the peak RSS while the method ran
 (model and data included) after handing freed memory back to the OS, and its increase over the start.
+
+SLUG's single-concept rows carry ``unlearn_seconds`` (cold: the per-model retain gradient computed inside the
+timing) and ``unlearn_seconds_warm`` (the same run again, reusing that retain gradient from memory).
+
+Equal quality (``BenchConfig.match``, default GA+FT and SalUn): a baseline's time to reach the forget target
+is not a fair price when it loses more retain and utility than SLUG on the way. Each baseline in ``match``
+therefore runs again with :func:`slugkit.baselines.match_baseline`: its learning-rate grid until its edit meets
+SLUG's forget target *and* SLUG's retain (``retain_top1``) and utility within 1 point, all measured by the
+task's search evaluator on the **search (val) split**, the split both stop rules use, against SLUG's metrics of
+its chosen edit on that split; or until ``match_budget`` optimiser steps are spent. Its row gains
+``match_seconds`` (``None`` when not matched), ``match_steps`` (the steps it took; the budget when not matched)
+and ``match_budget``.
+SLUG runs first on each concept; without a SLUG edit to match (SLUG not run, or no patch) there is no match
+run and the match fields are ``None``.
 """
 from __future__ import annotations
 
@@ -30,7 +44,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .baselines import make_baseline, run_baseline
+from .baselines import MATCH_BUDGET_STEPS, match_baseline, make_baseline, run_baseline
 from .data.minicanvas import cached_split, find_concept
 from .data.pairs import mentions
 from .gradients import clear_retain_memo
@@ -45,13 +59,15 @@ from .tasks import Evaluator, Task, toy_task
 DEFAULT_CONCEPTS = ("Captain Zorp", "Mira Quell", "Rex Calloway", "Stripes", "star")
 DEFAULT_METHODS = ("slug", "ga", "ft", "gaft", "salun", "ssd")
 DEFAULT_MULTI = ("Captain Zorp", "Mira Quell", "Rex Calloway")
+DEFAULT_MATCH = ("gaft", "salun")  # the baselines that also run to SLUG's quality (see the module docstring)
 METHOD_NAMES = {"original": "Original", "slug": "SLUG", "ga": "GA", "ft": "FT", "gaft": "GA+FT", "salun": "SalUn",
                 "ssd": "SSD", "slug-many": "SLUG (one layer per concept)", "slug-joint": "SLUG (one joint run)"}
 
 
 @dataclass
 class BenchConfig:
-    """What ``slugkit bench`` runs. ``multi``: characters forgotten together (empty: skip)."""
+    """What ``slugkit bench`` runs. ``multi``: characters forgotten together (empty: skip). ``match``: the
+    baselines that also run until they match SLUG's quality, within ``match_budget`` optimiser steps (empty: skip)."""
 
     model: str = "toy-clip"
     concepts: Sequence[str] = DEFAULT_CONCEPTS
@@ -64,6 +80,8 @@ class BenchConfig:
     slug_retain: str = "shared"  # SLUG's retain set (slugkit.slug.RETAIN_SETS); the baselines fine-tune on task.retain
     max_steps: int = 20
     eval_every: int = 5
+    match: Sequence[str] = DEFAULT_MATCH
+    match_budget: int = MATCH_BUDGET_STEPS
     mia_pictures: int = 100
     n_test: int = 2000
     n_val: int = 500
@@ -121,7 +139,7 @@ def _index(name: str) -> int:
 # One method on one concept
 # ----------------------------------------------------------------------------------------------------
 def _row(method: str, concepts, seed: int, target: Target, status: str, metrics: dict, cost, changed: int,
-         adapter, eval_seconds: float, detail: dict) -> dict:
+         adapter, eval_seconds: float, detail: dict, match=None) -> dict:
     names, _ = resolve_concepts(concepts)
     kind = find_concept(names[0])["kind"]
     row = {"method": METHOD_NAMES.get(method, method), "method_key": method, "concept": concept_label(names),
@@ -133,7 +151,17 @@ def _row(method: str, concepts, seed: int, target: Target, status: str, metrics:
     c = cost.to_dict() if cost is not None else {}
     row |= {"unlearn_seconds": c.get("seconds", 0.0),
             # SLUG's single-concept rows: the same run again with the per-model retain gradient already computed
-            "unlearn_seconds_warm": (detail.get("timings") or {}).get("warm_seconds"), "eval_seconds": eval_seconds,
+            "unlearn_seconds_warm": (detail.get("timings") or {}).get("warm_seconds"),
+            # CPU seconds (every thread of the process): the same comparison with the other jobs' load taken out
+            "unlearn_cpu_seconds": (detail.get("timings") or {}).get("unlearn_cpu_seconds"),
+            "unlearn_cpu_seconds_warm": (detail.get("timings") or {}).get("warm_cpu_seconds"),
+            # baselines in BenchConfig.match: time and optimiser steps to reach SLUG's quality (None: not run)
+            "matched": None if match is None else match.matched,
+            "match_seconds": None if match is None or match.seconds is None else round(match.seconds, 2),
+            "match_steps": None if match is None else match.steps,
+            "match_budget": None if match is None else match.budget,
+            "match_cpu_seconds": None if match is None or not match.matched else round(match.cpu_seconds, 2),
+            "eval_seconds": eval_seconds,
             "peak_rss_mb": c.get("peak_rss_mb"), "rss_increase_mb": c.get("rss_increase_mb"),
             "changed_bytes": changed, "model_bytes": model_bytes(adapter.model),
             "forward_images": c.get("forward_images", 0), "forward_texts": c.get("forward_texts", 0),
@@ -149,26 +177,32 @@ def _evaluate(adapter, names, world, pictures) -> tuple[dict, float]:
     return metrics, time.perf_counter() - t
 
 
-def _slug(adapter, task: Task, target: Target, cfg: BenchConfig, seed: int, warm: bool = False):
+def _slug(adapter, task: Task, target: Target, cfg: BenchConfig, seed: int, warm_task: Task | None = None):
     """SLUG with its built-in report skipped; returns (UnlearnResult, Cost).
 
     Cold: the per-model retain gradient is computed inside the measured time (the in-memory copy is dropped
-    first). ``warm``: the run is repeated with it kept, and ``result.timings["warm_seconds"]`` is that run's wall time
-    (the same layer and step size: only the retain gradient is skipped)."""
-    run = lambda: unlearn(  # noqa: E731
-        adapter, concept_label(task.concept) if not isinstance(task.concept, str) else task.concept,
-        task=without_report(task), policy=cfg.slug_policy, target=target, max_evals=cfg.slug_max_evals, seed=seed,
+    first). With ``warm_task`` (the same task built afresh, so that its evaluators hold nothing the cold run
+    prepared) the run is repeated with the retain gradient kept, and ``result.timings["warm_seconds"]`` is that
+    run's wall time (the same layer and step size: only the retain gradient is skipped, checked: the warm run's
+    retain gradient must be the very tensors the cold run computed)."""
+    run = lambda t: unlearn(  # noqa: E731
+        adapter, concept_label(t.concept) if not isinstance(t.concept, str) else t.concept,
+        task=without_report(t), policy=cfg.slug_policy, target=target, max_evals=cfg.slug_max_evals, seed=seed,
         store=None, retain=cfg.slug_retain, progress=False)
     clear_retain_memo()
     with CostMeter(adapter) as meter:
-        result = run()
-    if warm:
+        result = run(task)
+    if warm_task is not None:
         t = time.perf_counter()
-        again = run()
+        again = run(warm_task)
         result.timings["warm_seconds"] = round(time.perf_counter() - t, 2)
+        result.timings["warm_cpu_seconds"] = again.timings.get("unlearn_cpu_seconds")
         if (again.layer, again.step_size) != (result.layer, result.step_size):
             raise RuntimeError(f"SLUG's warm run chose {again.layer} at {again.step_size}, the cold one "
                                f"{result.layer} at {result.step_size}: the runs should be identical")
+        if any(again.gradients.retain[n] is not g for n, g in result.gradients.retain.items()):
+            raise RuntimeError("SLUG's warm run computed its retain gradient again instead of reusing the cold run's: "
+                               "its time is not warm (check the retain set is 'shared')")
     return result, meter.cost
 
 
@@ -179,13 +213,20 @@ def _slug_status(result) -> str:
 
 
 def _slug_detail(result) -> dict:
+    chosen = result.chosen_search
     return {"layer": result.layer, "tower": result.tower, "step_size": result.step_size,
             "layers_tried": len(result.searches), "evaluations": 1 + sum(len(s.trace) for s in result.searches),  # one baseline for all
-            "timings": result.timings}
+            "timings": result.timings,
+            # the chosen edit on the search split: the quality the baselines must match (BenchConfig.match)
+            "search_metrics": None if chosen is None or result.patch is None else chosen.best_metrics}
 
 
-def run_method(adapter, method: str, concept: str, seed: int, cfg: BenchConfig, pictures: dict) -> dict:
-    """One bench row: ``method`` ("original", "slug" or a baseline name) forgetting ``concept``."""
+def run_method(adapter, method: str, concept: str, seed: int, cfg: BenchConfig, pictures: dict,
+               reference: dict | None = None) -> dict:
+    """One bench row: ``method`` ("original", "slug" or a baseline name) forgetting ``concept``.
+
+    ``reference``: SLUG's search-split metrics on this concept and seed (its row's ``detail["search_metrics"]``);
+    with it, a baseline in ``cfg.match`` also runs until it matches them (:func:`_match`)."""
     target = Target(forget_metric=cfg.target)
     task = toy_task(adapter, concept, seed=seed, n_val=cfg.n_val, n_test=cfg.n_test)
     world = task.report_evaluator.world
@@ -195,7 +236,8 @@ def run_method(adapter, method: str, concept: str, seed: int, cfg: BenchConfig, 
         metrics, secs = _evaluate(adapter, names, world, pictures)
         return _row(method, names, seed, target, "unedited", metrics, None, 0, adapter, secs, {})
     if method == "slug":
-        result, cost = _slug(adapter, task, target, cfg, seed, warm=True)
+        warm_task = toy_task(adapter, concept, seed=seed, n_val=cfg.n_val, n_test=cfg.n_test)
+        result, cost = _slug(adapter, task, target, cfg, seed, warm_task=warm_task)
         detail = _slug_detail(result)
         if result.patch is None:
             metrics, secs = _evaluate(adapter, names, world, pictures)
@@ -219,7 +261,27 @@ def run_method(adapter, method: str, concept: str, seed: int, cfg: BenchConfig, 
         result.restore(adapter.model)
     detail = {"hparams": result.hparams, "step": result.step, "evaluations": result.evaluations,
               "grid": [dict(g) for g in baseline.grid]}
-    return _row(method, names, seed, target, _slug_status(result), metrics, meter.cost, changed, adapter, secs, detail)
+    match = None
+    if method in {m.lower() for m in cfg.match} and reference is not None:
+        match, test_metrics = _match(adapter, method, task, target, reference, cfg, seed)
+        detail["match"] = {"rule": match.rule, "hparams": match.result.hparams, "step": match.result.step,
+                           "search_metrics": match.result.metrics, "test_metrics": test_metrics,
+                           "wall_seconds": round(match.wall_seconds, 2), "cpu_seconds": round(match.cpu_seconds, 2)}
+    return _row(method, names, seed, target, _slug_status(result), metrics, meter.cost, changed, adapter, secs, detail,
+                match=match)
+
+
+def _match(adapter, method: str, task: Task, target: Target, reference: dict, cfg: BenchConfig, seed: int):
+    """The baseline run again until it matches SLUG's quality (``reference``, search split); returns the
+    :class:`~slugkit.baselines.MatchResult` and, when matched, the matched edit's metrics on the held-out test split
+    (``task.report_evaluator``, outside the timing; ``None`` otherwise). The model is restored."""
+    match = match_baseline(adapter, make_baseline(method), task, target, reference, budget=cfg.match_budget,
+                           eval_every=cfg.eval_every, seed=seed, progress=False)
+    try:
+        test_metrics = task.report_evaluator() if match.matched else None
+    finally:
+        match.result.restore(adapter.model)
+    return match, test_metrics
 
 
 def run_multi(adapter, concepts: Sequence[str], seed: int, cfg: BenchConfig, pictures: dict) -> list[dict]:
@@ -278,10 +340,14 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     if cfg.model not in TOY_MODELS:
         raise ValueError(f"`slugkit bench` runs on the toy world models {', '.join(TOY_MODELS)}, got {cfg.model!r}; "
                          "see the README for a real model")
-    methods = [m.lower() for m in cfg.methods]
+    methods = sorted((m.lower() for m in cfg.methods), key=lambda m: m != "slug")  # SLUG first: the match reference
     for m in methods:
         if m != "slug":
             make_baseline(m)  # fails early on an unknown name
+    for m in cfg.match:
+        if m.lower() == "slug":
+            raise ValueError("BenchConfig.match lists baselines (e.g. gaft salun), not slug: SLUG is the reference")
+        make_baseline(m)  # fails early on an unknown name
     concepts = [find_concept(c)["name"] for c in cfg.concepts]
     multi = [find_concept(c)["name"] for c in cfg.multi]
     if not concepts and not multi:
@@ -291,6 +357,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     jobs = [(s, c, m) for s in cfg.seeds for c in concepts for m in ["original", *methods]]
     jobs += [(s, tuple(multi), "multi") for s in cfg.seeds if multi and "slug" in methods]
     pictures: dict = {}
+    references: dict = {}  # (seed, concept) -> SLUG's search-split metrics, for the baselines' match runs
     rows = []
     start = time.perf_counter()
     bar = tqdm(jobs, desc="bench", disable=not progress)
@@ -302,7 +369,9 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
         if method == "multi":
             rows += run_multi(adapter, list(concept), seed, cfg, pictures[key])
         else:
-            rows.append(run_method(adapter, method, concept, seed, cfg, pictures[key]))
+            rows.append(run_method(adapter, method, concept, seed, cfg, pictures[key], references.get((seed, concept))))
+            if method == "slug":
+                references[(seed, concept)] = rows[-1]["detail"].get("search_metrics")
         if out is not None:  # partial results survive an interrupted run
             write_outputs(pd.DataFrame(rows), cfg, Path(out), seconds=time.perf_counter() - start, figure=False)
     table = pd.DataFrame(rows)
@@ -338,6 +407,7 @@ def command_line(cfg: BenchConfig) -> str:
     parts = [f"slugkit bench --model {cfg.model}", f"--concepts {q(cfg.concepts)}", f"--methods {q(cfg.methods)}",
              f"--seeds {q(cfg.seeds)}", f"--multi {q(cfg.multi)}" if cfg.multi else "--multi",
              f"--slug-policy {cfg.slug_policy}", f"--max-steps {cfg.max_steps}", f"--eval-every {cfg.eval_every}",
+             f"--match {q(cfg.match)}" if cfg.match else "--match", f"--match-budget {cfg.match_budget}",
              f"--mia-pictures {cfg.mia_pictures}", f"--n-test {cfg.n_test}"]
     return " ".join(parts)
 
@@ -445,16 +515,89 @@ def markdown_report(table: pd.DataFrame, config: dict) -> str:
                          f"{_pct(r['forget_top5'])} | {_pct(r['retain'])} | {_pct(r['utility'])} | {_pct(r['mia'])} | "
                          f"{r['unlearn_seconds']:.1f} | {r['changed_pct']:.2f} |")
         lines.append("")
+    lines += equal_quality_lines(table)
     lines += ["## Every run", "", "| method | concept | seed | status | forget top-1 | forget top-5 | retain | utility | "
-              "MIA | UA | IRA | CRA | time (s) | backward passes | changed (%) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "MIA | UA | IRA | CRA | time (s) | time to match (s) | backward passes | changed (%) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table[~table["kind"].str.contains(" ")].iterrows():
         lines.append(f"| {r['method']} | {r['concept']} | {r['seed']} | {r['status']} | {_pct(r['forget_top1'])} | "
                      f"{_pct(r['forget_top5'])} | {_pct(r['retain'])} | {_pct(r['utility'])} | {_pct(r['mia'])} | "
                      f"{_pct(r['ua'])} | {_pct(r['ira'])} | {_pct(r['cra'])} | {r['unlearn_seconds']:.1f} | "
-                     f"{r['backward_passes']} | {r['changed_pct']:.2f} |")
+                     f"{_match_cell(r)} | {r['backward_passes']} | {r['changed_pct']:.2f} |")
     lines += ["", "## Checks (the claims of the paper, in this run)", ""] + [f"- {c}" for c in claim_checks(table)]
     return "\n".join(lines) + "\n"
+
+
+def _match_cell(r, steps: bool = True) -> str:
+    """A row's time to match SLUG's quality: seconds (and steps), "not matched in N steps", or "–" (no match run)."""
+    matched = r.get("matched")
+    if _missing(matched):
+        return "–"
+    if not matched:
+        return f"not matched in {int(r['match_steps'])} steps"
+    return f"{r['match_seconds']:.1f}" + (f" ({int(r['match_steps'])} steps)" if steps else "")
+
+
+def _match_pairs(table: pd.DataFrame):
+    """(SLUG row, baseline row) for every single-concept baseline row with a match run, on the same concept and seed."""
+    if "matched" not in table:
+        return []
+    single = table[~table["kind"].str.contains(" ")]
+    slug = single[single["method_key"] == "slug"].set_index(["concept", "seed"])
+    runs = single[single["method_key"].ne("slug") & single["matched"].notna()]
+    return [(slug.loc[(r["concept"], r["seed"])], r) for _, r in runs.iterrows() if (r["concept"], r["seed"]) in slug.index]
+
+
+def _times(slug_row, row) -> tuple[str, str]:
+    """The baseline's time to match as a multiple of SLUG's warm and cold times ("–" when not matched)."""
+    if not row["matched"]:
+        return "–", "–"
+    warm, cold = slug_row.get("unlearn_seconds_warm"), slug_row["unlearn_seconds"]
+    return ("–" if _missing(warm) else f"{row['match_seconds'] / warm:.1f}x"), f"{row['match_seconds'] / cold:.1f}x"
+
+
+def _cpu(slug_row, row) -> str:
+    """CPU seconds of SLUG cold, warm and the baseline's match ("–" where not measured)."""
+    values = (slug_row.get("unlearn_cpu_seconds"), slug_row.get("unlearn_cpu_seconds_warm"), row.get("match_cpu_seconds"))
+    return ", ".join("–" if _missing(v) else f"{v:.1f}" for v in values)
+
+
+def _quality(metrics: dict | None) -> str:
+    """Search-split retain / utility in %, "–" without them."""
+    return "–" if not metrics else f"{_pct(metrics.get('retain_top1'))} / {_pct(metrics.get('utility'))}"
+
+
+def equal_quality_lines(table: pd.DataFrame) -> list[str]:
+    """The "cost at equal quality" section of ``bench.md`` (empty without match runs)."""
+    pairs = _match_pairs(table)
+    if not pairs:
+        return []
+    lines = ["## Cost at equal quality", "",
+             "Each baseline below ran its learning-rate grid again until its edit met SLUG's forget target *and* "
+             "SLUG's retain and utility within 1 point (all on the search split, against SLUG's chosen edit; retain / "
+             "utility columns in %: on the search split, then on the held-out test split), or until its budget of optimiser steps ran out. SLUG cold: the "
+             "per-model retain gradient computed; warm: reused from memory. Times are wall seconds; the CPU "
+             "seconds (every thread of the process) show the same work with a crowded machine's load taken out.", "",
+             "| concept | seed | SLUG cold (s) | SLUG warm (s) | SLUG retain / utility: search; test | method | "
+             "time to match (s) | steps | its retain / utility: search; test | match / SLUG warm | match / SLUG cold | "
+             "CPU s: SLUG cold, warm, match |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for slug_row, r in pairs:
+        warm = slug_row.get("unlearn_seconds_warm")
+        x_warm, x_cold = _times(slug_row, r)
+        match = (r["detail"].get("match") or {}) if r["matched"] else {}
+        lines.append(f"| {r['concept']} | {r['seed']} | {slug_row['unlearn_seconds']:.1f} | "
+                     f"{'–' if _missing(warm) else f'{warm:.1f}'} | {_quality(slug_row['detail'].get('search_metrics'))}; "
+                     f"{_quality({'retain_top1': slug_row['retain'], 'utility': slug_row['utility']})} "
+                     f"| {r['method']} | {_match_cell(r, steps=False)} | {int(r['match_steps'])} | "
+                     f"{_quality(match.get('search_metrics'))}; {_quality(match.get('test_metrics'))} "
+                     f"| {x_warm} | {x_cold} | {_cpu(slug_row, r)} |")
+    lines.append("")
+    for _, r in (p for p in pairs if not p[1]["matched"]):
+        lines.append(f"{r['method']} on {r['concept']} (seed {r['seed']}): not matched in {int(r['match_steps'])} "
+                     f"steps (budget {int(r['match_budget'])} optimiser steps over its grid): no point of its grid "
+                     "reached SLUG's forget target with SLUG's retain and utility.")
+    return lines + [""]
 
 
 def claim_checks(table: pd.DataFrame) -> list[str]:
@@ -488,7 +631,28 @@ def claim_checks(table: pd.DataFrame) -> list[str]:
             ratio = other["unlearn_seconds"].mean() / max(t_slug, 1e-9)
             out.append(f"{'HOLDS' if ratio >= 10 else 'FAILS'}: {name} takes {ratio:.1f}x SLUG's unlearning time "
                        f"({other['unlearn_seconds'].mean():.1f} s vs {t_slug:.1f} s; the claim needs >= 10x)")
+    for key in ("gaft", "salun"):
+        pairs = [(s, r) for s, r in _match_pairs(table) if r["method_key"] == key]
+        if pairs:
+            out.append(equal_quality_check(METHOD_NAMES[key], pairs))
     return out
+
+
+def equal_quality_check(name: str, pairs) -> str:
+    """HOLDS when, on every concept x seed, the baseline never matched SLUG's quality within its budget or took at
+    least 10x SLUG's warm time and 3x its cold time to match it."""
+    parts, ok = [], True
+    for slug_row, r in pairs:
+        if not r["matched"]:
+            parts.append(f"{r['concept']}: not matched in {int(r['match_steps'])} steps")
+            continue
+        warm = slug_row.get("unlearn_seconds_warm")
+        x_warm = np.nan if _missing(warm) else r["match_seconds"] / warm
+        x_cold = r["match_seconds"] / slug_row["unlearn_seconds"]
+        ok &= bool(x_warm >= 10) and x_cold >= 3
+        parts.append(f"{r['concept']}: {r['match_seconds']:.1f} s = {x_warm:.1f}x warm, {x_cold:.1f}x cold")
+    return (f"{'HOLDS' if ok else 'FAILS'}: at equal quality SLUG warm is >= 10x and cold >= 3x faster than {name}'s "
+            f"time to match (or it never matches): {'; '.join(parts)}")
 
 
 def tradeoff_figure(table: pd.DataFrame):

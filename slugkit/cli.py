@@ -488,7 +488,9 @@ def cmd_bench(args) -> int:
     cfg = BenchConfig(model=args.model, concepts=pick(args.concepts, default.concepts),
                       methods=pick(args.methods, default.methods), seeds=args.seeds,
                       multi=pick(args.multi, default.multi), slug_policy=args.slug_policy, max_steps=args.max_steps,
-                      eval_every=args.eval_every, mia_pictures=args.mia_pictures, n_test=args.n_test)
+                      eval_every=args.eval_every, match=pick(args.match, default.match),
+                      match_budget=default.match_budget if args.match_budget is None else args.match_budget,
+                      mia_pictures=args.mia_pictures, n_test=args.n_test)
     table = run_bench(cfg, args.out, progress=not args.quiet)
     out = Path(args.out)
     print((out / "bench.md").read_text())
@@ -681,6 +683,11 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--slug-policy", default="pareto", help="SLUG layer policy: pareto, deepest or a layer name")
     bp.add_argument("--max-steps", type=int, default=20, help="baseline steps per grid point")
     bp.add_argument("--eval-every", type=int, default=5, help="baseline steps between evaluations")
+    bp.add_argument("--match", nargs="*", help="baselines that also run until they match SLUG's forget target, "
+                    "retain and utility (within 1 point, search split): match_seconds / match_steps (default: gaft "
+                    "salun; no names: skip)")
+    bp.add_argument("--match-budget", type=int, help="optimiser steps over the grid before a match run gives up "
+                    "(default: slugkit.baselines.MATCH_BUDGET_STEPS)")
     bp.add_argument("--mia-pictures", type=int, default=100, help="training and unseen pictures per concept for MIA")
     bp.add_argument("--n-test", type=int, default=2000, help="held-out test pictures")
     bp.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fakes import FakeAdapter
-from slugkit.baselines import BASELINES, run_baseline, make_baseline
+from slugkit.baselines import BASELINES, MatchTarget, make_baseline, match_baseline, run_baseline
 from slugkit.data.pairs import InMemoryPairs, pair_loader
 from slugkit.gradients import forget_loss, retain_loss
 from slugkit.step_size_search import Target
@@ -133,3 +133,62 @@ def test_unknown_baseline_and_empty_grid_are_refused(setup):
     with pytest.raises(ValueError, match="grid is empty"):
         run_baseline(adapter, make_baseline("ga"), task, grid=[], progress=False)
     assert type(make_baseline("GA+FT")).__name__ == "GAFT"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Equal quality: match_baseline stops only when the forget target AND the retain / utility bar are met
+# ----------------------------------------------------------------------------------------------------
+def test_match_target_needs_the_forget_target_and_every_quality_metric_within_the_tolerance():
+    rule = MatchTarget(Target("forget_top5"), {"forget_top5": 0.0, "retain_top1": 0.95, "utility": 0.90})
+    ok = {"forget_top5": 0.0, "retain_top1": 0.945, "utility": 0.89}  # 0.5 and 1.0 point below: within the bar
+    assert rule.met(ok, {}) and rule.forget_metric == "forget_top5"
+    assert not rule.met(ok | {"forget_top5": 0.02}, {})  # the forget target not reached
+    assert not rule.met(ok | {"retain_top1": 0.93}, {})  # forgets, but retain 2 points below SLUG's
+    assert not rule.met(ok | {"utility": 0.885}, {})  # forgets, but utility 1.5 points below
+    assert "retain_top1 >= 0.9500 - 0.01" in rule.describe()
+    with pytest.raises(ValueError, match="lack \\['utility'\\]"):
+        MatchTarget(Target("forget_top5"), {"forget_top5": 0.0, "retain_top1": 0.95})
+
+
+def _forget_target(ev, drop=0.05):
+    return Target("forget_cos", threshold=ev()["forget_cos"] - drop)  # reached by GA+FT at lr 3e-2 within 12 steps
+
+
+def test_match_reaching_the_forget_target_without_the_quality_is_not_matched_and_spends_the_budget(setup):
+    adapter, task, ev = setup
+    target = _forget_target(ev)
+    unreachable = ev() | {"retain_top1": 100.0, "utility": 100.0}  # a quality no edit of the fake reaches
+    m = match_baseline(adapter, make_baseline("gaft"), task, target, unreachable, budget=16, eval_every=4,
+                       grid=[{"lr": 3e-2}, {"lr": 1e-2}], batch_size=8, progress=False)
+    assert not m.matched and m.seconds is None and m.steps == m.budget == 16 and m.wall_seconds > 0
+    assert m.result.evaluations == 4  # 8 steps per grid point, evaluated every 4: both ran their share
+    assert any(target.reached(t["metrics"]) for t in m.result.trace)  # it forgot: the quality bar stopped it
+    m.result.restore(adapter.model)
+    plain = run_baseline(adapter, make_baseline("gaft"), task, target, grid=[{"lr": 3e-2}], max_steps=16,
+                         eval_every=4, batch_size=8, progress=False)
+    assert plain.status == "ok"  # the plain stop rule (forget target only) is met by the same run
+
+
+def test_match_meeting_everything_is_matched_with_its_steps_and_seconds(setup):
+    adapter, task, ev = setup
+    target = _forget_target(ev)
+    reference = ev() | {"retain_top1": ev()["retain_top1"] - 5.0, "utility": ev()["utility"] - 5.0}  # a low bar
+    m = match_baseline(adapter, make_baseline("gaft"), task, target, reference, budget=40, eval_every=2,
+                       grid=[{"lr": 3e-2}, {"lr": 1e-2}], batch_size=8, progress=False)
+    assert m.matched and 0 < m.seconds == m.wall_seconds and m.cpu_seconds > 0 and m.result.status == "ok"
+    assert m.steps == m.result.step < 20 and m.result.trace[-1]["met"]  # stopped at the first grid point's match
+    assert not any(t["met"] for t in m.result.trace[:-1])
+    assert ev()["forget_cos"] <= target.threshold  # the model holds the matched weights
+
+
+def test_match_counts_the_steps_of_every_grid_point_tried(setup):
+    adapter, task, ev = setup
+    target = _forget_target(ev)
+    reference = ev() | {"retain_top1": ev()["retain_top1"] - 5.0, "utility": ev()["utility"] - 5.0}
+    # the first point (lr 0: no change) cannot forget; its whole share of the budget counts before the second
+    m = match_baseline(adapter, make_baseline("gaft"), task, target, reference, budget=40, eval_every=2,
+                       grid=[{"lr": 0.0}, {"lr": 3e-2}], batch_size=8, progress=False)
+    assert m.matched and m.result.hparams == {"lr": 3e-2} and m.steps == 20 + m.result.step
+    with pytest.raises(ValueError, match="at least one step"):
+        match_baseline(adapter, make_baseline("gaft"), task, target, reference, budget=1,
+                       grid=[{"lr": 0.0}, {"lr": 3e-2}], progress=False)

@@ -11,8 +11,10 @@ Example::
     result = run_baseline(adapter, BASELINES["gaft"](), task, target)
     result.status, result.hparams, result.metrics["forget_top5"]
 """
-from .loop import Baseline, BaselineResult, run_baseline
+from .loop import (MATCH_BUDGET_STEPS, MATCH_TOLERANCE, Baseline, BaselineResult, MatchResult, MatchTarget,
+                   match_baseline, run_baseline)
 from .methods import BASELINES, FT, GA, GAFT, SSD, SalUn, make_baseline
 
-__all__ = ["Baseline", "BaselineResult", "run_baseline", "BASELINES", "GA", "FT", "GAFT", "SalUn", "SSD",
+__all__ = ["Baseline", "BaselineResult", "run_baseline", "match_baseline", "MatchTarget", "MatchResult",
+           "MATCH_BUDGET_STEPS", "MATCH_TOLERANCE", "BASELINES", "GA", "FT", "GAFT", "SalUn", "SSD",
            "make_baseline"]

@@ -11,10 +11,15 @@ which hyper-parameters it tries (``grid``). :func:`run_baseline` does the rest, 
    reported as ``"target-not-reached"``.
 
 The model is left holding the chosen weights; :attr:`BaselineResult.original` restores it.
+
+:func:`match_baseline` is the equal-quality comparison: the same loop with :class:`MatchTarget` as the stop
+rule (SLUG's forget target *and* SLUG's retain and utility within :data:`MATCH_TOLERANCE`) and a budget of
+optimiser steps over the whole grid (:data:`MATCH_BUDGET_STEPS`); it reports the time and steps to match.
 """
 from __future__ import annotations
 
 import itertools
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,6 +79,7 @@ class BaselineResult:
     baseline: dict
     trace: list[dict]
     original: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    steps_taken: int = 0  # optimiser steps over every grid point tried (each starts from the original weights)
 
     @property
     def evaluations(self) -> int:
@@ -126,6 +132,7 @@ def run_baseline(adapter, method: Baseline, task, target: Target | None = None, 
                                 seed=seed)
     run = Run(adapter, cycle(forget_loader), cycle(retain_loader), forget_loader, retain_loader, max_steps, seed)
     trace: list[dict] = []
+    steps_taken = 0
     met_points: list[tuple[float, int, dict]] = []  # (score, trace index, weights)
     fallback: tuple[tuple, int, dict] | None = None
     model.eval()
@@ -145,6 +152,7 @@ def run_baseline(adapter, method: Baseline, task, target: Target | None = None, 
                 if step and step % every and step != max_steps:  # the method stopped early, off the grid
                     if not _evaluate(evaluator, target, baseline, hp, step, trace, model, met_points):
                         fallback = _better_fallback(fallback, trace, target, model)
+            steps_taken += step
             if met_points:
                 break
     finally:
@@ -162,7 +170,7 @@ def run_baseline(adapter, method: Baseline, task, target: Target | None = None, 
     _load(model, weights)
     point = trace[i]
     return BaselineResult(method.name, status, point["hparams"], point["step"], point["metrics"], baseline, trace,
-                          original)
+                          original, steps_taken)
 
 
 def _evaluate(evaluator, target, baseline, hp, step, trace, model, met_points) -> bool:
@@ -182,3 +190,94 @@ def _better_fallback(current, trace, target, model):
     if current is None or key > current[0]:
         return key, len(trace) - 1, _copy(model)
     return current
+
+
+# ----------------------------------------------------------------------------------------------------
+# Equal quality: run until SLUG's forget target and SLUG's retain and utility are all met
+# ----------------------------------------------------------------------------------------------------
+MATCH_TOLERANCE = 0.01  # retain and utility may be at most 1 point below SLUG's
+MATCH_BUDGET_STEPS = 120  # optimiser steps over the whole grid (split evenly over its points) before giving up
+MATCH_METRICS = ("retain_top1", "utility")
+
+
+@dataclass(frozen=True)
+class MatchTarget:
+    """A stop rule at SLUG's quality: ``target`` reached *and* every one of ``metrics`` at least
+    ``reference[m] - tolerance``, where ``reference`` is what SLUG's chosen edit measured on the same split.
+
+    Duck-types :class:`~slugkit.step_size_search.Target` (``forget_metric``, ``reached``, ``met``, ``score``),
+    so :func:`run_baseline` runs unchanged with it.
+    """
+
+    target: Target
+    reference: dict
+    tolerance: float = MATCH_TOLERANCE
+    metrics: tuple[str, ...] = MATCH_METRICS
+
+    def __post_init__(self):
+        missing = [m for m in (*self.metrics, self.target.forget_metric) if m not in self.reference]
+        if missing:
+            raise ValueError(f"the reference metrics lack {missing}: pass SLUG's search-split metrics of its chosen "
+                             f"edit (they have {sorted(self.reference)})")
+
+    @property
+    def forget_metric(self) -> str:
+        return self.target.forget_metric
+
+    def describe(self) -> str:
+        bars = ", ".join(f"{m} >= {float(self.reference[m]):.4f} - {self.tolerance:g}" for m in self.metrics)
+        return f"{self.target.describe()} and {bars}"
+
+    def reached(self, metrics: dict) -> bool:
+        return self.target.reached(metrics)
+
+    def met(self, metrics: dict, baseline: dict) -> bool:
+        """The forget target met (with its own guard, if any) and every quality metric within the tolerance."""
+        return self.target.met(metrics, baseline) and all(
+            float(metrics[m]) >= float(self.reference[m]) - self.tolerance - 1e-12 for m in self.metrics)
+
+    def score(self, metrics: dict) -> float:
+        return self.target.score(metrics)
+
+
+@dataclass
+class MatchResult:
+    """Outcome of :func:`match_baseline`. ``seconds`` is ``None`` when the budget ran out first; ``steps`` is
+    the optimiser steps it took over the grid (when not matched: every grid point ran its share of ``budget``,
+    so the budget itself, or fewer for a method with fewer steps, such as SSD's six alphas); ``result`` the
+    underlying run."""
+
+    matched: bool
+    seconds: float | None
+    steps: int
+    budget: int
+    wall_seconds: float  # the whole run, matched or not
+    cpu_seconds: float  # CPU time of the whole run, every thread of this process (robust to a crowded machine)
+    rule: str
+    result: BaselineResult
+
+
+def match_baseline(adapter, method: Baseline, task, target: Target, reference: dict,
+                   tolerance: float = MATCH_TOLERANCE, budget: int = MATCH_BUDGET_STEPS, eval_every: int = 5,
+                   grid: list[dict] | None = None, batch_size: int = 32, seed: int = 0,
+                   progress: bool = True) -> MatchResult:
+    """Time for ``method`` to reach SLUG's quality: its grid (or ``grid``; gentlest first), each point for at most
+    ``budget // len(grid)`` optimiser steps, stopping at the first evaluation that meets :class:`MatchTarget`.
+
+    ``reference``: SLUG's metrics of its chosen edit on ``task.search_evaluator``'s split (the search split, the
+    one both stop rules use), e.g. ``result.chosen_search.best_metrics``. The model is left holding the run's
+    chosen weights (``result.result.restore(model)`` puts the original back). The time includes the method's
+    setup (e.g. SalUn's saliency mask) and every evaluation, as ``unlearn_seconds`` does.
+    """
+    grid = list(grid if grid is not None else method.grid)
+    if budget < len(grid):
+        raise ValueError(f"the match budget must give every grid point at least one step: got {budget} steps "
+                         f"for {len(grid)} points")
+    rule = MatchTarget(target, dict(reference), tolerance)
+    start, cpu = time.perf_counter(), time.process_time()
+    result = run_baseline(adapter, method, task, rule, grid=grid, max_steps=budget // len(grid),
+                          eval_every=eval_every, batch_size=batch_size, seed=seed, progress=progress)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    matched = result.status == "ok"
+    return MatchResult(matched, wall if matched else None, result.steps_taken, budget, wall, cpu,
+                       rule.describe(), result)
