@@ -20,21 +20,21 @@ demo: $(STAMP)
 
 ## unit tests, every notebook executed with nbmake, the book built from them, the browser tests
 test: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=15
 	$(MAKE) book
 	$(MAKE) browser-test
 
 ## every notebook executed once (nbmake) on a copy in runs/notebooks/: the outputs the book shows
 notebooks: $(STAMP)
 	rm -rf runs/notebooks && mkdir -p runs/notebooks && cp notebooks/*.ipynb runs/notebooks/
-	$(PY) -m pytest runs/notebooks --nbmake --nbmake-timeout=1200 --overwrite -q -p no:cacheprovider
+	$(PY) -m pytest runs/notebooks --nbmake --nbmake-timeout=1200 --overwrite -q -p no:cacheprovider --durations=0
 
 ## the offline HTML book in runs/book/ (Sphinx + MyST-NB, alabaster theme): executed notebooks + docs/ pages
 book: notebooks
 	$(PY) scripts/build_book.py --notebooks runs/notebooks --out runs/book
 
 unit: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=15
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
