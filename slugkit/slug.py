@@ -77,6 +77,7 @@ class UnlearnResult:
     retain_set: str = "shared"  # "shared", "per-concept", or "task" (a task built without a shared set)
 
     step_search: SearchResult | None = None  # the chosen layer's step size searched again (``step_evaluator``)
+    step_searches: list[SearchResult] = field(default_factory=list)  # every second search, in order (the last: ^)
     host: str | None = None  # set by :func:`unlearn_host`: the model that embeds the edited tower
     host_metrics: dict = field(default_factory=dict)  # the host's NAME_before / NAME_after metrics
     edited_model_bytes: int | None = None  # bytes of the host's edited tower
@@ -130,6 +131,7 @@ class UnlearnResult:
             "layers_tried": [s.layer for s in self.searches],
             "search": [s.to_dict() for s in self.searches],
             "step_search": self.step_search.to_dict() if self.step_search else None,
+            "layers_searched_again": [s.layer for s in self.step_searches],
             "no_patch": self.no_patch,
             "layer_table": self.table.assign(shape=self.table["shape"].map(list)).to_dict(orient="records"),
         } | ({"host": self.host, "clip_model": self.model, "search_mode": self.search,
@@ -215,17 +217,17 @@ def unmeasured(before: dict, after: dict, evaluator=None) -> tuple[list[str], li
 
 
 def explain_no_patch(target: Target, searches: Sequence[SearchResult],
-                     step_search: SearchResult | None = None) -> dict:
+                     step_searches: Sequence[SearchResult] = ()) -> dict:
     """Why a run made no patch, and the step size that came closest to the stop rule.
 
-    ``step_search`` (the second search, when the layer met the target on the CLIP but not on the host) is
-    the one that decided; otherwise every layer's search. Returns ``{"why", "layer", "closest_lambda",
-    "closest_forget", "forget_metric", "evaluations"}`` (the last three describe the closest evaluation and
-    how many were made), ``why`` one sentence for ``report.json`` and the summary.
+    ``step_searches`` (the second searches, on the host's own outputs, when there were any) are the ones that
+    decided; otherwise every layer's search. Returns ``{"why", "layer", "closest_lambda", "closest_forget",
+    "forget_metric", "evaluations"}`` (the last three describe the closest evaluation and how many were made),
+    ``why`` one sentence for ``report.json`` and the summary.
     """
-    pool = [step_search] if step_search is not None else list(searches)
-    where = (f"the second search of {step_search.layer} (on the host's own outputs) met no step size"
-             if step_search is not None else f"no step size of the {len(pool)} searched layer(s) met it")
+    pool = list(step_searches) or list(searches)
+    where = (f"the second search of {', '.join(s.layer for s in pool)} (on the host's own outputs) met no step size"
+             if step_searches else f"no step size of the {len(pool)} searched layer(s) met it")
     tried = [(s, s.closest(target)) for s in pool if s.trace]
     evaluations = sum(len(s.trace) for s in pool)
     if not tried:
@@ -321,9 +323,11 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     - ``step_evaluator``: the layer is chosen as always (every layer's search on the task's evaluator),
       then that one layer's step size is searched again, with the same target, on ``step_evaluator``
       (e.g. a host's judged generations, :func:`unlearn_host` ``search="generation"``); the patch takes
-      that step size (``result.step_search``), and no patch is made when it meets nothing. When no layer met
-      the target on the task's evaluator, the second search runs on the layer that came closest (a warning
-      says so): the task's evaluator then only chooses the layer. ``step_start``:
+      that step size (``result.step_search``). When it meets nothing there, the next best layer that met the
+      target on the task's evaluator is searched again, up to :data:`SECOND_SEARCH_LAYERS` layers
+      (``result.step_searches``; a warning per failed layer), and no patch is made when none meets it. When no
+      layer met the target on the task's evaluator, the second search runs on the layer that came closest (a
+      warning says so): the task's evaluator then only chooses the layer. ``step_start``:
       where that second search starts, "rule" (``lambda_0 = 0.1 ||theta|| / ||g_f||``, as every search) or
       "found" (the first search's step size, a guess for the upper bracket: doubled when it does not reach
       the target, bisected from 0 when it does); ``step_rtol`` its early-stop tolerance (default ``rtol``).
@@ -407,35 +411,44 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
 
     met = [s for s in searches if s.status == "ok"]
     best = max(met, key=lambda s: target.score(s.best_metrics), default=None)
-    step_search, warns = None, []
-    if step_evaluator is not None and (best is not None or any(s.trace for s in searches)):
-        if best is not None:
-            layer, found = best.layer, best.best_lambda
-            how = f"{layer} met the target at step size {found:.4g} on the task's evaluator"
-        else:  # the task's evaluator only chooses the layer here: the one that came closest to the target
+    step_searches, warns = [], []
+    if step_evaluator is not None:
+        best = None
+        if met:  # the best-scoring layers on the task's evaluator first (``max`` above picks the first of them)
+            order = sorted(met, key=lambda s: target.score(s.best_metrics), reverse=True)[:SECOND_SEARCH_LAYERS]
+            tries = [(s.layer, s.best_lambda, f"{s.layer} met the target at step size {s.best_lambda:.4g} on the "
+                      f"task's evaluator") for s in order]
+        elif any(s.trace for s in searches):  # the task's evaluator only chooses the layer: the closest one
             closest = explain_no_patch(target, searches)
-            layer, found = closest["layer"], closest["closest_lambda"]
             how = (f"no layer met the target on the task's evaluator; the second search ran on the one that came "
-                   f"closest, {layer} ({target.forget_metric} = {closest['closest_forget']:.4g} at step size "
-                   f"{found:.4g})")
+                   f"closest, {closest['layer']} ({target.forget_metric} = {closest['closest_forget']:.4g} at step "
+                   f"size {closest['closest_lambda']:.4g})")
+            tries = [(closest["layer"], closest["closest_lambda"], how)]
             warns.append(how)
+        else:
+            tries = []
         t = time.perf_counter()
-        edited_tower, edited_block = towers[layer], int(blocks[layer])
-        with stage(f"search_again/{layer}"):
-            step_evaluator.cache()
-            step_evaluator.prepare(edited_tower, edited_block)
-            step_search = search_step_size(
-                adapter.parameter(layer), grads.forget[layer],
-                lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target, max_evals=max_evals,
-                lambda0=found if step_start == "found" else None, layer_name=layer,
-                rtol=rtol if step_rtol is None else step_rtol, progress=progress)
-        timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
-        if step_search.status != "ok":
-            warns.append(f"{how}, but no step size of the second search met it")
-        best = step_search if step_search.status == "ok" else None
+        for i, (layer, found, how) in enumerate(tries):
+            edited_tower, edited_block = towers[layer], int(blocks[layer])
+            with stage(f"search_again/{layer}"):
+                step_evaluator.cache()
+                step_evaluator.prepare(edited_tower, edited_block)
+                step_searches.append(search_step_size(
+                    adapter.parameter(layer), grads.forget[layer],
+                    lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target,
+                    max_evals=max_evals, lambda0=found if step_start == "found" else None, layer_name=layer,
+                    rtol=rtol if step_rtol is None else step_rtol, progress=progress))
+            if step_searches[-1].status == "ok":
+                best = step_searches[-1]
+                break
+            warns.append(f"{how}, but no step size of the second search met it"
+                         + ("; the second search tries the next one" if i + 1 < len(tries) else ""))
+        if tries:
+            timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
+    step_search = step_searches[-1] if step_searches else None
     no_patch = None
     if best is None:
-        no_patch = explain_no_patch(target, searches, step_search)
+        no_patch = explain_no_patch(target, searches, step_searches)
         warns.append(no_patch["why"])
     # CPU time of the method, every thread of this process: on a crowded machine wall time mostly measures the
     # others; for CPU-bound work this bounds the wall time on an idle machine (with one thread; less with more)
@@ -476,9 +489,12 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
         preset=preset, candidates=candidates, target=target.describe(), retain_set=retain_set,
-        step_search=step_search, no_patch=no_patch)
+        step_search=step_search, step_searches=step_searches, no_patch=no_patch)
 
 
+# With a second search (search="generation"/"refine"), how many of the layers that met the target on the CLIP it may
+# try, best-scoring first, before it gives up: a layer the CLIP ranks first can still fail on the host's outputs
+SECOND_SEARCH_LAYERS = 2
 REFINE_RTOL = 0.25  # search="refine" (see slugkit.adapters.host.SEARCHES) stops once hi - lo <= REFINE_RTOL * hi
 
 

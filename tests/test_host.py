@@ -228,14 +228,17 @@ def test_no_patch_report_says_why_and_which_step_came_closest(folder, tmp_path):
     # like Checkerboard: past the radius 1 of 16 pictures still shows the concept, whatever the step
     result = unlearn_host(SDLikeHost(clip, "text", radius, floor=1 / 16), "Captain Zorp", **options)
     assert result.status == "target-not-reached" and result.patch is None
-    trace = result.step_search.trace
-    lowest = min(s.metrics["forget_top1"] for s in trace)
-    closest = min(s.lam for s in trace if s.metrics["forget_top1"] == lowest)
-    assert lowest == pytest.approx(1 / 16) and len({s.lam for s in trace}) == len(trace) >= 2
+    # every second search decided (the CLIP's best layer, then its runner-up): the closest step over all of them
+    assert len(result.step_searches) == 2 and result.step_searches[0].layer == on_clip.layer
+    steps = [(search.layer, step) for search in result.step_searches for step in search.trace]
+    lowest = min(step.metrics["forget_top1"] for _, step in steps)
+    layer, closest = min(((layer, step.lam) for layer, step in steps if step.metrics["forget_top1"] == lowest),
+                         key=lambda c: c[1])
+    assert lowest == pytest.approx(1 / 16) and len(result.step_search.trace) >= 2
     report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
     why = report["no_patch"]
     assert why["closest_lambda"] == pytest.approx(closest) and why["closest_forget"] == pytest.approx(1 / 16)
-    assert why["layer"] == on_clip.layer and why["evaluations"] == len(trace)
+    assert why["layer"] == layer and why["evaluations"] == len(steps)
     assert "forget_top1 <= 0" in why["why"] and f"{closest:.4g}" in why["why"] and "0.0625" in why["why"]
     assert why["why"] in report["warnings"] and why["why"] in result.summary()
     # a run that met the target has no explanation to give
@@ -266,6 +269,49 @@ def test_when_no_layer_meets_the_clip_target_the_host_search_runs_on_the_closest
     assert result.status == "ok" and result.patch is not None  # made by the second search, on that layer
     assert result.layer == closest.layer == result.step_search.layer
     assert any("came closest" in w and closest.layer in w for w in result.warnings)
+
+
+class PickyHost(TowerHost):
+    """Its "generations" forget the concept only when one given parameter of the tower has moved."""
+
+    def __init__(self, clip, tower, layer):
+        super().__init__(clip, tower)
+        self.layer = layer
+
+    def generation_evaluator(self, concept, clip):
+        name = self.layer.removeprefix(self.scope + ".")
+        source, start = clip.model.get_submodule(self.scope), copy.deepcopy(self.reference)
+
+        def evaluate(edited_tower=None, block=None):
+            share = 0.0 if not torch.equal(source.state_dict()[name], start[name]) else 1.0
+            return {"forget_top1": share, "forget_top5": share, "retain_top1": float("nan"), "utility": float("nan")}
+
+        return evaluate
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_the_second_search_tries_the_next_layer_that_met_the_clip_target(folder, tmp_path):
+    import slugkit.slug as slug
+
+    clip = hf_adapter()
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
+    on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", search="clip", **options)
+    met = sorted((s for s in on_clip.searches if s.status == "ok"),
+                 key=lambda s: Target("forget_top1").score(s.best_metrics), reverse=True)
+    assert len(met) >= 3 and met[0].layer == on_clip.layer
+    # the host forgets only through the runner-up: the best layer's second search fails, the next one's succeeds
+    result = unlearn_host(PickyHost(clip, "text", met[1].layer), "Captain Zorp", search="generation", **options)
+    assert result.status == "ok" and result.layer == met[1].layer == result.step_search.layer
+    assert [s.layer for s in result.step_searches] == [met[0].layer, met[1].layer]
+    assert result.step_searches[0].status == "target-not-reached"
+    assert any(met[0].layer in w and "tries the next one" in w for w in result.warnings)
+    report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
+    assert report["layers_searched_again"] == [met[0].layer, met[1].layer]
+    # through the third: beyond SECOND_SEARCH_LAYERS, no patch; the explanation names both layers searched again
+    never = unlearn_host(PickyHost(clip, "text", met[2].layer), "Captain Zorp", search="generation", **options)
+    assert slug.SECOND_SEARCH_LAYERS == 2 and never.status == "target-not-reached" and never.patch is None
+    assert [s.layer for s in never.step_searches] == [met[0].layer, met[1].layer]
+    assert met[0].layer in never.no_patch["why"] and met[1].layer in never.no_patch["why"]
 
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
