@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -102,11 +103,27 @@ def _accumulate(
     device = adapter.device
     sums: dict[str, torch.Tensor] = {}
     sizes: list[int] = []  # pairs per batch
+
+    def fold(p: torch.Tensor, name: str) -> None:
+        """Add ``p.grad`` to its float64 sum as soon as the backward pass has made it, then drop it: the
+        backward pass never holds every layer's ``.grad`` at once (float64: the sum does not depend on how
+        the batches are split)."""
+        g = p.grad.detach()
+        if not torch.isfinite(g).all():
+            raise FloatingPointError(f"non-finite {loss} gradient for layer {name!r} at batch {len(sizes)}")
+        if name in sums:
+            sums[name] += g
+        else:
+            sums[name] = g.double()
+        p.grad = None
+
+    hooks = []
     try:
         for p in all_params:
             p.requires_grad_(False)
-        for p in wanted.values():
+        for name, p in wanted.items():
             p.requires_grad_(True)
+            hooks.append(p.register_post_accumulate_grad_hook(functools.partial(fold, name=name)))
         model.eval()
         mine = distributed.shard_batches(loader)  # every batch, or this process's share of them
         for n_batch, batch in enumerate(tqdm(mine, desc=desc or f"{loss} gradients", leave=False, disable=not progress)):
@@ -124,24 +141,15 @@ def _accumulate(
                 if not torch.isfinite(value):
                     raise FloatingPointError(f"{loss} loss is {value.item()} at batch {n_batch}")
                 if value.requires_grad:  # False when no requested layer is upstream of the loss
-                    value.backward()
+                    value.backward()  # fold() takes each layer's gradient into its sum
             del img, txt, value  # the graph goes now, before the next batch builds its own
-            for name, p in wanted.items():
-                if p.grad is None:  # the loss does not depend on this parameter
-                    continue
-                g = p.grad.detach()
-                if not torch.isfinite(g).all():
-                    raise FloatingPointError(f"non-finite {loss} gradient for layer {name!r} at batch {n_batch}")
-                if name in sums:  # float64: the sum does not depend on how the batches are split
-                    sums[name] += g
-                else:
-                    sums[name] = g.double()
-                p.grad = None  # one copy of each gradient at a time: the float64 sum
             sizes.append(int(pixels.shape[0]))
         sums = distributed.sum_tensors({name: sums.get(name, torch.zeros(p.shape, dtype=torch.float64, device=p.device))
                                         for name, p in wanted.items()})  # a process without batches adds zeros
         sizes = distributed.interleave(distributed.gather(sizes))  # every batch's size, in the loader's order
     finally:
+        for hook in hooks:
+            hook.remove()
         model.zero_grad(set_to_none=True)
         for p, flag in zip(all_params, flags):
             p.requires_grad_(flag)
