@@ -378,6 +378,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     grads = compute_gradients(adapter, forget_loader, retain_loader, layers=layer_names, store=store,
                               progress=progress, retain_layers=retain_layers, reuse_retain=retain_set == "shared")
     timings["gradients"] = round(time.perf_counter() - t, 2)
+    release_memory()  # the gradient stage's float64 sums and activations go back to the OS before the search
 
     t = time.perf_counter()
     with stage("layer_table"):
@@ -390,6 +391,11 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     t = time.perf_counter()
     evaluator = search_evaluator or task.search_evaluator
     with stage("search_cache"):  # embeddings of the unedited model, reused by every evaluation
+        first = {}  # the block of each tower's first searched layer: prepared before cache(), which then
+        for name in layers:  # finishes the towers from there (one pass through each tower instead of two)
+            first.setdefault(towers[name], int(blocks[name]))
+        for tower_, block_ in first.items():
+            evaluator.prepare(tower_, block_)
         baseline = evaluator.cache().baseline()  # the unedited model's metrics: one evaluation for every layer
     forget_only = None if full_trace else getattr(evaluator, "forget_metrics", None)
     searches = []
