@@ -297,6 +297,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text),
     "deepest-first" (the Pareto layers of ``tower`` deepest first, stopping at the first whose search meets
     the target) or a parameter name. ``layers`` limits the candidates to these parameter names (default: all).
+    "pareto" searches every Pareto layer, as the authors do, in the layer table's order (vision, then text, block by
+    block, so an evaluator's cached activations only ever move forward); which layer wins does not depend on that
+    order (the highest score; on a tie, the earlier layer). A vision layer in an early block costs the most per
+    evaluation (everything after it reruns), which is why every step is first measured on the forget pictures alone.
 
     - ``candidates``: "default" (2-D attention and MLP weights of every block) or "reference" (the
       authors' open_clip set: every parameter except biases, ``logit_scale``, positional and token

@@ -45,10 +45,9 @@ class NameEvaluator:
             labels.append(hits[0] if len(hits) == 1 else -1)
         self.labels = np.array(labels)
         self.n_forget = len(forget)
-        # image batches: the forget pictures first, in batches of their own, then the retain pictures
-        starts = [*range(0, self.n_forget, batch_size), *range(self.n_forget, len(self.images), batch_size)]
-        self._image_ranges = [(i, min(i + batch_size, self.n_forget if i < self.n_forget else len(self.images)))
-                              for i in starts]
+        # image batches (start, stop): the forget pictures first, in batches of their own, then the retain pictures
+        self._image_ranges = [(i, min(i + batch_size, end)) for begin, end in ((0, self.n_forget),
+                              (self.n_forget, len(self.images))) for i in range(begin, end, batch_size)]
         self._forget_batches = -(-self.n_forget // batch_size)
         self.captions = captions
         prompts = [template.format(c) for c in classes]
