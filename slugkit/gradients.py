@@ -105,16 +105,19 @@ def _accumulate(
     sizes: list[int] = []  # pairs per batch
 
     def fold(p: torch.Tensor, name: str) -> None:
-        """Add ``p.grad`` to its float64 sum as soon as the backward pass has made it, then drop it: the
-        backward pass never holds every layer's ``.grad`` at once (float64: the sum does not depend on how
-        the batches are split)."""
+        """Add ``p.grad`` to its running sum as soon as the backward pass has made it, then drop it: the backward
+        pass never holds every layer's ``.grad`` at once. The first batch's gradient is kept as it is; from the
+        second batch on the sum is float64, so it does not depend on how the batches are split (a single batch,
+        such as most forget sets, never needs the float64 copy)."""
         g = p.grad.detach()
         if not torch.isfinite(g).all():
             raise FloatingPointError(f"non-finite {loss} gradient for layer {name!r} at batch {len(sizes)}")
-        if name in sums:
-            sums[name] += g
+        if name not in sums:
+            sums[name] = g
         else:
-            sums[name] = g.double()
+            if sums[name].dtype != torch.float64:
+                sums[name] = sums[name].double()
+            sums[name] += g
         p.grad = None
 
     hooks = []
@@ -144,7 +147,8 @@ def _accumulate(
                     value.backward()  # fold() takes each layer's gradient into its sum
             del img, txt, value  # the graph goes now, before the next batch builds its own
             sizes.append(int(pixels.shape[0]))
-        sums = distributed.sum_tensors({name: sums.get(name, torch.zeros(p.shape, dtype=torch.float64, device=p.device))
+        sums = distributed.sum_tensors({name: sums[name] if name in sums else
+                                        torch.zeros(p.shape, dtype=torch.float64, device=p.device)
                                         for name, p in wanted.items()})  # a process without batches adds zeros
         sizes = distributed.interleave(distributed.gather(sizes))  # every batch's size, in the loader's order
     finally:
@@ -159,7 +163,7 @@ def _accumulate(
         raise ValueError(f"{loss} loader is empty: it yielded no batch")
     out = {}
     for name in wanted:  # the mean over batches, each sum freed as soon as its mean exists
-        out[name] = sums.pop(name).div_(len(sizes)).float().cpu()
+        out[name] = sums.pop(name).double().div_(len(sizes)).float().cpu()  # one layer's float64 copy at a time
     return out, sizes
 
 
@@ -325,7 +329,9 @@ def compute_gradients(
     model_fp = model_fingerprint(adapter.model)
     meta = {"model": adapter.name, "family": adapter.family, "model_fingerprint": model_fp, "layers": layers}
     parts = {}
-    for loss, loader, wanted in (("forget", forget_loader, layers), ("retain", retain_loader, retain_layers)):
+    # retain first: its float64 sums (many batches) are held next to the finished forget gradient of one batch,
+    # rather than next to a finished forget gradient held whole (the lower peak of the two orders)
+    for loss, loader, wanted in (("retain", retain_loader, retain_layers), ("forget", forget_loader, layers)):
         with stage(f"{loss}_gradient"):
             parts[loss] = _gradient_part(adapter, loss, loader, wanted, model_fp, meta, store,
                                          memo=loss == "retain" and reuse_retain, progress=progress,
