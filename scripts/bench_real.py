@@ -11,7 +11,8 @@ saved as safetensors) and a CSV of MiniCanvas pictures of the 13 characters capt
 with ``--profile`` in a child process and prints JSON: ``stage_seconds`` (the profile's seconds per stage), ``eval_seconds``
 (median seconds of one step-size evaluation for a vision-tower and a text-tower layer, plus per searched layer),
 ``unlearn_seconds`` (gradients + layer identification + search), ``wall_seconds`` of the command,
-``peak_rss_mb`` (the child's peak resident memory), ``stage_peak_rss_mb`` (the process's peak when each
+``eval_seconds_full`` / ``eval_seconds_forget_only`` (the same for steps measured whole, which reached the
+forget target, and for steps measured on the forget pictures alone), ``peak_rss_mb`` (the child's peak resident memory), ``stage_peak_rss_mb`` (the process's peak when each
 stage ended) and the load average. A random
 model learns nothing, so the forget metric may never reach its target: this measures cost, not quality.
 """
@@ -63,12 +64,25 @@ def build_csv(folder: Path, n: int) -> Path:
 
 def summarize(report: dict, wall: float, peak_mb: float) -> dict:
     towers = {row["name"]: row["tower"] for row in report["layer_table"]}
-    by_layer = {s["layer"]: [t.get("seconds", float("nan")) for t in s["trace"]] for s in report["search"]}
-    per_tower = {t: [x for layer, xs in by_layer.items() if towers[layer] == t for x in xs] for t in ("vision", "text")}
+    steps = [(s["layer"], t) for s in report["search"] for t in s["trace"]]
+
+    def medians(keep, key):  # median seconds of the steps kept, grouped by key(layer)
+        groups = {}
+        for layer, t in steps:
+            if keep(t):
+                groups.setdefault(key(layer), []).append(t.get("seconds", float("nan")))
+        return {k: round(statistics.median(xs), 2) for k, xs in groups.items()}
+
+    def full(t):  # a step that reached the forget target is measured whole; the others on the forget pictures alone
+        return "utility" in t["metrics"]
+
     return {
         "stage_seconds": {k: v["seconds"] for k, v in report["profile"]["stages"].items()},
-        "eval_seconds": {t: round(statistics.median(xs), 2) if xs else None for t, xs in per_tower.items()},
-        "eval_seconds_by_layer": {layer: round(statistics.median(xs), 2) for layer, xs in by_layer.items() if xs},
+        "eval_seconds": {t: medians(lambda _: True, towers.get).get(t) for t in ("vision", "text")},
+        "eval_seconds_full": {t: medians(full, towers.get).get(t) for t in ("vision", "text")},
+        "eval_seconds_forget_only": {t: medians(lambda s: not full(s), towers.get).get(t) for t in ("vision", "text")},
+        "eval_seconds_by_layer": medians(lambda _: True, lambda layer: layer),
+        "evaluations": {"full": sum(full(t) for _, t in steps), "forget_only": sum(not full(t) for _, t in steps)},
         "unlearn_seconds": report["unlearn_seconds"],
         "wall_seconds": round(wall, 1),
         "peak_rss_mb": round(peak_mb, 1),

@@ -151,13 +151,13 @@ def _collective(what: str, op, *args, **kwargs):
 
 
 def sum_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Element-wise sums over all processes of float64 tensors (same names, shapes on every process)."""
+    """Element-wise float64 sums over all processes (same names, shapes on every process); alone, ``tensors``."""
     if not active():
         return tensors
     dev = device()
     out = {}
     for name in sorted(tensors):  # the same order on every process
-        t = tensors[name].to(dev)
+        t = tensors[name].to(dev, torch.float64)
         _collective(f"adding up gradients ({name})", dist.all_reduce, t)
         out[name] = t.to(tensors[name].device)
     return {name: out[name] for name in tensors}

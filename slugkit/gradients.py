@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -102,11 +103,30 @@ def _accumulate(
     device = adapter.device
     sums: dict[str, torch.Tensor] = {}
     sizes: list[int] = []  # pairs per batch
+
+    def fold(p: torch.Tensor, name: str) -> None:
+        """Add ``p.grad`` to its running sum as soon as the backward pass has made it, then drop it: the backward
+        pass never holds every layer's ``.grad`` at once. The first batch's gradient is kept as it is; from the
+        second batch on the sum is float64, so it does not depend on how the batches are split (a single batch,
+        such as most forget sets, never needs the float64 copy)."""
+        g = p.grad.detach()
+        if not torch.isfinite(g).all():
+            raise FloatingPointError(f"non-finite {loss} gradient for layer {name!r} at batch {len(sizes)}")
+        if name not in sums:
+            sums[name] = g
+        else:
+            if sums[name].dtype != torch.float64:
+                sums[name] = sums[name].double()
+            sums[name] += g
+        p.grad = None
+
+    hooks = []
     try:
         for p in all_params:
             p.requires_grad_(False)
-        for p in wanted.values():
+        for name, p in wanted.items():
             p.requires_grad_(True)
+            hooks.append(p.register_post_accumulate_grad_hook(functools.partial(fold, name=name)))
         model.eval()
         mine = distributed.shard_batches(loader)  # every batch, or this process's share of them
         for n_batch, batch in enumerate(tqdm(mine, desc=desc or f"{loss} gradients", leave=False, disable=not progress)):
@@ -124,24 +144,16 @@ def _accumulate(
                 if not torch.isfinite(value):
                     raise FloatingPointError(f"{loss} loss is {value.item()} at batch {n_batch}")
                 if value.requires_grad:  # False when no requested layer is upstream of the loss
-                    value.backward()
+                    value.backward()  # fold() takes each layer's gradient into its sum
             del img, txt, value  # the graph goes now, before the next batch builds its own
-            for name, p in wanted.items():
-                if p.grad is None:  # the loss does not depend on this parameter
-                    continue
-                g = p.grad.detach()
-                if not torch.isfinite(g).all():
-                    raise FloatingPointError(f"non-finite {loss} gradient for layer {name!r} at batch {n_batch}")
-                if name in sums:  # float64: the sum does not depend on how the batches are split
-                    sums[name] += g
-                else:
-                    sums[name] = g.double()
-                p.grad = None  # one copy of each gradient at a time: the float64 sum
             sizes.append(int(pixels.shape[0]))
-        sums = distributed.sum_tensors({name: sums.get(name, torch.zeros(p.shape, dtype=torch.float64, device=p.device))
+        sums = distributed.sum_tensors({name: sums[name] if name in sums else
+                                        torch.zeros(p.shape, dtype=torch.float64, device=p.device)
                                         for name, p in wanted.items()})  # a process without batches adds zeros
         sizes = distributed.interleave(distributed.gather(sizes))  # every batch's size, in the loader's order
     finally:
+        for hook in hooks:
+            hook.remove()
         model.zero_grad(set_to_none=True)
         for p, flag in zip(all_params, flags):
             p.requires_grad_(flag)
@@ -151,7 +163,7 @@ def _accumulate(
         raise ValueError(f"{loss} loader is empty: it yielded no batch")
     out = {}
     for name in wanted:  # the mean over batches, each sum freed as soon as its mean exists
-        out[name] = sums.pop(name).div_(len(sizes)).float().cpu()
+        out[name] = sums.pop(name).double().div_(len(sizes)).float().cpu()  # one layer's float64 copy at a time
     return out, sizes
 
 
@@ -317,7 +329,9 @@ def compute_gradients(
     model_fp = model_fingerprint(adapter.model)
     meta = {"model": adapter.name, "family": adapter.family, "model_fingerprint": model_fp, "layers": layers}
     parts = {}
-    for loss, loader, wanted in (("forget", forget_loader, layers), ("retain", retain_loader, retain_layers)):
+    # retain first: its float64 sums (many batches) are held next to the finished forget gradient of one batch,
+    # rather than next to a finished forget gradient held whole (the lower peak of the two orders)
+    for loss, loader, wanted in (("retain", retain_loader, retain_layers), ("forget", forget_loader, layers)):
         with stage(f"{loss}_gradient"):
             parts[loss] = _gradient_part(adapter, loss, loader, wanted, model_fp, meta, store,
                                          memo=loss == "retain" and reuse_retain, progress=progress,

@@ -299,6 +299,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     Pareto layer, keep the best), "deepest" (the deepest Pareto layer of ``tower``, default text),
     "deepest-first" (the Pareto layers of ``tower`` deepest first, stopping at the first whose search meets
     the target) or a parameter name. ``layers`` limits the candidates to these parameter names (default: all).
+    "pareto" searches every Pareto layer, as the authors do, in the layer table's order (vision, then text, block by
+    block, so an evaluator's cached activations only ever move forward); which layer wins does not depend on that
+    order (the highest score; on a tie, the earlier layer). A vision layer in an early block costs the most per
+    evaluation (everything after it reruns), which is why every step is first measured on the forget pictures alone.
 
     - ``candidates``: "default" (2-D attention and MLP weights of every block) or "reference" (the
       authors' open_clip set: every parameter except biases, ``logit_scale``, positional and token
@@ -382,6 +386,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     grads = compute_gradients(adapter, forget_loader, retain_loader, layers=layer_names, store=store,
                               progress=progress, retain_layers=retain_layers, reuse_retain=retain_set == "shared")
     timings["gradients"] = round(time.perf_counter() - t, 2)
+    release_memory()  # the gradient stage's float64 sums and activations go back to the OS before the search
 
     t = time.perf_counter()
     with stage("layer_table"):
@@ -394,6 +399,11 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     t = time.perf_counter()
     evaluator = search_evaluator or task.search_evaluator
     with stage("search_cache"):  # embeddings of the unedited model, reused by every evaluation
+        first = {}  # the block of each tower's first searched layer: prepared before cache(), which then
+        for name in layers:  # finishes the towers from there (one pass through each tower instead of two)
+            first.setdefault(towers[name], int(blocks[name]))
+        for tower_, block_ in first.items():
+            evaluator.prepare(tower_, block_)
         baseline = evaluator.cache().baseline()  # the unedited model's metrics: one evaluation for every layer
     forget_only = None if full_trace else getattr(evaluator, "forget_metrics", None)
     searches = []

@@ -224,3 +224,37 @@ def test_text_tower_resumes_from_any_block(which, oc_adapter, hf_adapter):
         assert torch.allclose(edited_resumed, edited_full, atol=1e-6)
     with pytest.raises(ValueError, match="text resume block must be in 0..2"):
         adapter.text_state(tokens, 3)
+
+
+@pytest.mark.parametrize("family", ["open_clip", "open_clip-last", "hf-clip"])
+def test_text_runs_only_up_to_the_last_end_of_text_token(family):
+    """A causal text tower pooled at the end-of-text token runs the positions up to the batch's last one: the
+    embeddings and their gradients are those of the whole context; a tower pooled elsewhere runs it whole."""
+    if family == "hf-clip":
+        model = tiny_hf()
+        adapter = HFCLIPAdapter(model, clip_tokenizer_from_openclip(16))
+        layer = adapter.parameter("text_model.encoder.layers.0.mlp.fc1.weight")
+
+        def whole(tokens):
+            return model.text_projection(model.text_model(input_ids=tokens).pooler_output)
+    else:
+        model = tiny_openclip()
+        model.text_pool_type = "last" if family == "open_clip-last" else "argmax"
+        adapter = OpenCLIPAdapter(model)
+        layer = adapter.parameter("transformer.resblocks.0.mlp.c_fc.weight")
+        whole = model.encode_text
+    tokens = adapter.tokenize(["a cat", "two small dogs"])
+    seen = []
+    hook = adapter.token_embedding().register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    try:
+        got = adapter.encode_text(tokens)
+        (got_grad,) = torch.autograd.grad(got.sum(), layer)
+    finally:
+        hook.remove()
+    last_eot = int(tokens.argmax(-1).max()) + 1
+    assert last_eot < tokens.shape[1]
+    assert seen == [tokens.shape[1] if family == "open_clip-last" else last_eot]
+    want = torch.nn.functional.normalize(whole(tokens), dim=-1)
+    (want_grad,) = torch.autograd.grad(want.sum(), layer)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-6, rtol=1e-5)

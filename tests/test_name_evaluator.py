@@ -51,6 +51,10 @@ class FullRecompute(NameEvaluator):
         u = accuracy_from_embeddings(img[self.n_forget:], caps, np.arange(len(self.captions)), k=1)
         return {"forget_top1": f["top1"], "forget_top5": f["top5"], "retain_top1": r["top1"], "utility": u["top1"]}
 
+    def forget_metrics(self, edited_tower=None, block=None):
+        got = self(edited_tower, block)
+        return {"forget_top1": got["forget_top1"], "forget_top5": got["forget_top5"]}
+
     def cache(self):
         return self
 
@@ -94,11 +98,19 @@ def test_resumed_evaluations_equal_full_recompute(family, folder, hf, monkeypatc
             with apply_step(p, torch.randn(p.shape, generator=g), lam):
                 calls = Calls(adapter, monkeypatch)
                 got = fast(edited_tower=info.tower, block=info.block)
-                assert calls.n == {"encode_image_from" if info.tower == "vision" else "encode_text_from":
-                                   -(-len(fast.images if info.tower == "vision" else fast.texts) // 10)}, info
+                batches = (-(-fast.n_forget // 10) - (-(len(fast.images) - fast.n_forget) // 10)  # forget ones apart
+                           if info.tower == "vision" else -(-len(fast.texts) // 10))
+                assert calls.n == {"encode_image_from" if info.tower == "vision" else "encode_text_from": batches}, info
+                monkeypatch.undo()
+                calls = Calls(adapter, monkeypatch)
+                forget = fast.forget_metrics(edited_tower=info.tower, block=info.block)
+                # the edited tower runs on the forget pictures' batches, or on the batch holding the name prompts
+                assert calls.n == ({"encode_image_from": -(-fast.n_forget // 10)} if info.tower == "vision"
+                                   else {"encode_text_from": 1}), info
                 monkeypatch.undo()
                 want = full(edited_tower=info.tower, block=info.block)
             assert got == pytest.approx(want, abs=1e-5), (info.name, lam)
+            assert forget == pytest.approx({k: want[k] for k in ("forget_top1", "forget_top5")}, abs=1e-5)
             changed += got != fast.baseline()
     assert changed >= len(adapter.candidate_layers())  # the edits moved the metrics: nothing stale was reused
 
@@ -119,16 +131,18 @@ def test_repeated_captions_count_once_in_retrieval(hf, tmp_path):
     assert fast.baseline()["utility"] == pytest.approx(float((nearest == own).mean()))
 
 
-@pytest.mark.filterwarnings("ignore:the unedited model already has")
 def test_search_chooses_what_full_recompute_chooses(hf, folder):
     fast, full, forget, retain = evaluators(hf, folder)
     runs = [unlearn(hf, "Captain Zorp", task=Task("Captain Zorp", forget, retain, ev, ev), max_evals=4,
-                    target=Target("forget_top1"), progress=False) for ev in (fast, full)]
+                    target=Target("forget_top5"), progress=False) for ev in (fast, full)]
     got, want = runs
     assert [s.layer for s in got.searches] == [s.layer for s in want.searches]
     for a, b in zip(got.searches, want.searches):
         assert [s.lam for s in a.trace] == pytest.approx([s.lam for s in b.trace], rel=1e-9)
         for sa, sb in zip(a.trace, b.trace):
             assert sa.metrics == pytest.approx(sb.metrics, abs=1e-5)
-    assert (got.layer, got.step_size, got.status) == (want.layer, want.step_size, want.status)
+    assert (got.layer, got.step_size, got.status) == (want.layer, want.step_size, want.status) and got.status == "ok"
+    steps = [s for search in got.searches for s in search.trace]  # both kinds of step were taken:
+    assert any(set(s.metrics) == {"forget_top1", "forget_top5"} for s in steps)  # forget pictures alone
+    assert any("utility" in s.metrics for s in steps)  # a step that reached the target, measured whole
     assert got.before == pytest.approx(want.before, abs=1e-5) and got.after == pytest.approx(want.after, abs=1e-5)

@@ -167,9 +167,26 @@ class OpenCLIPAdapter(CLIPAdapter):
         return F.normalize(feats, dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, ctx)`` int64 -> L2-normalised ``(B, D)``."""
+        """``(B, ctx)`` int64 -> L2-normalised ``(B, D)``. A causal tower pooled at the end-of-text token runs only
+        the positions up to the batch's last end-of-text token (:meth:`_trim`): the same numbers, a fraction of
+        the work for short captions."""
+        if self.supports_text_resume:
+            return self.encode_text_from(self.text_state(tokens, 0), 0)
         feats = self.model.encode_text(tokens.to(self.device))
         return F.normalize(feats, dim=-1)
+
+    def _trim(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` without the columns after the batch's last end-of-text token, when the text tower is causal
+        and pools that token ("argmax" or "eos" pooling): no later position can reach a pooled one."""
+        m = self.model
+        mask, pool = getattr(m, "attn_mask", None), getattr(m, "text_pool_type", None)
+        if mask is None or pool not in ("argmax", "eos") or tokens.shape[1] <= 1:
+            return tokens
+        n = mask.shape[-1]
+        if mask.dim() != 2 or not torch.equal(torch.isinf(mask), torch.ones(n, n, dtype=torch.bool).triu(1)):
+            return tokens  # not a plain causal mask
+        ends = tokens.argmax(-1) if pool == "argmax" else (tokens == m.text_eos_id).int().argmax(-1)
+        return tokens[:, :int(ends.max()) + 1]
 
     def _tower_transformer(self, tower: str) -> nn.Module:
         if tower not in ("vision", "text"):
@@ -244,16 +261,20 @@ class OpenCLIPAdapter(CLIPAdapter):
         return F.normalize(pooled, dim=-1)
 
     def _text_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        mask = self.model.attn_mask
+        if mask is not None:  # the positions ``x`` holds (fewer than the context after :meth:`_trim`)
+            n = x.shape[1 if self.model.transformer.batch_first else 0]
+            mask = mask[..., :n, :n]
         for blk in self.model.transformer.resblocks[start:stop]:
-            x = blk(x, attn_mask=self.model.attn_mask)
+            x = blk(x, attn_mask=mask)
         return x
 
     def text_state(self, tokens: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(residual stream entering text block `block`, token ids)``; the steps of ``CLIP.encode_text``."""
         self._check_block(block, "text")
-        m, tokens = self.model, tokens.to(self.device)
+        m, tokens = self.model, self._trim(tokens.to(self.device))
         cast = m.transformer.get_cast_dtype()
-        x = m.token_embedding(tokens).to(cast) + m.positional_embedding.to(cast)
+        x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:tokens.shape[1]].to(cast)
         if not m.transformer.batch_first:
             x = x.transpose(0, 1).contiguous()
         return self._text_blocks(x, 0, block), tokens

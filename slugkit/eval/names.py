@@ -25,7 +25,9 @@ class NameEvaluator:
     embeddings and a vision edit the text embeddings. After ``prepare(tower, block)`` (unedited model)
     an edit in ``block`` of ``tower`` resumes that tower from the cached activations entering ``block``.
     Each distinct text (prompt or caption) is embedded once. Images and texts go through the model in
-    batches of ``batch_size``.
+    batches of ``batch_size``, the forget pictures in batches of their own, so :meth:`forget_metrics` (what the
+    step-size search asks first at every step) runs the edited tower on the forget pictures, or the name
+    prompts, alone.
     """
 
     def __init__(self, adapter, forget: ImageTextPairs, retain: ImageTextPairs, concept: str,
@@ -43,11 +45,16 @@ class NameEvaluator:
             labels.append(hits[0] if len(hits) == 1 else -1)
         self.labels = np.array(labels)
         self.n_forget = len(forget)
+        # image batches (start, stop): the forget pictures first, in batches of their own, then the retain pictures
+        self._image_ranges = [(i, min(i + batch_size, end)) for begin, end in ((0, self.n_forget),
+                              (self.n_forget, len(self.images))) for i in range(begin, end, batch_size)]
+        self._forget_batches = -(-self.n_forget // batch_size)
         self.captions = captions
         prompts = [template.format(c) for c in classes]
         self.texts = list(dict.fromkeys(prompts + captions))  # every distinct text, embedded once
         row = {t: i for i, t in enumerate(self.texts)}
-        self._name_rows = torch.tensor([row[p] for p in prompts])
+        self._name_rows = torch.tensor([row[p] for p in prompts])  # 0..len(classes)-1: the prompts come first
+        self._name_batches = -(-len(prompts) // batch_size)  # the text batches that hold every prompt
         distinct = {c: k for k, c in enumerate(dict.fromkeys(captions))}  # retain caption -> retrieval class
         self._caption_rows = torch.tensor([row[c] for c in distinct], dtype=torch.long)
         self._own_caption = np.array([distinct[c] for c in captions], dtype=np.int64)
@@ -56,26 +63,30 @@ class NameEvaluator:
 
     # ---- embeddings, whole towers or resumed from a prepared block
 
-    def _pixel_batches(self):
-        for i in range(0, len(self.images), self.batch_size):
-            batch = self.images[i:i + self.batch_size]
+    def _pixel_batches(self, forget_only: bool = False):
+        for start, stop in self._image_ranges[:self._forget_batches] if forget_only else self._image_ranges:
+            batch = self.images[start:stop]
             yield self.adapter.preprocess([Image.fromarray(im) if isinstance(im, np.ndarray) else im for im in batch])
 
-    def _token_batches(self):
-        for i in range(0, len(self.texts), self.batch_size):
+    def _token_batches(self, names_only: bool = False):
+        stop = self._name_batches * self.batch_size if names_only else len(self.texts)
+        for i in range(0, stop, self.batch_size):
             yield self.adapter.tokenize(self.texts[i:i + self.batch_size])
 
-    def _embed(self, tower: str, block: int | None = None) -> torch.Tensor:
+    def _embed(self, tower: str, block: int | None = None, forget_only: bool = False) -> torch.Tensor:
         """Embeddings of every image (vision) or distinct text (text), from the states prepared for ``block``
-        when there are some, else through the whole tower."""
+        when there are some, else through the whole tower. ``forget_only``: the forget pictures (vision) or the
+        text batches holding the name prompts (text) alone, the rows that come first."""
         prepared, states = self._states[tower]
         a = self.adapter
         if block is not None and block == prepared:
             finish = a.encode_image_from if tower == "vision" else a.encode_text_from
+            if forget_only:
+                states = states[:self._forget_batches if tower == "vision" else self._name_batches]
             return torch.cat([finish(s, block) for s in states])
         if tower == "vision":
-            return torch.cat([a.encode_image(p) for p in self._pixel_batches()])
-        return torch.cat([a.encode_text(t) for t in self._token_batches()])
+            return torch.cat([a.encode_image(p) for p in self._pixel_batches(forget_only)])
+        return torch.cat([a.encode_text(t) for t in self._token_batches(forget_only)])
 
     @torch.no_grad()
     def cache(self) -> "NameEvaluator":
@@ -128,6 +139,21 @@ class NameEvaluator:
         txt = self._txt if cached and edited_tower == "vision" else \
             self._embed("text", block if edited_tower == "text" else None)
         return self._metrics(img, txt)
+
+    @torch.no_grad()
+    def forget_metrics(self, edited_tower: str | None = None, block: int | None = None) -> dict[str, float]:
+        """``forget_top1`` and ``forget_top5`` alone, as a full call gives them, from the forget pictures and the
+        name prompts only: the step-size search asks this first and makes a full call only where the forget
+        target is reached (a vision evaluation then runs a fraction of the pictures through the edited tower)."""
+        if edited_tower not in (None, "vision", "text"):
+            raise ValueError(f"edited_tower must be None, 'vision' or 'text', got {edited_tower!r}")
+        cached = self._img is not None
+        img = self._img[:self.n_forget] if cached and edited_tower == "text" else \
+            self._embed("vision", block if edited_tower == "vision" else None, forget_only=True)
+        txt = self._txt if cached and edited_tower == "vision" else \
+            self._embed("text", block if edited_tower == "text" else None, forget_only=True)
+        f = accuracy_from_embeddings(img, txt[self._name_rows], self.labels[:self.n_forget])
+        return {"forget_top1": f["top1"], "forget_top5": f["top5"]}
 
     def _metrics(self, img: torch.Tensor, txt: torch.Tensor) -> dict[str, float]:
         """Metrics from image embeddings ``(N, D)`` (forget then retain) and distinct-text embeddings ``(T, D)``."""
