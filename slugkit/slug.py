@@ -77,7 +77,7 @@ class UnlearnResult:
     retain_set: str = "shared"  # "shared", "per-concept", or "task" (a task built without a shared set)
 
     step_search: SearchResult | None = None  # the chosen layer's step size searched again (``step_evaluator``)
-    step_searches: list[SearchResult] = field(default_factory=list)  # every second search, in order (the last: ^)
+    step_searches: list[SearchResult] = field(default_factory=list)  # every second search, in order (the last is step_search)
     host: str | None = None  # set by :func:`unlearn_host`: the model that embeds the edited tower
     host_metrics: dict = field(default_factory=dict)  # the host's NAME_before / NAME_after metrics
     edited_model_bytes: int | None = None  # bytes of the host's edited tower

@@ -6,6 +6,7 @@ it must say "not yet", never "correct".
 """
 import inspect
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -60,7 +61,8 @@ def test_student_copies_hold_no_solution_code(tmp_path):
     for path in written:
         nb = json.loads(path.read_text())
         code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
-        assert "slugkit.exercises.solutions" not in code and "REFERENCE" not in code, path.name
+        # the reference-answer flag (a whole word: REFERENCE_PREFIX, a model-name prefix, is not it)
+        assert "slugkit.exercises.solutions" not in code and not re.search(r"\bREFERENCE\b", code), path.name
         assert not any(resources.SOLUTION_TAG in c["metadata"].get("tags", []) for c in nb["cells"]), path.name
         leaked = [line for line in answer_lines if line in code]
         assert not leaked, f"{path.name} shows reference code: {leaked[:2]}"
