@@ -223,14 +223,19 @@ def _data_or_toy_concept(args, names):
         from .data.sources import open_pairs
 
         return open_pairs(args.data)
+    _check_names(args.model, names)
+    return None
+
+
+def _check_names(model: str, concepts) -> None:
+    """Refuse a model name of no accepted form, and on a toy model an unknown concept, before torch is imported."""
     from .data.vocabulary import find_concept
     from .models.names import TOY_MODELS, check_model_name
 
-    check_model_name(args.model)  # a name of no accepted form fails here, before torch is imported
-    if args.model in TOY_MODELS:
-        for name in names:
-            find_concept(name)  # an unknown toy concept fails before the model loads
-    return None
+    check_model_name(model)
+    if model in TOY_MODELS:
+        for name in concepts:
+            find_concept(name)
 
 
 def cmd_layers(args) -> int:
@@ -470,13 +475,7 @@ def cmd_attack(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .data.vocabulary import find_concept
-    from .models.names import TOY_MODELS, check_model_name
-
-    check_model_name(args.model)  # bad names fail before torch is imported
-    if args.model in TOY_MODELS:
-        for name in (args.concepts or []) + (args.multi or []):
-            find_concept(name)
+    _check_names(args.model, (args.concepts or []) + (args.multi or []))
     from .bench import BenchConfig, run_bench
 
     if args.threads:

@@ -125,7 +125,24 @@ def test_host_names():
         load_host("toy-clip")
 
 
-class MovedSearchHost(TowerHost):
+class JudgedHost(TowerHost):
+    """A host whose "generations" are judged by ``share(now, start)``: the share of pictures still showing the
+    concept, from the CLIP tower's current and original weights (forget metrics only, as SD's evaluator)."""
+
+    def share(self, now, start) -> float:
+        raise NotImplementedError
+
+    def generation_evaluator(self, concept, clip):
+        source, start = clip.model.get_submodule(self.scope), copy.deepcopy(self.reference)
+
+        def evaluate(edited_tower=None, block=None):
+            share = self.share(source.state_dict(), start)
+            return {"forget_top1": share, "forget_top5": share, "retain_top1": float("nan"), "utility": float("nan")}
+
+        return evaluate
+
+
+class MovedSearchHost(JudgedHost):
     """Its "generations" forget the concept once the CLIP's tower has moved by ``radius`` (Frobenius norm): the
     share still showing it falls from 1 to ``floor`` there (0: forgotten; above 0: a plateau, like Checkerboard)."""
 
@@ -133,16 +150,10 @@ class MovedSearchHost(TowerHost):
         super().__init__(clip, tower)
         self.radius, self.floor, self.calls = radius, floor, []
 
-    def generation_evaluator(self, concept, clip):
-        source, start = clip.model.get_submodule(self.scope), copy.deepcopy(self.reference)
-
-        def evaluate(edited_tower=None, block=None):
-            moved = sum(float((v - start[k]).norm() ** 2) for k, v in source.state_dict().items()) ** 0.5
-            share = self.floor if moved >= self.radius else 1.0
-            self.calls.append(moved)
-            return {"forget_top1": share, "forget_top5": share, "retain_top1": float("nan"), "utility": float("nan")}
-
-        return evaluate
+    def share(self, now, start):
+        moved = sum(float((v - start[k]).norm() ** 2) for k, v in now.items()) ** 0.5
+        self.calls.append(moved)
+        return self.floor if moved >= self.radius else 1.0
 
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
@@ -271,22 +282,15 @@ def test_when_no_layer_meets_the_clip_target_the_host_search_runs_on_the_closest
     assert any("came closest" in w and closest.layer in w for w in result.warnings)
 
 
-class PickyHost(TowerHost):
+class PickyHost(JudgedHost):
     """Its "generations" forget the concept only when one given parameter of the tower has moved."""
 
     def __init__(self, clip, tower, layer):
         super().__init__(clip, tower)
-        self.layer = layer
+        self.name_in_tower = layer.removeprefix(self.scope + ".")
 
-    def generation_evaluator(self, concept, clip):
-        name = self.layer.removeprefix(self.scope + ".")
-        source, start = clip.model.get_submodule(self.scope), copy.deepcopy(self.reference)
-
-        def evaluate(edited_tower=None, block=None):
-            share = 0.0 if not torch.equal(source.state_dict()[name], start[name]) else 1.0
-            return {"forget_top1": share, "forget_top5": share, "retain_top1": float("nan"), "utility": float("nan")}
-
-        return evaluate
+    def share(self, now, start):
+        return 1.0 if torch.equal(now[self.name_in_tower], start[self.name_in_tower]) else 0.0
 
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
