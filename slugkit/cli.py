@@ -417,7 +417,7 @@ def cmd_attack(args) -> int:
     """Recovery attacks on the original, patched and reference toy CLIP (see slugkit.attacks)."""
     from .bounds import check_patch_path
     from .data.vocabulary import find_concept
-    from .models.names import REFERENCE_PREFIX, TOY_MODELS, is_host_name
+    from .models.names import TOY_MODELS, is_host_name
 
     if is_host_name(args.model):
         raise ValueError(f"`slugkit attack` runs on the toy CLIPs ({', '.join(TOY_MODELS)}) so far; the attacks "
@@ -426,8 +426,7 @@ def cmd_attack(args) -> int:
         raise ValueError(f"`slugkit attack` needs the toy world's pictures and its reference model; expected one of "
                          f"{', '.join(TOY_MODELS)}, got {args.model!r}")
     check_patch_path(args.patch)  # before torch is imported
-    from .models.loading import load_clip
-    from .models.toy_clip import checkpoint_name, data_dir
+    from .models.loading import load_clip, shipped_reference
     from .patch import Patch
 
     patch = Patch.load(args.patch)  # a bad patch fails before any model loads
@@ -442,9 +441,8 @@ def cmd_attack(args) -> int:
             raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
     reference = args.reference
     if reference is None:  # the shipped reference when it exists, else none (recovery then cannot be read)
-        has_one = (data_dir() / checkpoint_name(concept)).is_file()
-        reference = REFERENCE_PREFIX + concept if has_one else "none"
-        if not has_one:
+        reference = shipped_reference(concept) or "none"
+        if reference == "none":
             warnings.warn(f"no reference model for {concept!r} (build it with `slugkit toy build --without "
                           f"\"{concept}\"`); recovery is null")
     if args.threads:
@@ -489,7 +487,8 @@ def cmd_bench(args) -> int:
                       multi=pick(args.multi, default.multi), slug_policy=args.slug_policy, max_steps=args.max_steps,
                       eval_every=args.eval_every, match=pick(args.match, default.match),
                       match_budget=default.match_budget if args.match_budget is None else args.match_budget,
-                      mia_pictures=args.mia_pictures, n_test=args.n_test)
+                      mia_pictures=args.mia_pictures, n_test=args.n_test, attacks=args.attacks,
+                      attack_budget=args.attack_budget)
     table = run_bench(cfg, args.out, progress=not args.quiet)
     out = Path(args.out)
     print((out / "bench.md").read_text())
@@ -689,6 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: slugkit.baselines.MATCH_BUDGET_STEPS)")
     bp.add_argument("--mia-pictures", type=int, default=100, help="training and unseen pictures per concept for MIA")
     bp.add_argument("--n-test", type=int, default=2000, help="held-out test pictures")
+    bp.add_argument("--attacks", action="store_true", help="also run every recovery attack (slugkit attack) on each "
+                    "character's rows, and the model retrained without the character where it is shipped: one "
+                    "column per attack and a worst case")
+    bp.add_argument("--attack-budget", choices=["bench", "default", "quick"], default="bench",
+                    help="the attacks' budgets with --attacks: bench (default: the `slugkit attack` budgets with "
+                    "relearning stopped at its 10-step headline), default or quick (smoke tests)")
     bp.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     bp.add_argument("--quiet", action="store_true", help="no progress bars")
     bp.add_argument("--out", required=True, help="output folder")
@@ -735,9 +740,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "paraphrase, pixel_pgd, linear_probe")
     at.add_argument("--reference", metavar="NAME", help="the reference model (default 'toy-clip-without:CONCEPT' "
                     "when its checkpoint exists; 'none': no reference, recovery null)")
-    at.add_argument("--budget", choices=["default", "quick"], default="default",
-                    help="attack budgets: default (about 60 s per attack and model on 2 idle cores) or quick (a "
-                    "few seconds, for smoke tests); the budgets used are in the output")
+    at.add_argument("--budget", choices=["default", "bench", "quick"], default="default",
+                    help="attack budgets: default (about 60 s per attack and model on 2 idle cores), bench (the "
+                    "default with relearning stopped at 10 steps, as `slugkit bench --attacks`) or quick (a few "
+                    "seconds, for smoke tests); the budgets used are in the output")
     at.add_argument("--seed", type=_int_in(SEED_MIN, SEED_MAX), default=0, metavar="N",
                     help=f"which pictures attack and score, {SEED_MIN}..{SEED_MAX} (default 0)")
     at.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
