@@ -38,8 +38,8 @@ its timing) with the budgets of ``attack_budget`` (default ``"bench"``, :data:`s
 where the toy CLIP retrained without the character is shipped, on that model too, which gets its own row
 ("Reference (never saw it)", measured like every method, its MIA included). Rows gain ``attack_<name>`` (the
 score after each attack), ``attack_worst`` (the worst recovery against the reference where it exists, else the
-highest score but the linear probe's; ``attack_worst_kind``), ``attack_seconds`` and the budgets;
-``bench.json``'s ``attack_seconds`` is all the time ``--attacks`` added.
+highest score but the linear probe's; ``attack_worst_kind``), ``attack_seconds`` / ``attack_cpu_seconds`` and
+the budgets; ``bench.json``'s ``attack_seconds`` (``{"wall", "cpu"}``) is all the time ``--attacks`` added.
 """
 from __future__ import annotations
 
@@ -319,7 +319,7 @@ class RowAttacks:
         from .attacks import attack_data, attack_model, resolve
         from .models.loading import load_clip, shipped_reference
 
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         self.preset, self._progress = cfg.attack_budget, progress
         self.names, self.budgets = resolve(None, cfg.attack_budget)
         self.data = attack_data(concept, seed=seed, n_test=cfg.n_test)
@@ -329,6 +329,7 @@ class RowAttacks:
         self.reference_model = load_clip(self.reference_name) if self.reference_name else None
         self.reference = self._attack(self.reference_model) if self.reference_model is not None else None
         self.seconds = time.perf_counter() - start
+        self.cpu_seconds = time.process_time() - start_cpu
 
     def fields(self, adapter=None, which: str = "edited") -> dict:
         """A row's attack columns for ``adapter`` as it is now (``which`` "original" / "reference": the scores
@@ -338,7 +339,7 @@ class RowAttacks:
         and ``detail`` (every model's score and the recovery per attack)."""
         from .attacks import combine
 
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         edited = {"original": self.original, "reference": self.reference}.get(which)
         if edited is None:
             if which != "edited":
@@ -352,11 +353,13 @@ class RowAttacks:
                 "attack_worst_kind": "recovery" if by_recovery else "score",
                 "attack_worst_attack": report["worst_attack" if by_recovery else "worst_score_attack"],
                 "attack_seconds": round(sum(edited[n]["seconds"] for n in self.names), 2),
+                "attack_cpu_seconds": round(sum(edited[n]["cpu_seconds"] for n in self.names), 2),
                 "attack_budget": self.preset, "attack_budgets": {n: report[n]["budget"] for n in self.names},
                 "detail": {"reference_model": self.reference_name, "no_attack": report["no_attack"],
                            **{n: {k: report[n][k] for k in ("original", "edited", "reference", "recovery")}
                               for n in self.names}}}
         self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - start_cpu
         return out
 
 
@@ -366,12 +369,13 @@ def run_reference(attacks: RowAttacks, seed: int, cfg: BenchConfig, pictures: di
     against the original's weights ``before`` (all of them: it was trained from scratch)."""
     model = attacks.reference_model
     names = [attacks.data.concept]
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     metrics, secs = _evaluate(model, names, cached_split(cfg.n_test, seed, "test"), pictures)
     row = _row("reference", names, seed, Target(forget_metric=cfg.target), "retrained", metrics, None,
                changed_bytes(before, model.model), model, secs, {"model": attacks.reference_name},
                attacked=attacks.fields(which="reference"))
     attacks.seconds += time.perf_counter() - start
+    attacks.cpu_seconds += time.process_time() - start_cpu
     return row
 
 
@@ -453,7 +457,9 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     original_weights = snapshot(adapter.model) if cfg.attacks else None  # the reference rows' changed bytes
     rows = []
     start = time.perf_counter()
-    attack_seconds = lambda: round(sum(a.seconds for a in attackers.values()), 2) if cfg.attacks else None  # noqa: E731
+    attack_seconds = lambda: ({"wall": round(sum(a.seconds for a in attackers.values()), 2),  # noqa: E731
+                               "cpu": round(sum(a.cpu_seconds for a in attackers.values()), 2)}
+                              if cfg.attacks else None)
     bar = tqdm(jobs, desc="bench", disable=not progress)
     for seed, concept, method in bar:
         bar.set_postfix_str(f"{METHOD_NAMES.get(method, 'multi')} on {concept_label(list(concept)) if isinstance(concept, tuple) else concept}")
@@ -482,9 +488,10 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
 
 
 def write_outputs(table: pd.DataFrame, cfg: BenchConfig, out: Path, seconds: float | None = None,
-                  figure: bool = True, attack_seconds: float | None = None) -> dict[str, Path]:
+                  figure: bool = True, attack_seconds: dict | None = None) -> dict[str, Path]:
     """``bench.json``, ``bench.md`` and (with ``figure``) ``tradeoff.png`` in ``out``; returns their paths.
-    ``attack_seconds``: the wall time ``--attacks`` added (attacks, their pictures, the reference rows)."""
+    ``attack_seconds``: ``{"wall", "cpu"}`` seconds ``--attacks`` added (attacks, their pictures, the reference
+    rows; CPU: every thread of the process)."""
     from .fingerprint import to_jsonable
 
     out.mkdir(parents=True, exist_ok=True)

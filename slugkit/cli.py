@@ -420,8 +420,7 @@ def cmd_attack(args) -> int:
     from .models.names import TOY_MODELS, is_host_name
 
     if is_host_name(args.model):
-        raise ValueError(f"`slugkit attack` runs on the toy CLIPs ({', '.join(TOY_MODELS)}) so far; the attacks "
-                         f"on SD and LLaVA hosts are not built yet, so {args.model!r} cannot be attacked")
+        return _attack_host(args)
     if args.model not in TOY_MODELS:
         raise ValueError(f"`slugkit attack` needs the toy world's pictures and its reference model; expected one of "
                          f"{', '.join(TOY_MODELS)}, got {args.model!r}")
@@ -469,6 +468,50 @@ def cmd_attack(args) -> int:
         print(f"{name:20s}{fmt(r['original']):>9s}{fmt(r['edited']):>8s}{fmt(r['reference']):>10s}"
               f"{fmt(r['recovery']):>9s}{r['seconds']:8.1f}")
     print(f"worst recovery: {fmt(report['worst_recovery'])} ({report['worst_attack'] or 'no reference'})")
+    return 0
+
+
+def _attack_host(args) -> int:
+    """`slugkit attack --model toy-llava|toy-sd`: the attacks that apply to the host, before and after the patch."""
+    from .attacks.hosts import check_host_attacks
+    from .bounds import check_patch_path
+    from .data.vocabulary import find_concept
+
+    names = check_host_attacks(args.model.strip(), args.attack)  # a clear error before anything loads
+    if args.reference not in (None, "none"):
+        raise ValueError(f"there is no {args.model} retrained without a concept: --reference applies to the toy CLIPs only")
+    if args.budget not in ("default", "quick"):
+        raise ValueError(f"--budget {args.budget} applies to the toy CLIPs; the hosts' presets are default and quick")
+    check_patch_path(args.patch)
+    from .adapters.host import load_host
+    from .attacks import attack_data
+    from .attacks.hosts import run_host_attacks
+    from .patch import Patch
+
+    patch = Patch.load(args.patch)
+    given = args.concept or (patch.concept if isinstance(patch.concept, str) else None)
+    if given is None:
+        raise ValueError("the patch forgets several concepts; name the one to attack with --concept")
+    concept = find_concept(given)["name"]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    host = load_host(args.model.strip())
+    data = attack_data(concept, seed=args.seed)
+    report = run_host_attacks(args.model.strip(), host, patch, data, attacks=names, budgets=args.budget)
+    report |= {"model": args.model, "patch": args.patch, "reference_model": None, "budget_preset": args.budget}
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"{args.model}: attacks on {concept!r} before and after the patch (no reference: recovery is null)")
+    print(f"{'attack':20s}{'original':>9s}{'edited':>8s}{'seconds':>8s}")
+    print(f"{'no attack':20s}{report['no_attack']['original']:9.2f}{report['no_attack']['edited']:8.2f}")
+    for name in names:
+        r = report[name]
+        print(f"{name:20s}{r['original']:9.2f}{r['edited']:8.2f}{r['seconds']:8.1f}")
+    worst = report["worst_score"]
+    print(f"worst score after an attack: {'-' if worst is None else f'{worst:.2f}'} ({report['worst_score_attack']})")
     return 0
 
 
@@ -731,8 +774,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "prompt, paraphrases, pixel PGD, linear probe) on the original, the patched and the "
                         "reference model (the toy CLIP retrained without the concept), and report recovery "
                         "(edited - reference) / (original - reference).")
-    at.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="the toy CLIP the patch was made for "
-                    "('toy-clip', default)")
+    at.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="the model the patch was made for: a toy "
+                    "CLIP ('toy-clip', default) or a toy host ('toy-llava': paraphrase, pixel_pgd, linear_probe; "
+                    "'toy-sd': paraphrase, concept_arithmetic)")
     at.add_argument("--patch", required=True, metavar="FILE", help="patch.safetensors written by `slugkit unlearn`")
     at.add_argument("--concept", metavar="NAME", help="the character to attack (default: the patch's)")
     at.add_argument("--attack", action="append", metavar="NAME", help="one attack (repeatable; default: every "

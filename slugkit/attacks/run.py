@@ -73,26 +73,33 @@ def no_attack(adapter, data: AttackData) -> float:
     return score(embed(adapter, data.test_images), class_embeddings(adapter), data.test_labels, data.index)["score"]
 
 
-def resolve(attacks=None, budgets: str | dict = "default") -> tuple[list[str], dict]:
-    """The attack names (default all) and their budgets: a preset of :data:`BUDGETS` or ``{name: budget}``
-    overriding the default ones; a clear error on an unknown attack or preset."""
-    names = list(ATTACKS) if attacks is None else list(attacks)
-    unknown = [n for n in names if n not in ATTACKS]
+def resolve(attacks=None, budgets: str | dict = "default", registry: dict | None = None,
+            presets: dict | None = None) -> tuple[list[str], dict]:
+    """The attack names (default all of ``registry``, default :data:`ATTACKS`) and their budgets: a preset of
+    ``presets`` (default :data:`BUDGETS`) or ``{name: budget}`` overriding the default ones; a clear error on an
+    unknown attack or preset."""
+    registry, presets = registry or ATTACKS, presets or BUDGETS
+    names = list(registry) if attacks is None else list(attacks)
+    unknown = [n for n in names if n not in registry]
     if unknown:
-        raise ValueError(f"unknown attack {unknown[0]!r}; expected one of {', '.join(ATTACKS)}")
+        raise ValueError(f"unknown attack {unknown[0]!r}; expected one of {', '.join(registry)}")
     if isinstance(budgets, str):
-        if budgets not in BUDGETS:
-            raise ValueError(f"unknown budget preset {budgets!r}; expected one of {', '.join(BUDGETS)}")
-        return names, BUDGETS[budgets]
-    return names, {**BUDGETS["default"], **budgets}
+        if budgets not in presets:
+            raise ValueError(f"unknown budget preset {budgets!r}; expected one of {', '.join(presets)}")
+        return names, presets[budgets]
+    return names, {**presets["default"], **budgets}
 
 
-def attack_model(adapter, data: AttackData, names: list[str], budgets: dict, bar=None) -> dict:
+def attack_model(adapter, data: AttackData, names: list[str], budgets: dict, bar=None, registry: dict | None = None,
+                 plain=no_attack) -> dict:
     """Every attack of ``names`` on one model: ``{"no_attack": score, attack: {"score", "details", "seconds",
-    "cpu_seconds"}}`` (``budgets``: name -> budget, e.g. from :func:`resolve`; ``bar``: a tqdm bar to advance)."""
-    out: dict = {"no_attack": no_attack(adapter, data)}
+    "cpu_seconds"}}`` (``budgets``: name -> budget, e.g. from :func:`resolve`; ``bar``: a tqdm bar to advance;
+    ``registry``: name -> (function, default budget), default :data:`ATTACKS`; ``plain(adapter, data)``: the
+    score before any attack)."""
+    registry = registry or ATTACKS
+    out: dict = {"no_attack": plain(adapter, data)}
     for name in names:
-        fn, _ = ATTACKS[name]
+        fn, _ = registry[name]
         start, start_cpu = time.perf_counter(), time.process_time()
         result = fn(adapter, data, budgets[name])
         out[name] = {"score": result.score, "details": result.details,
