@@ -336,7 +336,7 @@ class RowAttacks:
         already measured): ``attack_<name>`` (its score after each attack), ``attack_worst`` (the worst recovery
         when a reference exists, else the highest score but the probe's; ``attack_worst_kind`` says which, and
         ``attack_worst_attack`` by which attack), ``attack_seconds``, ``attack_budget`` / ``attack_budgets``
-        and ``detail`` (every model's score and the recovery per attack)."""
+        and ``detail`` (every model's score, the recovery and this model's seconds per attack)."""
         from .attacks import combine
 
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -356,7 +356,8 @@ class RowAttacks:
                 "attack_cpu_seconds": round(sum(edited[n]["cpu_seconds"] for n in self.names), 2),
                 "attack_budget": self.preset, "attack_budgets": {n: report[n]["budget"] for n in self.names},
                 "detail": {"reference_model": self.reference_name, "no_attack": report["no_attack"],
-                           **{n: {k: report[n][k] for k in ("original", "edited", "reference", "recovery")}
+                           **{n: {**{k: report[n][k] for k in ("original", "edited", "reference", "recovery")},
+                                  "seconds": edited[n]["seconds"], "cpu_seconds": edited[n]["cpu_seconds"]}
                               for n in self.names}}}
         self.seconds += time.perf_counter() - start
         self.cpu_seconds += time.process_time() - start_cpu
