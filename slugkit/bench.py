@@ -655,11 +655,11 @@ def attack_lines(table: pd.DataFrame) -> list[str]:
              "model retrained without the character exists (0: like that model, 1: fully back), else the highest "
              f"score after any attack but the linear probe. Budgets (`{rows.iloc[0]['attack_budget']}`): "
              + "; ".join(f"{n} {_budget_text(budgets[n])}" for n in names) + ".", "",
-             "| method | concept | seed | plain | " + " | ".join(names) + " | worst case | attack time (s) |",
+             "| method | concept | seed | plain | " + " | ".join(names) + " | worst case | attack time (wall s) |",
              "|---" * (len(names) + 6) + "|"]
     for _, r in rows.iterrows():
-        worst = ("–" if _missing(r["attack_worst"]) else
-                 f"{r['attack_worst_kind']} {r['attack_worst']:.2f} ({r['attack_worst_attack']})")
+        worst = ("–" if _missing(r["attack_worst"]) else f"{r['attack_worst_kind']} {r['attack_worst']:.2f}"
+                 + (f" ({r['attack_worst_attack']})" if r["attack_worst"] > 0 else ""))  # no attack to name at 0
         plain = r["detail"]["attacks"]["no_attack"]["edited"]
         lines.append(f"| {r['method']} | {r['concept']} | {r['seed']} | {plain:.2f} | "
                      + " | ".join("–" if _missing(r[f"attack_{n}"]) else f"{r[f'attack_{n}']:.2f}" for n in names)
