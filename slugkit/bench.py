@@ -69,8 +69,8 @@ DEFAULT_CONCEPTS = ("Captain Zorp", "Mira Quell", "Rex Calloway", "Stripes", "st
 DEFAULT_METHODS = ("slug", "ga", "ft", "gaft", "salun", "ssd")
 DEFAULT_MULTI = ("Captain Zorp", "Mira Quell", "Rex Calloway")
 DEFAULT_MATCH = ("gaft", "salun")  # the baselines that also run to SLUG's quality (see the module docstring)
-METHOD_NAMES = {"original": "Original", "reference": "Reference (never saw it)", "slug": "SLUG", "ga": "GA", "ft": "FT", "gaft": "GA+FT", "salun": "SalUn",
-                "ssd": "SSD", "slug-many": "SLUG (one layer per concept)", "slug-joint": "SLUG (one joint run)"}
+METHOD_NAMES = {"original": "Original", "reference": "Reference (never saw it)", "slug": "SLUG", "ga": "GA", "ft": "FT",
+                "gaft": "GA+FT", "salun": "SalUn", "ssd": "SSD", "slug-many": "SLUG (one layer per concept)", "slug-joint": "SLUG (one joint run)"}
 
 
 @dataclass
@@ -315,12 +315,12 @@ class RowAttacks:
     those two. ``seconds``: the wall time all of this took so far (what ``--attacks`` adds to the bench).
     """
 
-    def __init__(self, adapter, concept: str, seed: int, cfg: BenchConfig, progress: bool = False):
+    def __init__(self, adapter, concept: str, seed: int, cfg: BenchConfig):
         from .attacks import attack_data, attack_model, resolve
         from .models.loading import load_clip, shipped_reference
 
         start, start_cpu = time.perf_counter(), time.process_time()
-        self.preset, self._progress = cfg.attack_budget, progress
+        self.preset = cfg.attack_budget
         self.names, self.budgets = resolve(None, cfg.attack_budget)
         self.data = attack_data(concept, seed=seed, n_test=cfg.n_test)
         self._attack = lambda model: attack_model(model, self.data, self.names, self.budgets)  # noqa: E731

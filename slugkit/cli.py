@@ -776,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(edited - reference) / (original - reference).")
     at.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="the model the patch was made for: a toy "
                     "CLIP ('toy-clip', default) or a toy host ('toy-llava': paraphrase, pixel_pgd, linear_probe; "
-                    "'toy-sd': paraphrase, concept_arithmetic)")
+                    "'toy-sd': adversarial_prompt, paraphrase, concept_arithmetic)")
     at.add_argument("--patch", required=True, metavar="FILE", help="patch.safetensors written by `slugkit unlearn`")
     at.add_argument("--concept", metavar="NAME", help="the character to attack (default: the patch's)")
     at.add_argument("--attack", action="append", metavar="NAME", help="one attack (repeatable; default: every "

@@ -10,7 +10,7 @@ import torch
 from slugkit.attacks import attack_data
 from slugkit.attacks.hosts import HOST_ATTACKS, HOST_BUDGETS, NOT_ON_HOST, check_host_attacks
 from slugkit.attacks.llava import llava_linear_probe, llava_paraphrase, llava_pixel_pgd, llava_plain, name_phrasings
-from slugkit.attacks.sd import compose, prompt_embeddings, sd_concept_arithmetic, sd_paraphrase
+from slugkit.attacks.sd import compose, prompt_embeddings, sd_adversarial_prompt, sd_concept_arithmetic, sd_paraphrase
 from slugkit.cli import main
 from slugkit.models.loading import load_clip
 from slugkit.patch import Patch, scope_fingerprint
@@ -102,6 +102,7 @@ def test_compose_with_one_prompt_is_the_pipelines_guidance(sd):
 def test_sd_attacks_find_the_character_and_not_through_a_mute_text_encoder(sd, data):
     known = {n: fn(sd, data, QUICK_SD[n]) for n, (fn, _) in HOST_ATTACKS["toy-sd"].items()}
     assert all(r.score >= 0.5 for r in known.values()), {n: r.score for n, r in known.items()}
+    assert len(known["adversarial_prompt"].details["prefix"]) == 3 and known["adversarial_prompt"].details["attack_loss"] > 0
     assert known["concept_arithmetic"].details["name_weight"] == 1.0 and len(known["concept_arithmetic"].details["neighbours"]) == 2
     # a text encoder without token embeddings: every prompt reads the same, nothing names the character
     patch = _zeroing_patch("toy-clip-hf", "text_model", "text_model.embeddings.token_embedding.weight")
@@ -109,6 +110,7 @@ def test_sd_attacks_find_the_character_and_not_through_a_mute_text_encoder(sd, d
     try:
         assert sd_paraphrase(sd, data, QUICK_SD["paraphrase"]).score <= 0.25
         assert sd_concept_arithmetic(sd, data, QUICK_SD["concept_arithmetic"]).score <= 0.25
+        assert sd_adversarial_prompt(sd, data, QUICK_SD["adversarial_prompt"]).score <= 0.25
     finally:
         sd.revert(patch)
 

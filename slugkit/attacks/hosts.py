@@ -1,8 +1,9 @@
 """Recovery attacks on the hosts: the attacks that apply to each toy host, on the host before and after the patch.
 
 ``toy-llava`` (:mod:`slugkit.attacks.llava`): paraphrase (of the name question), pixel PGD and the linear probe,
-the attacks that reach a vision tower. ``toy-sd`` (:mod:`slugkit.attacks.sd`): paraphrase (of the prompt) and
-concept arithmetic (compositional guidance), judged by the SD judge. :data:`NOT_ON_HOST` says why each other
+the attacks that reach a vision tower. ``toy-sd`` (:mod:`slugkit.attacks.sd`): the adversarial prefix (on the
+pipeline's denoising loss), paraphrase (of the prompt) and concept arithmetic (compositional guidance), judged by
+the SD judge. :data:`NOT_ON_HOST` says why each other
 attack is not run on a host (a clear error when one is asked for). There is no host retrained without the
 concept, so ``reference`` and ``recovery`` are null and the worst case is the edited host's highest score.
 """
@@ -14,13 +15,15 @@ from .base import AttackData
 from .llava import LlavaParaphraseBudget, LlavaPGDBudget, llava_linear_probe, llava_paraphrase, llava_pixel_pgd, llava_plain
 from .probe import ProbeBudget
 from .run import ATTACKS, attack_model, combine, resolve
-from .sd import SDArithmeticBudget, SDParaphraseBudget, sd_concept_arithmetic, sd_paraphrase, sd_plain
+from .sd import (SDArithmeticBudget, SDParaphraseBudget, SDPromptBudget, sd_adversarial_prompt, sd_concept_arithmetic,
+                 sd_paraphrase, sd_plain)
 
 HOST_ATTACKS = {  # host -> {attack name -> (function, default budget)}; names as for the CLIP
     "toy-llava": {"paraphrase": (llava_paraphrase, LlavaParaphraseBudget()),
                   "pixel_pgd": (llava_pixel_pgd, LlavaPGDBudget()),
                   "linear_probe": (llava_linear_probe, ProbeBudget())},
-    "toy-sd": {"paraphrase": (sd_paraphrase, SDParaphraseBudget()),
+    "toy-sd": {"adversarial_prompt": (sd_adversarial_prompt, SDPromptBudget()),
+               "paraphrase": (sd_paraphrase, SDParaphraseBudget()),
                "concept_arithmetic": (sd_concept_arithmetic, SDArithmeticBudget())},
 }
 HOST_PLAIN = {"toy-llava": llava_plain, "toy-sd": sd_plain}  # the score before any attack
@@ -29,7 +32,8 @@ HOST_BUDGETS = {
 HOST_BUDGETS["toy-llava"]["quick"] = {"paraphrase": LlavaParaphraseBudget(questions=3),
                                       "pixel_pgd": LlavaPGDBudget(steps=3, pictures=8),
                                       "linear_probe": ProbeBudget(pictures=400, max_iter=100)}
-HOST_BUDGETS["toy-sd"]["quick"] = {"paraphrase": SDParaphraseBudget(phrasings=2, seeds=2),
+HOST_BUDGETS["toy-sd"]["quick"] = {"adversarial_prompt": SDPromptBudget(steps=2, pictures=4, seeds=2),
+                                   "paraphrase": SDParaphraseBudget(phrasings=2, seeds=2),
                                    "concept_arithmetic": SDArithmeticBudget(name_weights=(1.0,), neighbours=2, seeds=2)}
 NOT_ON_HOST = {
     "toy-llava": {
@@ -38,7 +42,6 @@ NOT_ON_HOST = {
         "soft_prompt": "the patch edits LLaVA's vision tower; a learned question token tests the language model",
         "relearn": "fine-tuning the whole LLaVA is not built", "relearn_retain": "fine-tuning the whole LLaVA is not built"},
     "toy-sd": {
-        "adversarial_prompt": "the prefix optimised on the pipeline's denoising loss is not built yet",
         "soft_prompt": "textual inversion on the pipeline's denoising loss is not built yet",
         "relearn": "fine-tuning the pipeline is not built", "relearn_retain": "fine-tuning the pipeline is not built",
         "pixel_pgd": "SD generates its pictures: there are no input pixels to perturb",

@@ -11,7 +11,10 @@ share of generations the frozen SD judge labels as the concept, on seeds of the 
   characters sharing most of the concept's features (``v_i`` by features shared, summing to 1) and the forgotten
   name at weight ``a``; the best ``a`` of a small grid on seeds of its own, scored on the test seeds.
 
-The adversarial prefix on the pipeline's denoising loss is not built yet.
+- :func:`sd_adversarial_prompt` (UnlearnDiffAtk-style): k tokens before "a photo of NAME.", each a distribution
+  over the vocabulary (one-hot forward, straight-through backward), optimised on the attacked pipeline's own
+  denoising loss on the concept's pictures (encoded by its VAE, fixed timesteps and noise); the best one-hot prefix
+  seen generates the test seeds.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import torch
 
 from ..data.minicanvas import CHARACTERS, ZERO_SHOT_PROMPTS
 from .arithmetic import neighbour_weights
-from .base import AttackData, AttackResult
+from .base import AttackData, AttackResult, embedding_override
 from .soft_prompt import phrasings
 
 TEST_SEEDS = 300  # the scored generations use seeds TEST_SEEDS, TEST_SEEDS + 1, ...; the grid search ATTACK_SEEDS
@@ -116,5 +119,65 @@ def sd_concept_arithmetic(host, data: AttackData, budget: SDArithmeticBudget | N
                                 "neighbours": {CHARACTERS[i].name: float(w) for i, w in zip(order, v)}})
 
 
-__all__ = ["SDArithmeticBudget", "SDParaphraseBudget", "compose", "prompt_embeddings", "sd_concept_arithmetic",
-           "sd_paraphrase", "sd_plain"]
+@dataclass(frozen=True)
+class SDPromptBudget:
+    tokens: int = 3
+    steps: int = 20
+    lr: float = 0.1
+    pictures: int = 8  # of the concept (the attack pictures), one fixed timestep and noise each
+    seeds: int = 4  # generations with the final prompt
+
+
+def sd_adversarial_prompt(host, data: AttackData, budget: SDPromptBudget | None = None) -> AttackResult:
+    """Optimise ``budget.tokens`` prefix tokens for "a photo of NAME." on the pipeline's denoising loss."""
+    from ..models.toy_sd import tower_of
+
+    budget = budget or SDPromptBudget()
+    pipe, tok = host.pipe, host.pipe.tokenizer
+    table_module = tower_of(pipe.text_encoder).embeddings.token_embedding
+    table = table_module.weight.detach()
+    ids = tok(ZERO_SHOT_PROMPTS["identity"].format(data.concept), padding="max_length", truncation=True,
+              max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
+    k = budget.tokens
+    prefixed = torch.cat([ids[:1], ids[1:2].repeat(k), ids[1:]])[: len(ids)]
+    if tok.eos_token_id not in prefixed.tolist():
+        raise ValueError(f"the prompt of {data.concept!r} with {k} prefix tokens does not fit {len(ids)} tokens")
+    where = slice(1, 1 + k)
+    allowed = torch.ones(len(table), dtype=torch.bool)
+    allowed[[i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None]] = False
+    own = np.flatnonzero(data.attack_labels == data.index)[: budget.pictures]
+    gen = torch.Generator().manual_seed(data.seed)
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(data.attack_images[own])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen)
+        steps = pipe.scheduler.config.num_train_timesteps
+        t = torch.linspace(0.1 * steps, 0.9 * steps, len(own)).long()  # spread over the schedule, fixed
+        noisy = pipe.scheduler.add_noise(latents, noise, t)
+        v_pred = pipe.scheduler.config.prediction_type == "v_prediction"
+        target = pipe.scheduler.get_velocity(latents, noise, t) if v_pred else noise
+    logits = (0.01 * torch.randn(k, len(table), generator=gen)).requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=budget.lr)
+    best = (float("inf"), None)
+    for _ in range(budget.steps):
+        probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+        hard = torch.nn.functional.one_hot(probs.argmax(-1), len(table)).to(probs.dtype)
+        onehot = hard + probs - probs.detach()  # straight-through: forward one-hot, backward the distribution
+        with embedding_override(table_module, where, onehot @ table):
+            states = pipe.text_encoder(prefixed[None])[0]
+        pred = pipe.unet(noisy, t, encoder_hidden_states=states.expand(len(own), -1, -1)).sample
+        loss = torch.nn.functional.mse_loss(pred, target)
+        if loss.item() < best[0]:
+            best = (loss.item(), probs.argmax(-1).detach().clone())
+        logits.grad, = torch.autograd.grad(loss, [logits])  # the pipeline's weights get no gradient
+        opt.step()
+    final = prefixed.clone()
+    final[where] = best[1]
+    with torch.no_grad():
+        states = pipe.text_encoder(final[None])[0][0]
+    found = _judged_share(host, compose(host, [(states, 1.0)], _seeds(TEST_SEEDS, budget.seeds)), data)
+    return AttackResult(found, {"prefix": tok.convert_ids_to_tokens(best[1].tolist()), "attack_loss": best[0]})
+
+
+__all__ = ["SDArithmeticBudget", "SDParaphraseBudget", "SDPromptBudget", "compose", "prompt_embeddings",
+           "sd_adversarial_prompt", "sd_concept_arithmetic", "sd_paraphrase", "sd_plain"]
