@@ -473,7 +473,7 @@ def cmd_attack(args) -> int:
 
 def _attack_host(args) -> int:
     """`slugkit attack --model toy-llava|toy-sd`: the attacks that apply to the host, before and after the patch."""
-    from .attacks.hosts import check_host_attacks
+    from .attacks.hosts import check_host_attacks, check_host_patch
     from .bounds import check_patch_path
     from .data.vocabulary import find_concept
 
@@ -489,6 +489,7 @@ def _attack_host(args) -> int:
     from .patch import Patch
 
     patch = Patch.load(args.patch)
+    check_host_patch(args.model.strip(), patch)
     given = args.concept or (patch.concept if isinstance(patch.concept, str) else None)
     if given is None:
         raise ValueError("the patch forgets several concepts; name the one to attack with --concept")

@@ -65,6 +65,17 @@ def check_host_attacks(host_name: str, attacks=None) -> list[str]:
     return names
 
 
+def check_host_patch(host_name: str, patch) -> None:
+    """A one-sentence error when ``patch`` does not edit the tower ``host_name`` hosts (checked before it loads)."""
+    from ..adapters.llava import LlavaHost
+    from ..adapters.sd import SDHost
+
+    want = {"toy-llava": LlavaHost, "toy-sd": SDHost}[host_name]
+    if patch.scope != want.scope:
+        raise ValueError(f"{host_name} takes a patch of the CLIP's {want.tower} tower (scope {want.scope!r}, from "
+                         f"`slugkit unlearn --model {host_name}`), and this one is scoped to {patch.scope or 'the whole model'!r}")
+
+
 def run_host_attacks(host_name: str, host, patch, data: AttackData, attacks=None, budgets: str | dict = "default",
                      progress: bool = True) -> dict:
     """Every attack of ``attacks`` (default all that apply to ``host_name``) on ``host`` as loaded ("original") and
@@ -83,4 +94,4 @@ def run_host_attacks(host_name: str, host, patch, data: AttackData, attacks=None
     return combine({"original": original, "edited": edited, "reference": None}, data, names, chosen)
 
 
-__all__ = ["HOST_ATTACKS", "HOST_BUDGETS", "NOT_ON_HOST", "check_host_attacks", "run_host_attacks"]
+__all__ = ["HOST_ATTACKS", "HOST_BUDGETS", "NOT_ON_HOST", "check_host_attacks", "check_host_patch", "run_host_attacks"]
