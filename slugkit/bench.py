@@ -31,6 +31,15 @@ its chosen edit on that split; or until ``match_budget`` optimiser steps are spe
 and ``match_budget``.
 SLUG runs first on each concept; without a SLUG edit to match (SLUG not run, or no patch) there is no match
 run and the match fields are ``None``.
+
+Recovery attacks (``BenchConfig.attacks``, ``slugkit bench --attacks``): every attack of :mod:`slugkit.attacks`
+runs on each character's rows (the original and every method's edited model, after its evaluation and outside
+its timing) with the budgets of ``attack_budget`` (default ``"bench"``, :data:`slugkit.attacks.BENCH`), and,
+where the toy CLIP retrained without the character is shipped, on that model too, which gets its own row
+("Reference (never saw it)", measured like every method, its MIA included). Rows gain ``attack_<name>`` (the
+score after each attack), ``attack_worst`` (the worst recovery against the reference where it exists, else the
+highest score but the linear probe's; ``attack_worst_kind``), ``attack_seconds`` / ``attack_cpu_seconds`` and
+the budgets; ``bench.json``'s ``attack_seconds`` (``{"wall", "cpu"}``) is all the time ``--attacks`` added.
 """
 from __future__ import annotations
 
@@ -60,14 +69,15 @@ DEFAULT_CONCEPTS = ("Captain Zorp", "Mira Quell", "Rex Calloway", "Stripes", "st
 DEFAULT_METHODS = ("slug", "ga", "ft", "gaft", "salun", "ssd")
 DEFAULT_MULTI = ("Captain Zorp", "Mira Quell", "Rex Calloway")
 DEFAULT_MATCH = ("gaft", "salun")  # the baselines that also run to SLUG's quality (see the module docstring)
-METHOD_NAMES = {"original": "Original", "slug": "SLUG", "ga": "GA", "ft": "FT", "gaft": "GA+FT", "salun": "SalUn",
-                "ssd": "SSD", "slug-many": "SLUG (one layer per concept)", "slug-joint": "SLUG (one joint run)"}
+METHOD_NAMES = {"original": "Original", "reference": "Reference (never saw it)", "slug": "SLUG", "ga": "GA", "ft": "FT",
+                "gaft": "GA+FT", "salun": "SalUn", "ssd": "SSD", "slug-many": "SLUG (one layer per concept)", "slug-joint": "SLUG (one joint run)"}
 
 
 @dataclass
 class BenchConfig:
     """What ``slugkit bench`` runs. ``multi``: characters forgotten together (empty: skip). ``match``: the
-    baselines that also run until they match SLUG's quality, within ``match_budget`` optimiser steps (empty: skip)."""
+    baselines that also run until they match SLUG's quality, within ``match_budget`` optimiser steps (empty: skip).
+    ``attacks``: every recovery attack on every single-character row, with the budgets ``attack_budget``."""
 
     model: str = "toy-clip"
     concepts: Sequence[str] = DEFAULT_CONCEPTS
@@ -85,6 +95,8 @@ class BenchConfig:
     mia_pictures: int = 100
     n_test: int = 2000
     n_val: int = 500
+    attacks: bool = False  # the recovery attacks on every single-character row (see the module docstring)
+    attack_budget: str = "bench"  # a preset of slugkit.attacks.BUDGETS
     extra: dict = field(default_factory=dict)
 
 
@@ -139,7 +151,7 @@ def _index(name: str) -> int:
 # One method on one concept
 # ----------------------------------------------------------------------------------------------------
 def _row(method: str, concepts, seed: int, target: Target, status: str, metrics: dict, cost, changed: int,
-         adapter, eval_seconds: float, detail: dict, match=None) -> dict:
+         adapter, eval_seconds: float, detail: dict, match=None, attacked: dict | None = None) -> dict:
     names, _ = resolve_concepts(concepts)
     kind = find_concept(names[0])["kind"]
     row = {"method": METHOD_NAMES.get(method, method), "method_key": method, "concept": concept_label(names),
@@ -168,6 +180,9 @@ def _row(method: str, concepts, seed: int, target: Target, status: str, metrics:
             "resumed_image_batches": c.get("resumed_image_batches", 0), "backward_passes": c.get("backward_passes", 0),
             "detail": detail}
     row["changed_pct"] = 100 * changed / row["model_bytes"]
+    if attacked:  # `bench --attacks`: RowAttacks.fields of this row's model
+        row |= {k: v for k, v in attacked.items() if k != "detail"}
+        detail["attacks"] = attacked["detail"]
     return row
 
 
@@ -222,34 +237,40 @@ def _slug_detail(result) -> dict:
 
 
 def run_method(adapter, method: str, concept: str, seed: int, cfg: BenchConfig, pictures: dict,
-               reference: dict | None = None) -> dict:
+               reference: dict | None = None, attacks: "RowAttacks | None" = None) -> dict:
     """One bench row: ``method`` ("original", "slug" or a baseline name) forgetting ``concept``.
 
     ``reference``: SLUG's search-split metrics on this concept and seed (its row's ``detail["search_metrics"]``);
-    with it, a baseline in ``cfg.match`` also runs until it matches them (:func:`_match`)."""
+    with it, a baseline in ``cfg.match`` also runs until it matches them (:func:`_match`). ``attacks``: the
+    recovery attacks of this concept and seed, run on the method's edited model after its evaluation."""
     target = Target(forget_metric=cfg.target)
     task = toy_task(adapter, concept, seed=seed, n_val=cfg.n_val, n_test=cfg.n_test)
     world = task.report_evaluator.world
     names = [task.concept]
     before = snapshot(adapter.model)
+    attack = (lambda: attacks.fields(adapter)) if attacks is not None else (lambda: None)  # noqa: E731
     if method == "original":
         metrics, secs = _evaluate(adapter, names, world, pictures)
-        return _row(method, names, seed, target, "unedited", metrics, None, 0, adapter, secs, {})
+        attacked = attacks.fields(which="original") if attacks is not None else None
+        return _row(method, names, seed, target, "unedited", metrics, None, 0, adapter, secs, {}, attacked=attacked)
     if method == "slug":
         warm_task = toy_task(adapter, concept, seed=seed, n_val=cfg.n_val, n_test=cfg.n_test)
         result, cost = _slug(adapter, task, target, cfg, seed, warm_task=warm_task)
         detail = _slug_detail(result)
         if result.patch is None:
             metrics, secs = _evaluate(adapter, names, world, pictures)
-            return _row(method, names, seed, target, _slug_status(result), metrics, cost, 0, adapter, secs, detail)
+            return _row(method, names, seed, target, _slug_status(result), metrics, cost, 0, adapter, secs, detail,
+                        attacked=attack())
         result.patch.apply(adapter.model)
         try:
             changed = changed_bytes(before, adapter.model)
             metrics, secs = _evaluate(adapter, names, world, pictures)
+            attacked = attack()
         finally:
             result.patch.revert(adapter.model)
         detail["patch_bytes"] = result.patch.nbytes
-        return _row(method, names, seed, target, _slug_status(result), metrics, cost, changed, adapter, secs, detail)
+        return _row(method, names, seed, target, _slug_status(result), metrics, cost, changed, adapter, secs, detail,
+                    attacked=attacked)
     baseline = make_baseline(method)
     with CostMeter(adapter) as meter:
         result = run_baseline(adapter, baseline, task, target, max_steps=cfg.max_steps, eval_every=cfg.eval_every,
@@ -257,6 +278,7 @@ def run_method(adapter, method: str, concept: str, seed: int, cfg: BenchConfig, 
     try:
         changed = changed_bytes(before, adapter.model)
         metrics, secs = _evaluate(adapter, names, world, pictures)
+        attacked = attack()
     finally:
         result.restore(adapter.model)
     detail = {"hparams": result.hparams, "step": result.step, "evaluations": result.evaluations,
@@ -268,7 +290,7 @@ def run_method(adapter, method: str, concept: str, seed: int, cfg: BenchConfig, 
                            "search_metrics": match.result.metrics, "test_metrics": test_metrics,
                            "wall_seconds": round(match.wall_seconds, 2), "cpu_seconds": round(match.cpu_seconds, 2)}
     return _row(method, names, seed, target, _slug_status(result), metrics, meter.cost, changed, adapter, secs, detail,
-                match=match)
+                match=match, attacked=attacked)
 
 
 def _match(adapter, method: str, task: Task, target: Target, reference: dict, cfg: BenchConfig, seed: int):
@@ -282,6 +304,80 @@ def _match(adapter, method: str, task: Task, target: Target, reference: dict, cf
     finally:
         match.result.restore(adapter.model)
     return match, test_metrics
+
+
+class RowAttacks:
+    """The recovery attacks of ``bench --attacks`` (:mod:`slugkit.attacks`) on one character and seed.
+
+    Built on the unedited model: it attacks the original and, when the shipped reference (the toy CLIP
+    retrained without the character, :func:`~slugkit.models.loading.shipped_reference`) exists, the reference,
+    once each; every method's row then attacks only its own model (:meth:`fields`) and reads recovery against
+    those two. ``seconds``: the wall time all of this took so far (what ``--attacks`` adds to the bench).
+    """
+
+    def __init__(self, adapter, concept: str, seed: int, cfg: BenchConfig):
+        from .attacks import attack_data, attack_model, resolve
+        from .models.loading import load_clip, shipped_reference
+
+        start, start_cpu = time.perf_counter(), time.process_time()
+        self.preset = cfg.attack_budget
+        self.names, self.budgets = resolve(None, cfg.attack_budget)
+        self.data = attack_data(concept, seed=seed, n_test=cfg.n_test)
+        self._attack = lambda model: attack_model(model, self.data, self.names, self.budgets)  # noqa: E731
+        self.original = self._attack(adapter)
+        self.reference_name = shipped_reference(concept)
+        self.reference_model = load_clip(self.reference_name) if self.reference_name else None
+        self.reference = self._attack(self.reference_model) if self.reference_model is not None else None
+        self.seconds = time.perf_counter() - start
+        self.cpu_seconds = time.process_time() - start_cpu
+
+    def fields(self, adapter=None, which: str = "edited") -> dict:
+        """A row's attack columns for ``adapter`` as it is now (``which`` "original" / "reference": the scores
+        already measured): ``attack_<name>`` (its score after each attack), ``attack_worst`` (the worst recovery
+        when a reference exists, else the highest score but the probe's; ``attack_worst_kind`` says which, and
+        ``attack_worst_attack`` by which attack), ``attack_seconds``, ``attack_budget`` / ``attack_budgets``
+        and ``detail`` (every model's score, the recovery and this model's seconds per attack)."""
+        from .attacks import combine
+
+        start, start_cpu = time.perf_counter(), time.process_time()
+        edited = {"original": self.original, "reference": self.reference}.get(which)
+        if edited is None:
+            if which != "edited":
+                raise ValueError(f"no {which} model to read attack scores from (expected 'edited' with a model)")
+            edited = self._attack(adapter)
+        report = combine({"original": self.original, "edited": edited, "reference": self.reference}, self.data,
+                         self.names, self.budgets)
+        by_recovery = self.reference is not None
+        out = {f"attack_{n}": report[n]["edited"] for n in self.names}
+        out |= {"attack_worst": report["worst_recovery" if by_recovery else "worst_score"],
+                "attack_worst_kind": "recovery" if by_recovery else "score",
+                "attack_worst_attack": report["worst_attack" if by_recovery else "worst_score_attack"],
+                "attack_seconds": round(sum(edited[n]["seconds"] for n in self.names), 2),
+                "attack_cpu_seconds": round(sum(edited[n]["cpu_seconds"] for n in self.names), 2),
+                "attack_budget": self.preset, "attack_budgets": {n: report[n]["budget"] for n in self.names},
+                "detail": {"reference_model": self.reference_name, "no_attack": report["no_attack"],
+                           **{n: {**{k: report[n][k] for k in ("original", "edited", "reference", "recovery")},
+                                  "seconds": edited[n]["seconds"], "cpu_seconds": edited[n]["cpu_seconds"]}
+                              for n in self.names}}}
+        self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - start_cpu
+        return out
+
+
+def run_reference(attacks: RowAttacks, seed: int, cfg: BenchConfig, pictures: dict, before: dict) -> dict:
+    """The row of the model retrained without the concept (``attacks.reference_model``), measured like every
+    method (MIA included: its "training" pictures of the concept are pictures it never saw); ``changed``
+    against the original's weights ``before`` (all of them: it was trained from scratch)."""
+    model = attacks.reference_model
+    names = [attacks.data.concept]
+    start, start_cpu = time.perf_counter(), time.process_time()
+    metrics, secs = _evaluate(model, names, cached_split(cfg.n_test, seed, "test"), pictures)
+    row = _row("reference", names, seed, Target(forget_metric=cfg.target), "retrained", metrics, None,
+               changed_bytes(before, model.model), model, secs, {"model": attacks.reference_name},
+               attacked=attacks.fields(which="reference"))
+    attacks.seconds += time.perf_counter() - start
+    attacks.cpu_seconds += time.process_time() - start_cpu
+    return row
 
 
 def run_multi(adapter, concepts: Sequence[str], seed: int, cfg: BenchConfig, pictures: dict) -> list[dict]:
@@ -358,8 +454,13 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     jobs += [(s, tuple(multi), "multi") for s in cfg.seeds if multi and "slug" in methods]
     pictures: dict = {}
     references: dict = {}  # (seed, concept) -> SLUG's search-split metrics, for the baselines' match runs
+    attackers: dict = {}  # (seed, character) -> RowAttacks (`--attacks`)
+    original_weights = snapshot(adapter.model) if cfg.attacks else None  # the reference rows' changed bytes
     rows = []
     start = time.perf_counter()
+    attack_seconds = lambda: ({"wall": round(sum(a.seconds for a in attackers.values()), 2),  # noqa: E731
+                               "cpu": round(sum(a.cpu_seconds for a in attackers.values()), 2)}
+                              if cfg.attacks else None)
     bar = tqdm(jobs, desc="bench", disable=not progress)
     for seed, concept, method in bar:
         bar.set_postfix_str(f"{METHOD_NAMES.get(method, 'multi')} on {concept_label(list(concept)) if isinstance(concept, tuple) else concept}")
@@ -369,26 +470,36 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
         if method == "multi":
             rows += run_multi(adapter, list(concept), seed, cfg, pictures[key])
         else:
-            rows.append(run_method(adapter, method, concept, seed, cfg, pictures[key], references.get((seed, concept))))
+            if method == "original" and cfg.attacks and find_concept(concept)["kind"] == "character":
+                attackers[(seed, concept)] = RowAttacks(adapter, concept, seed, cfg)
+            attacks = attackers.get((seed, concept))
+            rows.append(run_method(adapter, method, concept, seed, cfg, pictures[key], references.get((seed, concept)),
+                                   attacks=attacks))
+            if method == "original" and attacks is not None and attacks.reference_model is not None:
+                rows.append(run_reference(attacks, seed, cfg, pictures[key], original_weights))
             if method == "slug":
                 references[(seed, concept)] = rows[-1]["detail"].get("search_metrics")
         if out is not None:  # partial results survive an interrupted run
-            write_outputs(pd.DataFrame(rows), cfg, Path(out), seconds=time.perf_counter() - start, figure=False)
+            write_outputs(pd.DataFrame(rows), cfg, Path(out), seconds=time.perf_counter() - start, figure=False,
+                          attack_seconds=attack_seconds())
     table = pd.DataFrame(rows)
     if out is not None:
-        write_outputs(table, cfg, Path(out), seconds=time.perf_counter() - start)
+        write_outputs(table, cfg, Path(out), seconds=time.perf_counter() - start, attack_seconds=attack_seconds())
     return table
 
 
 def write_outputs(table: pd.DataFrame, cfg: BenchConfig, out: Path, seconds: float | None = None,
-                  figure: bool = True) -> dict[str, Path]:
-    """``bench.json``, ``bench.md`` and (with ``figure``) ``tradeoff.png`` in ``out``; returns their paths."""
+                  figure: bool = True, attack_seconds: dict | None = None) -> dict[str, Path]:
+    """``bench.json``, ``bench.md`` and (with ``figure``) ``tradeoff.png`` in ``out``; returns their paths.
+    ``attack_seconds``: ``{"wall", "cpu"}`` seconds ``--attacks`` added (attacks, their pictures, the reference
+    rows; CPU: every thread of the process)."""
     from .fingerprint import to_jsonable
 
     out.mkdir(parents=True, exist_ok=True)
     config = asdict(cfg) | {"command": command_line(cfg)}
     paths = {"json": out / "bench.json", "md": out / "bench.md", "figure": out / "tradeoff.png"}
     paths["json"].write_text(json.dumps(to_jsonable({"config": config, "seconds": seconds,
+                                                     "attack_seconds": attack_seconds,
                                                      "rows": table.to_dict(orient="records")}), indent=1))
     paths["md"].write_text(markdown_report(table, config))
     if not figure:
@@ -409,6 +520,8 @@ def command_line(cfg: BenchConfig) -> str:
              f"--slug-policy {cfg.slug_policy}", f"--max-steps {cfg.max_steps}", f"--eval-every {cfg.eval_every}",
              f"--match {q(cfg.match)}" if cfg.match else "--match", f"--match-budget {cfg.match_budget}",
              f"--mia-pictures {cfg.mia_pictures}", f"--n-test {cfg.n_test}"]
+    if cfg.attacks:
+        parts.append(f"--attacks --attack-budget {cfg.attack_budget}")
     return " ".join(parts)
 
 
@@ -470,7 +583,7 @@ def summary_table(table: pd.DataFrame, kinds: Sequence[str]) -> pd.DataFrame:
     g = single.groupby("method", sort=False)
     summary = g[cols].mean(numeric_only=False).reindex(order)
     met = g["met"].sum().reindex(order).astype(int).astype(str) + "/" + g.size().reindex(order).astype(str)
-    summary.insert(0, "met", met.where(met.index != METHOD_NAMES["original"], "–"))
+    summary.insert(0, "met", met.where(~met.index.isin([METHOD_NAMES["original"], METHOD_NAMES["reference"]]), "–"))
     return summary
 
 
@@ -516,6 +629,7 @@ def markdown_report(table: pd.DataFrame, config: dict) -> str:
                          f"{r['unlearn_seconds']:.1f} | {r['changed_pct']:.2f} |")
         lines.append("")
     lines += equal_quality_lines(table)
+    lines += attack_lines(table)
     lines += ["## Every run", "", "| method | concept | seed | status | forget top-1 | forget top-5 | retain | utility | "
               "MIA | UA | IRA | CRA | time (s) | time to match (s) | backward passes | changed (%) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -526,6 +640,35 @@ def markdown_report(table: pd.DataFrame, config: dict) -> str:
                      f"{_match_cell(r)} | {r['backward_passes']} | {r['changed_pct']:.2f} |")
     lines += ["", "## Checks (the claims of the paper, in this run)", ""] + [f"- {c}" for c in claim_checks(table)]
     return "\n".join(lines) + "\n"
+
+
+def attack_lines(table: pd.DataFrame) -> list[str]:
+    """The "recovery attacks" section of ``bench.md`` (empty without ``--attacks``)."""
+    if "attack_worst_kind" not in table:
+        return []
+    rows = table[table["attack_worst_kind"].notna()]
+    budgets = rows.iloc[0]["attack_budgets"]
+    names = list(budgets)
+    lines = ["## Recovery attacks (characters)", "",
+             "Each model's concept score after each attack (specific forget top-1 on held-out pictures, 0..1; see "
+             "`slugkit attack`). Worst case: the largest recovery `(x - reference) / (original - reference)` where a "
+             "model retrained without the character exists (0: like that model, 1: fully back), else the highest "
+             f"score after any attack but the linear probe. Budgets (`{rows.iloc[0]['attack_budget']}`): "
+             + "; ".join(f"{n} {_budget_text(budgets[n])}" for n in names) + ".", "",
+             "| method | concept | seed | plain | " + " | ".join(names) + " | worst case | attack time (wall s) |",
+             "|---" * (len(names) + 6) + "|"]
+    for _, r in rows.iterrows():
+        worst = ("–" if _missing(r["attack_worst"]) else f"{r['attack_worst_kind']} {r['attack_worst']:.2f}"
+                 + (f" ({r['attack_worst_attack']})" if r["attack_worst"] > 0 else ""))  # no attack to name at 0
+        plain = r["detail"]["attacks"]["no_attack"]["edited"]
+        lines.append(f"| {r['method']} | {r['concept']} | {r['seed']} | {plain:.2f} | "
+                     + " | ".join("–" if _missing(r[f"attack_{n}"]) else f"{r[f'attack_{n}']:.2f}" for n in names)
+                     + f" | {worst} | {r['attack_seconds']:.1f} |")
+    return lines + [""]
+
+
+def _budget_text(budget: dict) -> str:
+    return "(" + ", ".join(f"{k} {v}" for k, v in budget.items()) + ")"
 
 
 def _match_cell(r, steps: bool = True) -> str:

@@ -417,17 +417,15 @@ def cmd_attack(args) -> int:
     """Recovery attacks on the original, patched and reference toy CLIP (see slugkit.attacks)."""
     from .bounds import check_patch_path
     from .data.vocabulary import find_concept
-    from .models.names import REFERENCE_PREFIX, TOY_MODELS, is_host_name
+    from .models.names import TOY_MODELS, is_host_name
 
     if is_host_name(args.model):
-        raise ValueError(f"`slugkit attack` runs on the toy CLIPs ({', '.join(TOY_MODELS)}) so far; the attacks "
-                         f"on SD and LLaVA hosts are not built yet, so {args.model!r} cannot be attacked")
+        return _attack_host(args)
     if args.model not in TOY_MODELS:
         raise ValueError(f"`slugkit attack` needs the toy world's pictures and its reference model; expected one of "
                          f"{', '.join(TOY_MODELS)}, got {args.model!r}")
     check_patch_path(args.patch)  # before torch is imported
-    from .models.loading import load_clip
-    from .models.toy_clip import checkpoint_name, data_dir
+    from .models.loading import load_clip, shipped_reference
     from .patch import Patch
 
     patch = Patch.load(args.patch)  # a bad patch fails before any model loads
@@ -442,9 +440,8 @@ def cmd_attack(args) -> int:
             raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
     reference = args.reference
     if reference is None:  # the shipped reference when it exists, else none (recovery then cannot be read)
-        has_one = (data_dir() / checkpoint_name(concept)).is_file()
-        reference = REFERENCE_PREFIX + concept if has_one else "none"
-        if not has_one:
+        reference = shipped_reference(concept) or "none"
+        if reference == "none":
             warnings.warn(f"no reference model for {concept!r} (build it with `slugkit toy build --without "
                           f"\"{concept}\"`); recovery is null")
     if args.threads:
@@ -474,6 +471,51 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def _attack_host(args) -> int:
+    """`slugkit attack --model toy-llava|toy-sd`: the attacks that apply to the host, before and after the patch."""
+    from .attacks.hosts import check_host_attacks, check_host_patch
+    from .bounds import check_patch_path
+    from .data.vocabulary import find_concept
+
+    names = check_host_attacks(args.model.strip(), args.attack)  # a clear error before anything loads
+    if args.reference not in (None, "none"):
+        raise ValueError(f"there is no {args.model} retrained without a concept: --reference applies to the toy CLIPs only")
+    if args.budget not in ("default", "quick"):
+        raise ValueError(f"--budget {args.budget} applies to the toy CLIPs; the hosts' presets are default and quick")
+    check_patch_path(args.patch)
+    from .adapters.host import load_host
+    from .attacks import attack_data
+    from .attacks.hosts import run_host_attacks
+    from .patch import Patch
+
+    patch = Patch.load(args.patch)
+    check_host_patch(args.model.strip(), patch)
+    given = args.concept or (patch.concept if isinstance(patch.concept, str) else None)
+    if given is None:
+        raise ValueError("the patch forgets several concepts; name the one to attack with --concept")
+    concept = find_concept(given)["name"]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    host = load_host(args.model.strip())
+    data = attack_data(concept, seed=args.seed)
+    report = run_host_attacks(args.model.strip(), host, patch, data, attacks=names, budgets=args.budget)
+    report |= {"model": args.model, "patch": args.patch, "reference_model": None, "budget_preset": args.budget}
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"{args.model}: attacks on {concept!r} before and after the patch (no reference: recovery is null)")
+    print(f"{'attack':20s}{'original':>9s}{'edited':>8s}{'seconds':>8s}")
+    print(f"{'no attack':20s}{report['no_attack']['original']:9.2f}{report['no_attack']['edited']:8.2f}")
+    for name in names:
+        r = report[name]
+        print(f"{name:20s}{r['original']:9.2f}{r['edited']:8.2f}{r['seconds']:8.1f}")
+    worst = report["worst_score"]
+    print(f"worst score after an attack: {'-' if worst is None else f'{worst:.2f}'} ({report['worst_score_attack']})")
+    return 0
+
+
 def cmd_bench(args) -> int:
     _check_names(args.model, (args.concepts or []) + (args.multi or []))
     from .bench import BenchConfig, run_bench
@@ -489,7 +531,8 @@ def cmd_bench(args) -> int:
                       multi=pick(args.multi, default.multi), slug_policy=args.slug_policy, max_steps=args.max_steps,
                       eval_every=args.eval_every, match=pick(args.match, default.match),
                       match_budget=default.match_budget if args.match_budget is None else args.match_budget,
-                      mia_pictures=args.mia_pictures, n_test=args.n_test)
+                      mia_pictures=args.mia_pictures, n_test=args.n_test, attacks=args.attacks,
+                      attack_budget=args.attack_budget)
     table = run_bench(cfg, args.out, progress=not args.quiet)
     out = Path(args.out)
     print((out / "bench.md").read_text())
@@ -689,6 +732,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: slugkit.baselines.MATCH_BUDGET_STEPS)")
     bp.add_argument("--mia-pictures", type=int, default=100, help="training and unseen pictures per concept for MIA")
     bp.add_argument("--n-test", type=int, default=2000, help="held-out test pictures")
+    bp.add_argument("--attacks", action="store_true", help="also run every recovery attack (slugkit attack) on each "
+                    "character's rows, and the model retrained without the character where it is shipped: one "
+                    "column per attack and a worst case")
+    bp.add_argument("--attack-budget", choices=["bench", "default", "quick"], default="bench",
+                    help="the attacks' budgets with --attacks: bench (default: the `slugkit attack` budgets with "
+                    "relearning stopped at its 10-step headline), default or quick (smoke tests)")
     bp.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     bp.add_argument("--quiet", action="store_true", help="no progress bars")
     bp.add_argument("--out", required=True, help="output folder")
@@ -726,8 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "prompt, paraphrases, pixel PGD, linear probe) on the original, the patched and the "
                         "reference model (the toy CLIP retrained without the concept), and report recovery "
                         "(edited - reference) / (original - reference).")
-    at.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="the toy CLIP the patch was made for "
-                    "('toy-clip', default)")
+    at.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="the model the patch was made for: a toy "
+                    "CLIP ('toy-clip', default) or a toy host ('toy-llava': paraphrase, pixel_pgd, linear_probe; "
+                    "'toy-sd': adversarial_prompt, paraphrase, concept_arithmetic)")
     at.add_argument("--patch", required=True, metavar="FILE", help="patch.safetensors written by `slugkit unlearn`")
     at.add_argument("--concept", metavar="NAME", help="the character to attack (default: the patch's)")
     at.add_argument("--attack", action="append", metavar="NAME", help="one attack (repeatable; default: every "
@@ -735,9 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "paraphrase, pixel_pgd, linear_probe")
     at.add_argument("--reference", metavar="NAME", help="the reference model (default 'toy-clip-without:CONCEPT' "
                     "when its checkpoint exists; 'none': no reference, recovery null)")
-    at.add_argument("--budget", choices=["default", "quick"], default="default",
-                    help="attack budgets: default (about 60 s per attack and model on 2 idle cores) or quick (a "
-                    "few seconds, for smoke tests); the budgets used are in the output")
+    at.add_argument("--budget", choices=["default", "bench", "quick"], default="default",
+                    help="attack budgets: default (about 60 s per attack and model on 2 idle cores), bench (the "
+                    "default with relearning stopped at 10 steps, as `slugkit bench --attacks`) or quick (a few "
+                    "seconds, for smoke tests); the budgets used are in the output")
     at.add_argument("--seed", type=_int_in(SEED_MIN, SEED_MAX), default=0, metavar="N",
                     help=f"which pictures attack and score, {SEED_MIN}..{SEED_MAX} (default 0)")
     at.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

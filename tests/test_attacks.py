@@ -169,8 +169,9 @@ def test_cli_attack_refuses_bad_input(capsys, toy_patch):
 
     assert main(["attack", "--patch", str(toy_patch), "--attack", "nope"]) == 2
     assert "unknown attack 'nope'" in capsys.readouterr().err
+    # a patch of the whole toy CLIP cannot go into SD's text encoder: refused before the pipeline loads
     assert main(["attack", "--model", "toy-sd", "--patch", str(toy_patch)]) == 2
-    assert "toy CLIPs" in capsys.readouterr().err
+    assert "toy-sd takes a patch of the CLIP's text tower (scope 'text_model'" in capsys.readouterr().err
 
 
 def test_relearning_counts_every_true_caption_as_a_positive(data, monkeypatch):

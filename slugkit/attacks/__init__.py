@@ -10,9 +10,9 @@ from .pgd import pixel_pgd
 from .probe import linear_probe
 from .prompt import adversarial_prompt
 from .relearn import relearn, relearn_retain
-from .run import ATTACKS, BUDGETS, MIN_GAP, QUICK, recovery, run_attacks
+from .run import ATTACKS, BENCH, BUDGETS, MIN_GAP, QUICK, attack_model, combine, recovery, resolve, run_attacks
 from .soft_prompt import paraphrase, soft_prompt
 
-__all__ = ["ATTACKS", "BUDGETS", "MIN_GAP", "QUICK", "AttackData", "AttackResult", "adversarial_prompt",
-           "attack_data", "concept_arithmetic", "linear_probe", "paraphrase", "pixel_pgd", "recovery",
+__all__ = ["ATTACKS", "BENCH", "BUDGETS", "MIN_GAP", "QUICK", "AttackData", "AttackResult", "adversarial_prompt",
+           "attack_data", "attack_model", "combine", "concept_arithmetic", "resolve", "linear_probe", "paraphrase", "pixel_pgd", "recovery",
            "relearn", "relearn_retain", "run_attacks", "soft_prompt"]

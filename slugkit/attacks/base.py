@@ -184,15 +184,20 @@ def prefixed(adapter, text: str, k: int) -> tuple[torch.Tensor, slice]:
     return out, slice(1, 1 + k)
 
 
-@contextlib.contextmanager
 def token_embeddings(adapter, where: slice, embeds: torch.Tensor):
     """Inside the block the text tower sees ``embeds`` ``(k, W)`` at token positions ``where`` of every prompt."""
+    return embedding_override(adapter.token_embedding(), where, embeds)
+
+
+@contextlib.contextmanager
+def embedding_override(table: torch.nn.Module, where: slice, embeds: torch.Tensor):
+    """Inside the block the token embedding module ``table`` outputs ``embeds`` ``(k, W)`` at positions ``where``."""
     def hook(module, inputs, output):
         output = output.clone()
         output[:, where] = embeds.to(output.dtype)
         return output
 
-    handle = adapter.token_embedding().register_forward_hook(hook)
+    handle = table.register_forward_hook(hook)
     try:
         yield
     finally:

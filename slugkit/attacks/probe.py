@@ -22,11 +22,17 @@ class ProbeBudget:
     c: float = 1.0  # inverse L2 strength of the logistic regression
 
 
-@torch.no_grad()
 def block_features(adapter, images: np.ndarray, batch_size: int = 250) -> dict[str, np.ndarray]:
     """``{"block k": (N, 2W), ..., "embedding": (N, D)}``: class token and mean token after every vision block."""
-    blocks = adapter.blocks("vision")
-    batch_first = adapter.blocks_batch_first("vision")
+    return hooked_features(adapter.blocks("vision"), adapter.blocks_batch_first("vision"),
+                           lambda x: adapter.encode_image(adapter.preprocess(x)), images, "embedding", batch_size)
+
+
+@torch.no_grad()
+def hooked_features(blocks, batch_first: bool, run, images: np.ndarray, final: str,
+                    batch_size: int = 250) -> dict[str, np.ndarray]:
+    """Class token and mean token after each of ``blocks`` while ``run`` (uint8 ``(B, H, W, 3)`` tensor ->
+    ``(B, D)`` or ``(B, T, D)`` features) runs on ``images``; ``run``'s own output (mean over tokens) as ``final``."""
     seen: dict[int, list] = {k: [] for k in range(len(blocks))}
 
     def hook_for(k):
@@ -37,32 +43,40 @@ def block_features(adapter, images: np.ndarray, batch_size: int = 250) -> dict[s
         return hook
 
     handles = [b.register_forward_hook(hook_for(k)) for k, b in enumerate(blocks)]
-    final = []
+    out_final = []
     try:
         for i in range(0, len(images), batch_size):
-            final.append(adapter.encode_image(adapter.preprocess(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])))))
+            y = run(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])))
+            out_final.append((y.mean(1) if y.dim() == 3 else y).float())
     finally:
         for h in handles:
             h.remove()
     out = {f"block {k}": torch.cat(v).numpy() for k, v in seen.items()}
-    out["embedding"] = torch.cat(final).numpy()
+    out[final] = torch.cat(out_final).numpy()
     return out
 
 
 def linear_probe(adapter, data: AttackData, budget: ProbeBudget | None = None) -> AttackResult:
     """Per-block probe top-1 on the concept's pictures; the score is the best block's."""
+    budget = budget or ProbeBudget()
+    n = min(budget.pictures, len(data.probe_images))
+    return probe_features(block_features(adapter, data.probe_images[:n]), data, budget)
+
+
+def probe_features(features: dict[str, np.ndarray], data: AttackData, budget: ProbeBudget) -> AttackResult:
+    """A logistic probe per entry of ``features`` (``{where: (N, F)}`` of the first N probe pictures of ``data``),
+    fitted on the even pictures, scored on the odd ones; the score is the best entry's."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    budget = budget or ProbeBudget()
-    n = min(budget.pictures, len(data.probe_images))
-    images, labels = data.probe_images[:n], np.asarray(data.probe_labels[:n])
+    n = len(next(iter(features.values())))
+    labels = np.asarray(data.probe_labels[:n])
     fit, held = np.arange(n) % 2 == 0, np.arange(n) % 2 == 1
     if not (held & (labels == data.index)).any() or not (fit & (labels == data.index)).any():
         raise ValueError(f"too few probe pictures of {data.concept!r} in {n}; raise ProbeBudget.pictures")
     per_block = {}
-    for where, feats in block_features(adapter, images).items():
+    for where, feats in features.items():
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=budget.c, max_iter=budget.max_iter))
         probe.fit(feats[fit], labels[fit])
         per_block[where] = specific_recall(probe.predict(feats[held]), labels[held], data.index)["score"]

@@ -23,6 +23,16 @@ from slugkit.models.names import (  # noqa: F401 (TOY_MODELS, is_toy_model: re-e
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
+def shipped_reference(concept: str) -> str | None:
+    """``toy-clip-without:<concept>`` when that reference checkpoint is in the data folder, else ``None``."""
+    from slugkit.data.minicanvas import find_concept
+    from slugkit.models.toy_clip import checkpoint_name
+    from slugkit.resources import data_dir
+
+    name = find_concept(concept)["name"]
+    return REFERENCE_PREFIX + name if (data_dir() / checkpoint_name(name)).is_file() else None
+
+
 class ModelNotAvailableError(RuntimeError):
     """The named model's weights cannot be found locally and cannot be downloaded (offline, not cached, bad path)."""
 
