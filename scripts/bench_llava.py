@@ -52,7 +52,8 @@ def main() -> None:
     p.add_argument("--cache", action="store_true", help="reuse gradients from $SLUGKIT_CACHE (unlearn_seconds then "
                                                         "leaves out most of the gradient time)")
     p.add_argument("--checkpoint", help="another toy LLaVA checkpoint than data/toy-llava.safetensors (e.g. one "
-                                        "built with LLaVA-1.5's layout: slugkit toy build llava --layout llava-1.5)")
+                                        "with LLaVA-1.5's layout: slugkit.models.toy_llava.build(out_dir, "
+                                        "TrainConfig(feature_layer=-2, select_strategy='default')))")
     args = p.parse_args()
     host = load_toy_llava(args.n_eval, path=args.checkpoint) if args.checkpoint else load_host("toy-llava",
                                                                                                 n_eval=args.n_eval)
