@@ -569,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--candidates", choices=["default", "reference"],
                    help="candidate layers: 'default' = 2-D attention/MLP weights of every block; 'reference' = the "
                         "authors' set (every parameter but biases, logit_scale, positional/token embeddings)")
-    u.add_argument("--preset", choices=["slugkit", "reference", "clip-side", "orthogonal"],
+    u.add_argument("--preset", choices=["slugkit", "reference", "orthogonal", "clip-side"],
                    help="'slugkit' (default) or 'reference' = the authors' choices. On a CLIP (and SD): reference "
                         "candidates, top5 rule, exactly 10 evaluations, no early stop; the report adds their "
                         "returned (last) lambda. On LLaVA hosts: the authors' LLaVA recipe (bare-name forget text, "

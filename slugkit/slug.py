@@ -581,6 +581,9 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
       searches its lambda on the host's outputs only (the authors' LLaVA code).
     - ``forget_text`` (default ``host.forget_text``): "captions" computes the forget gradient on the forget
       pictures' own captions, "name" pairs every forget picture with the concept's bare name instead.
+    - A recipe with ``project_others`` (LLaVA's "orthogonal") also computes the forget gradients of
+      ``host.other_concepts(concept)`` (each on its own pictures, paired as the concept's are) and edits along the
+      forget gradient minus its projection on their span (``unlearn(project_off=...)``).
 
     Other keyword arguments go to :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
     """

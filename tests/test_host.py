@@ -513,7 +513,7 @@ def test_orthogonal_recipe_edits_orthogonally_to_the_other_names_forget_gradient
     forgets = []
     monkeypatch.setattr(slug, "compute_gradients", spy)
     options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], progress=False)
-    plain = unlearn_host(NamesRecipeHost(clip), "Captain Zorp", **options)
+    plain = unlearn_host(NamesRecipeHost(clip), "Captain Zorp", **options)  # the default: SLUG's own direction
     assert plain.projected_off == [] and len(forgets) == 1
     forget_tokens.clear(), forgets.clear()
     result = unlearn_host(NamesRecipeHost(clip), "Captain Zorp", preset="orthogonal", **options)
