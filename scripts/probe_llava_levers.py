@@ -10,7 +10,8 @@ answers on the report's held-out test pictures (``host.report_metrics``). Levers
 
 - ``base``: the forget gradient g_f (the default recipe).
 - ``proj-retain``: g_f minus its component along the shared retain gradient g_r of the same layer.
-- ``proj-others``: g_f minus its projection on the span of the other 12 characters' forget gradients (bare names).
+- ``proj-others``: g_f minus its projection on the span of the other 12 characters' forget gradients (bare names):
+  the direction of ``--preset orthogonal``.
 - ``proj-mean``: g_f minus its component along the mean of the other characters' forget gradients.
 - ``answer``: the gradient of LLaVA's own answer loss (the name's tokens after 8 training identity phrasings, 128
   training pictures of the character) instead of the CLIP's forget gradient.
@@ -35,7 +36,7 @@ from slugkit.adapters.host import load_host
 from slugkit.adapters.llava import LLAVA_RECIPES, load_toy_llava
 from slugkit.data.minicanvas import CHARACTER_NAMES
 from slugkit.data.pairs import pair_loader
-from slugkit.gradients import GradientStore, compute_gradients
+from slugkit.gradients import GradientStore, compute_gradients, project_out
 from slugkit.models.loading import load_clip
 from slugkit.patch import Patch, scope_fingerprint
 from slugkit.slug import make_task
@@ -106,9 +107,8 @@ def direction(lever: str, layer: str, g, others: dict, host=None, name=None) -> 
     elif lever == "proj-mean":
         go = torch.stack([o.forget[layer].double().flatten() for o in others.values()]).mean(0)
         d = gf - (gf @ go) / (go @ go) * go
-    elif lever == "proj-others":
-        q, _ = torch.linalg.qr(torch.stack([o.forget[layer].double().flatten() for o in others.values()], 1))
-        d = gf - q @ (q.T @ gf)
+    elif lever == "proj-others":  # what --preset orthogonal does (unlearn(project_off=...))
+        d = project_out(gf, [o.forget[layer].double().flatten() for o in others.values()])
     else:
         raise ValueError(lever)
     return d.reshape(g.forget[layer].shape).float()
