@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from slugkit.adapters.host import load_host
+from slugkit.adapters.llava import LLAVA_RECIPES, load_toy_llava
 from slugkit.data.minicanvas import CHARACTER_NAMES
 from slugkit.models.loading import load_clip
 from slugkit.slug import unlearn_host
@@ -45,13 +46,17 @@ def criteria(r: dict) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--characters", nargs="+", default=list(CHARACTER_NAMES))
-    p.add_argument("--presets", nargs="+", default=["slugkit"], choices=["reference", "slugkit", "clip-side"])
+    p.add_argument("--presets", nargs="+", default=["slugkit"], choices=sorted(LLAVA_RECIPES))
     p.add_argument("--out", default="runs/bench_llava")
     p.add_argument("--n-eval", type=int, default=500)
     p.add_argument("--cache", action="store_true", help="reuse gradients from $SLUGKIT_CACHE (unlearn_seconds then "
                                                         "leaves out most of the gradient time)")
+    p.add_argument("--checkpoint", help="another toy LLaVA checkpoint than data/toy-llava.safetensors (e.g. one "
+                                        "with LLaVA-1.5's layout: slugkit.models.toy_llava.build(out_dir, "
+                                        "TrainConfig(feature_layer=-2, select_strategy='default')))")
     args = p.parse_args()
-    host = load_host("toy-llava", n_eval=args.n_eval)
+    host = load_toy_llava(args.n_eval, path=args.checkpoint) if args.checkpoint else load_host("toy-llava",
+                                                                                                n_eval=args.n_eval)
     clip = load_clip(host.clip_name)
     for preset in args.presets:
         rows = []

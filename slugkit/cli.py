@@ -184,9 +184,9 @@ def _unlearn(args, data, writer: bool, device, prof=None) -> int:
         for flag, value in (("--search", args.search), ("--forget-text", args.forget_text)):
             if value is not None:
                 raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
-        if args.preset == "clip-side":
-            raise ValueError("--preset clip-side is a recipe of the LLaVA hosts (toy-llava, llava:...); a CLIP takes "
-                             "'slugkit' or 'reference'")
+        if args.preset in ("clip-side", "orthogonal"):
+            raise ValueError(f"--preset {args.preset} is a recipe of the LLaVA hosts (toy-llava, llava:...); a CLIP "
+                             "takes 'slugkit' or 'reference'")
         options = {k: v for k, v in options.items() if v is not None}  # unlearn's own defaults
         with stage("load"):
             adapter = load_clip(args.model, device=device, cache_dir=args.cache_dir)
@@ -612,12 +612,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--candidates", choices=["default", "reference"],
                    help="candidate layers: 'default' = 2-D attention/MLP weights of every block; 'reference' = the "
                         "authors' set (every parameter but biases, logit_scale, positional/token embeddings)")
-    u.add_argument("--preset", choices=["slugkit", "reference", "clip-side"],
+    u.add_argument("--preset", choices=["slugkit", "reference", "orthogonal", "clip-side"],
                    help="'slugkit' (default) or 'reference' = the authors' choices. On a CLIP (and SD): reference "
                         "candidates, top5 rule, exactly 10 evaluations, no early stop; the report adds their "
                         "returned (last) lambda. On LLaVA hosts: the authors' LLaVA recipe (bare-name forget text, "
-                        "deepest Pareto vision layer, step size searched on LLaVA's answers); 'clip-side' = the "
-                        "older recipe searched on the CLIP (README, SLUG on LLaVA)")
+                        "deepest Pareto vision layer, step size searched on LLaVA's answers); 'orthogonal' = 'slugkit' "
+                        "with the edit made orthogonal to the other characters' forget gradients; 'clip-side' = "
+                        "the older recipe searched on the CLIP (README, SLUG on LLaVA)")
     u.add_argument("--max-evals", type=_int_in(MAX_EVALS_MIN, MAX_EVALS_MAX), metavar="N",
                    help=f"step sizes tried per layer, {MAX_EVALS_MIN}..{MAX_EVALS_MAX} (default 10; each is one "
                    "evaluation; the bracket halves each time)")

@@ -340,6 +340,23 @@ def compute_gradients(
                      retain={name: parts["retain"][name] for name in layers}, meta=meta)
 
 
+def project_out(grad: torch.Tensor, directions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``grad`` minus its orthogonal projection on the span of ``directions`` (tensors of its shape), in float64.
+
+    What is left changes no loss whose gradient lies in that span to first order: with ``directions`` the other
+    concepts' forget gradients of the same layer, a step along it leaves their forget losses where they were.
+    """
+    if not directions:
+        return grad
+    flat = grad.detach().double().flatten()
+    basis = torch.stack([d.detach().double().flatten() for d in directions], 1)
+    if basis.shape[0] != flat.numel():
+        raise ValueError(f"project_out needs directions of the gradient's shape {tuple(grad.shape)}, got "
+                         f"{tuple(directions[0].shape)}")
+    q, _ = torch.linalg.qr(basis)
+    return (flat - q @ (q.T @ flat)).reshape(grad.shape).to(grad.dtype)
+
+
 def retain_gradient(adapter: CLIPAdapter, retain_loader: Iterable, layers: Sequence[str],
                     store: GradientStore | None = None, progress: bool = True) -> dict[str, torch.Tensor]:
     """The retain half alone: ``g_r`` of ``layers`` over ``retain_loader``, through the same per-model cache as

@@ -23,7 +23,7 @@ from .bounds import check_batch_size, check_finite_weights, check_fraction, chec
 from .data.pairs import ImageTextPairs, pair_loader
 from .eval.metrics import release_memory
 from .fingerprint import tensor_digest, to_jsonable
-from .gradients import GradientStore, Gradients, compute_gradients
+from .gradients import GradientStore, Gradients, compute_gradients, project_out
 from .layer_identification import candidate_infos, layer_table, select_layers
 from .models.loading import TOY_MODELS
 from .patch import Patch, scope_fingerprint
@@ -84,6 +84,7 @@ class UnlearnResult:
     profile: dict | None = None  # seconds and peak memory per stage (slugkit.profile.Profiler.to_dict), if profiled
     no_patch: dict | None = None  # when no patch was made: why, and the step size that came closest
     search: str | None = None  # set by :func:`unlearn_host`: where the step size was searched (see SEARCHES)
+    projected_off: list[str] = field(default_factory=list)  # concepts whose forget gradients the edit is orthogonal to
 
     @property
     def chosen_search(self) -> SearchResult | None:
@@ -115,6 +116,7 @@ class UnlearnResult:
             # the authors' code returns the last lambda its search tried; slugkit the best one that met the target
             "last_lambda": self.chosen_search.last_lambda if self.chosen_search else None,
             "last_met": self.chosen_search.last_met if self.chosen_search else None,
+            "projected_off": list(self.projected_off),
             "retain_set": self.retain_set, "retain_pairs": self.gradients.meta.get("retain_pairs"),
             "retain_batches": self.gradients.meta.get("retain_batches"),
             "forget_acc_before": b.get("forget_top1"), "forget_acc_after": a.get("forget_top1"),
@@ -292,7 +294,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
             retain: str = "shared", full_trace: bool = False, search_evaluator: Evaluator | None = None,
             step_evaluator: Evaluator | None = None, step_start: str = "rule", step_rtol: float | None = None,
-            progress: bool = True) -> UnlearnResult:
+            project_off: Sequence[Task] = (), progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
@@ -335,6 +337,12 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
       where that second search starts, "rule" (``lambda_0 = 0.1 ||theta|| / ||g_f||``, as every search) or
       "found" (the first search's step size, a guess for the upper bracket: doubled when it does not reach
       the target, bisected from 0 when it does); ``step_rtol`` its early-stop tolerance (default ``rtol``).
+    - ``project_off``: tasks of other concepts (e.g. the other characters, each forget picture paired as this
+      task pairs its own). Their forget gradients are computed too (same loaders and store), and every searched
+      layer's edit direction is its forget gradient minus the projection on their span
+      (:func:`~slugkit.gradients.project_out`: to first order, the step leaves their forget losses unchanged).
+      The layer table still reads the unprojected gradients; ``result.gradients.forget`` keeps them, the patch
+      holds the projected step. Default: none (SLUG's own direction).
 
     Inputs are bounded (see :mod:`slugkit.bounds`): ``seed`` in 0..2**31-1, ``batch_size`` in 2..4096,
     ``max_evals`` in 1..100, ``rtol`` in [0, 1]; non-finite weights and a retain set of fewer than 2
@@ -385,6 +393,9 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     retain_layers = sorted(set(layer_names) | {i.name for i in adapter.candidate_layers()})
     grads = compute_gradients(adapter, forget_loader, retain_loader, layers=layer_names, store=store,
                               progress=progress, retain_layers=retain_layers, reuse_retain=retain_set == "shared")
+    others = [compute_gradients(adapter, pair_loader(o.forget, adapter, batch_size=batch_size), retain_loader,
+                                layers=layer_names, store=store, progress=False, retain_layers=retain_layers,
+                                reuse_retain=retain_set == "shared").forget for o in project_off]
     timings["gradients"] = round(time.perf_counter() - t, 2)
     release_memory()  # the gradient stage's float64 sums and activations go back to the OS before the search
 
@@ -394,6 +405,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         layers = select_layers(table, policy, tower)
     towers = dict(zip(table["name"], table["tower"]))
     blocks = dict(zip(table["name"], table["block"]))
+    direction = {name: project_out(grads.forget[name], [o[name] for o in others]) for name in layers}
     timings["layer_identification"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
@@ -412,7 +424,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             t_, b_ = towers[name], int(blocks[name])
             evaluator.prepare(t_, b_)  # model still unedited here
             searches.append(search_step_size(
-                adapter.parameter(name), grads.forget[name], lambda: evaluator(edited_tower=t_, block=b_), target,
+                adapter.parameter(name), direction[name], lambda: evaluator(edited_tower=t_, block=b_), target,
                 max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress, baseline=baseline,
                 evaluate_forget=forget_only and (lambda: forget_only(edited_tower=t_, block=b_))))
         if policy == "deepest-first" and searches[-1].status == "ok":
@@ -444,7 +456,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
                 step_evaluator.cache()
                 step_evaluator.prepare(edited_tower, edited_block)
                 step_searches.append(search_step_size(
-                    adapter.parameter(layer), grads.forget[layer],
+                    adapter.parameter(layer), direction[layer],
                     lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target,
                     max_evals=max_evals, lambda0=found if step_start == "found" else None, layer_name=layer,
                     rtol=rtol if step_rtol is None else step_rtol, progress=progress))
@@ -478,7 +490,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         with stage("patch"):
             scope = adapter.patch_scope(best.layer)
             patch = Patch.from_step(adapter.name, task.concept, best.layer, best.best_lambda,
-                                    grads.forget[best.layer], scope_fingerprint(adapter.model, scope),
+                                    direction[best.layer], scope_fingerprint(adapter.model, scope),
                                     best.best_metrics, scope=scope,
                                     base_digest=tensor_digest(adapter.parameter(best.layer)))
         with stage("report"):
@@ -499,7 +511,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
         preset=preset, candidates=candidates, target=target.describe(), retain_set=retain_set,
-        step_search=step_search, step_searches=step_searches, no_patch=no_patch)
+        step_search=step_search, step_searches=step_searches, no_patch=no_patch,
+        projected_off=[o.concept for o in project_off])
 
 
 # With a second search (search="generation"/"refine"), how many of the layers that met the target on the CLIP it may
@@ -568,6 +581,9 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
       searches its lambda on the host's outputs only (the authors' LLaVA code).
     - ``forget_text`` (default ``host.forget_text``): "captions" computes the forget gradient on the forget
       pictures' own captions, "name" pairs every forget picture with the concept's bare name instead.
+    - A recipe with ``project_others`` (LLaVA's "orthogonal") also computes the forget gradients of
+      ``host.other_concepts(concept)`` (each on its own pictures, paired as the concept's are) and edits along the
+      forget gradient minus its projection on their span (``unlearn(project_off=...)``).
 
     Other keyword arguments go to :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
     """
@@ -582,6 +598,7 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
     search = settings.pop("search") or host.search
     forget_text = settings.pop("forget_text") or host.forget_text
     search_options = settings.pop("search_options", None) or {}
+    project_others = settings.pop("project_others", False)
     settings = {k: v for k, v in settings.items() if v is not None}
     settings.setdefault("tower", host.tower)  # only the host's tower has candidates ("deepest" needs it named)
     if search not in SEARCHES:
@@ -600,6 +617,12 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
     task = kwargs.pop("task", None) or make_task(clip, concept, data, classes, seed)
     if forget_text == "name":
         task = task.with_forget_caption(task.concept)
+    if project_others:  # the other concepts' tasks, their forget pictures paired as the concept's are
+        kwargs["project_off"] = []
+        for other in host.other_concepts(task.concept):
+            known = None if data is None else [c for c in [task.concept, *(classes or [])] if c != other]
+            o = make_task(clip, other, data, known, seed)
+            kwargs["project_off"].append(o.with_forget_caption(o.concept) if forget_text == "name" else o)
     if search != "clip":
         on_host = _HostSearch(host.generation_evaluator(task.concept, clip, **search_options))
         kwargs["search_evaluator" if search == "host" else "step_evaluator"] = on_host

@@ -485,3 +485,66 @@ def test_deepest_first_walks_down_the_front_until_the_other_names_survive(folder
     assert walked.searches[0].status == "target-not-reached"  # forgot, but lost the other names
     assert any(s.reached and not s.met for s in walked.searches[0].trace)
     assert walked.layer == order[1] and walked.status == "ok"
+
+
+class NamesRecipeHost(RecipeHost):
+    """:class:`RecipeHost` that names the other concepts it tells apart (as LLaVA's ``other_concepts`` does)."""
+
+    def other_concepts(self, concept):
+        return [n for n in FACE_NAMES if n != concept]
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_orthogonal_recipe_edits_orthogonally_to_the_other_names_forget_gradients(folder, monkeypatch):
+    """The "orthogonal" LLaVA recipe: the other names' forget gradients are computed on their own pictures paired
+    with their bare names, and the patch's step is orthogonal to each of them on the edited layer, while the layer
+    is the one the unprojected gradients choose (the same as the default recipe's)."""
+    import slugkit.slug as slug
+
+    clip = hf_adapter()
+    forget_tokens, real = [], slug.compute_gradients
+
+    def spy(adapter, forget_loader, retain_loader, **kwargs):
+        forget_tokens.append(torch.cat([tokens for _, tokens in forget_loader]))
+        out = real(adapter, forget_loader, retain_loader, **kwargs)
+        forgets.append(out.forget)
+        return out
+
+    forgets = []
+    monkeypatch.setattr(slug, "compute_gradients", spy)
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], progress=False)
+    plain = unlearn_host(NamesRecipeHost(clip), "Captain Zorp", **options)  # the default: SLUG's own direction
+    assert plain.projected_off == [] and len(forgets) == 1
+    forget_tokens.clear(), forgets.clear()
+    result = unlearn_host(NamesRecipeHost(clip), "Captain Zorp", preset="orthogonal", **options)
+    assert result.projected_off == FACE_NAMES[1:] and result.preset == "orthogonal"
+    # the concept's gradient, then one per other name, each on that name's pictures with the bare name
+    assert len(forget_tokens) == 3
+    assert [bool((t == clip.tokenize([n])).all()) for t, n in zip(forget_tokens, FACE_NAMES)] == [True] * 3
+    layer = result.layer
+    assert layer == plain.layer and result.status == "ok"
+    step = result.patch.deltas[layer].double().flatten()
+    g_f = forgets[0][layer].double().flatten()
+    for other in forgets[1:]:
+        g_o = other[layer].double().flatten()
+        assert abs(float(step @ g_o)) <= 1e-6 * float(step.norm() * g_o.norm())
+    assert float(step @ g_f) > 0 and torch.equal(result.gradients.forget[layer], forgets[0][layer])
+    report = result.report()
+    assert report["projected_off"] == FACE_NAMES[1:]
+
+
+def test_project_out_removes_exactly_the_span():
+    from slugkit.gradients import project_out
+
+    g = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    a, b = torch.randn(6, 5), torch.randn(6, 5)
+    out = project_out(g, [a, b])
+    assert out.shape == g.shape and out.dtype == g.dtype
+    assert abs(float((out * a).sum())) < 1e-5 and abs(float((out * b).sum())) < 1e-5
+    rest = (g - out).double().flatten()  # what was removed lies in span(a, b)
+    basis = torch.stack([a.double().flatten(), b.double().flatten()], 1)
+    coef = torch.linalg.lstsq(basis, rest[:, None]).solution
+    assert torch.allclose(basis @ coef, rest[:, None], atol=1e-6)
+    assert torch.equal(project_out(g, []), g)
+    with pytest.raises(ValueError, match="directions of the gradient's shape"):
+        project_out(g, [torch.randn(3)])

@@ -54,6 +54,9 @@ class HostRecipe:
     max_evals: int = 10
     rtol: float = 0.05
     search_options: dict = field(default_factory=dict)  # keyword arguments of ``host.generation_evaluator``
+    # True: the edit direction is the forget gradient made orthogonal to the other concepts' forget gradients
+    # (``host.other_concepts``; ``unlearn(project_off=...)``), a slugkit departure from SLUG's own direction
+    project_others: bool = False
     fixed: bool = False
     about: str = ""  # one line: what the recipe is and where it comes from
 
@@ -94,6 +97,11 @@ class Host(ABC):
         "forget_top5", "retain_top1", "utility"}`` measured on the host's own outputs, reading the current
         (possibly edited) tower weights of ``clip``. Hosts that cannot do this keep the default."""
         raise NotImplementedError(f"{self.name!r} has no generation-based search; use search='clip'")
+
+    def other_concepts(self, concept: str) -> list[str]:
+        """The concepts a recipe with ``project_others`` keeps the edit orthogonal to (their forget gradients):
+        those the host tells apart from ``concept``. The default has none."""
+        return []
 
     def check_concept(self, concept: str) -> None:
         """Raise ``ValueError`` (one sentence) when the host cannot measure forgetting ``concept``; called by

@@ -58,6 +58,9 @@ LLAVA_RECIPES["slugkit"] = HostRecipe(**{
     "search_options": {"pool": 2000, "n_forget": None, "n_other": 150, "questions": "all", "n_vqa": 300}},
     about="the authors' recipe, its step size searched on every validation picture of the character (about 75, not "
           "10) and every name phrasing, with slugkit's early stop")
+LLAVA_RECIPES["orthogonal"] = HostRecipe(**{**LLAVA_RECIPES["slugkit"].settings(), "project_others": True},
+                                         about="slugkit's recipe with the edit direction made orthogonal to the other "
+                                               "characters' forget gradients on the edited layer")
 
 
 class LlavaHost(Host):
@@ -147,6 +150,13 @@ class LlavaHost(Host):
             article = "an" if kind[0] in "aeiou" else "a"
             raise ValueError(f"{self.name!r} forgets characters (its forget rate counts answers naming them), and "
                              f"{concept!r} is {article} {kind}: pick one of {', '.join(CHARACTER_NAMES)}")
+
+    def other_concepts(self, concept: str) -> list[str]:
+        """The other names LLaVA is asked to tell apart: the other characters (toy), or ``classes`` (real)."""
+        from ..data.minicanvas import CHARACTER_NAMES
+
+        names = CHARACTER_NAMES if self.world is not None else self.classes
+        return [c for c in names if c.lower() != concept.lower()]
 
     def patch_footprint(self, patch) -> dict:
         """:meth:`Host.patch_footprint` plus ``share_of_model`` (of every parameter of this LLaVA) and
