@@ -219,6 +219,14 @@ def unmeasured(before: dict, after: dict, evaluator=None) -> tuple[list[str], li
     return missing, warns
 
 
+def broke_guard(target: Target, searches: Sequence[SearchResult]) -> list[str]:
+    """One phrase per step of ``searches`` that reached ``target``'s forget rule but not its guard."""
+    return [f"step size {st.lam:.4g} on {s.layer} reached it but not the guard ("
+            + ", ".join(f"{m} {s.baseline[m]:.3g} -> {st.metrics[m]:.3g}" for m in target.guards) + ")"
+            for s in searches for st in s.trace
+            if target.guards and st.reached and not st.met and all(m in st.metrics for m in target.guards)]
+
+
 def explain_no_patch(target: Target, searches: Sequence[SearchResult],
                      step_searches: Sequence[SearchResult] = ()) -> dict:
     """Why a run made no patch, and the step size that came closest to the stop rule.
@@ -240,9 +248,7 @@ def explain_no_patch(target: Target, searches: Sequence[SearchResult],
                 "evaluations": 0, "broke_guard": []}
     search, step = min(tried, key=lambda c: (float(c[1].metrics[target.forget_metric]), c[1].lam))
     value = float(step.metrics[target.forget_metric])
-    broke = [f"step size {st.lam:.4g} on {s.layer} reached it but not the guard ("
-             + ", ".join(f"{m} {s.baseline[m]:.3g} -> {st.metrics[m]:.3g}" for m in target.guards) + ")"
-             for s in pool for st in s.trace if st.reached and not st.met and all(m in st.metrics for m in target.guards)]
+    broke = broke_guard(target, pool)
     why = (f"stop rule {target.describe()}: {where}; the closest was step size {step.lam:.4g} on {search.layer} "
            f"with {target.forget_metric} = {value:.4g} ({evaluations} evaluations)" + "".join(f"; {b}" for b in broke)
            + ", so no patch was made and the model is unchanged")
@@ -467,6 +473,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
                 best = step_searches[-1]
                 break
             warns.append(f"{how}, but no step size of the second search met it"
+                         + "".join(f" ({b})" for b in broke_guard(step_target, step_searches[-1:]))
                          + ("; the second search tries the next one" if i + 1 < len(tries) else ""))
         if tries:
             timings["step_size_search_again"] = round(time.perf_counter() - t, 2)

@@ -540,6 +540,8 @@ def test_the_guard_refuses_a_step_that_damages_the_neighbours_and_the_runner_up_
     refused = [s for s in first.trace if s.reached and not s.met]
     assert len(refused) == 1 and refused[0].metrics["ira"] == 0.5 and first.baseline["ira"] == 1.0
     assert result.step_search.best_metrics["ira"] == 1.0
+    assert any(met[0].layer in w and "not the guard (ira 1 -> 0.5" in w and "tries the next one" in w
+               for w in result.warnings)
     # the unedited host judged once (baseline shared by both layers), then the guard once per layer
     assert host.guard_calls == 3 and result.step_evaluations["guard"] == 3
     assert result.step_evaluations["forget"] == 1 + len(first.trace) + len(result.step_search.trace)
