@@ -42,7 +42,7 @@ def markdown_table(rows: list[dict]) -> str:
     def pct(x):
         return f"{100 * x:.0f}"
 
-    lines = ["| attribute | concept | layer | λ | UA | IRA | CRA | judged evaluations | unlearn_seconds (CPU) | "
+    lines = ["| attribute | concept | layer | λ | UA | IRA | CRA | judged evaluations (+ guard) | unlearn_seconds (CPU) | "
              "UA/IRA/CRA bar |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         layer = (r["layer"] or "").removeprefix("text_model.encoder.").removesuffix(".weight")
@@ -50,15 +50,17 @@ def markdown_table(rows: list[dict]) -> str:
             closest = r.get("no_patch") or {}
             lam = closest.get("closest_lambda")
             cells = ["no patch" if lam is None else
-                     f"no patch (closest λ {lam:.3g}: {pct(closest['closest_forget'])}% of search pictures still it)",
-                     "", ""]
+                     f"no patch (closest λ {lam:.3g}: {pct(closest['closest_forget'])}% of search pictures still it"
+                     + (f"; {len(closest['broke_guard'])} step(s) forgot it but broke the guard)"
+                        if closest.get("broke_guard") else ")"), "", ""]
             step = "—"
         else:
             cells = [f"{pct(r[k + '_before'])} → {pct(r[k + '_after'])}" for k in ("ua", "ira", "cra")]
             step = f"{r['step_size']:.3g}"
         ok = "**yes**" if meets_bar(r, None) else "no"
         lines.append(f"| {r['attribute']} | {r['concept']} | `{layer or '—'}` | {step} | " + " | ".join(cells)
-                     + f" | {r.get('judged_evaluations') or '—'} | {r['unlearn_seconds']:.0f} ({r['unlearn_cpu_seconds']:.0f})"
+                     + f" | {r.get('judged_evaluations') or '—'} + {r.get('guard_evaluations') or 0}"
+                     f" | {r['unlearn_seconds']:.0f} ({r['unlearn_cpu_seconds']:.0f})"
                      f" | {ok} |")
     return "\n".join(lines)
 
@@ -74,13 +76,16 @@ def main(argv=None) -> int:
                    help="how lambda is searched (default: the host's own, generation)")
     p.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="what the forget gradient pairs the forget pictures with (default: the host's, the name)")
+    p.add_argument("--guard", action="store_true",
+                   help="the second search with its retain guard (the neighbours' judged pictures; SDHost's "
+                        "guard_tolerance=GUARD_TOLERANCE, an option, not the default)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-ceiling", action="store_true",
                    help="skip the judge's test accuracy and the VAE round-trip ceiling (only the SLUG runs)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from slugkit.adapters.sd import load_toy_sd
+    from slugkit.adapters.sd import GUARD_TOLERANCE, load_toy_sd
     from slugkit.data.minicanvas import cached_split
     from slugkit.models import judge as judge_mod
     from slugkit.models import toy_sd
@@ -88,10 +93,11 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    host = load_toy_sd(seeds=tuple(range(args.seeds)))
+    host = load_toy_sd(seeds=tuple(range(args.seeds)), **({"guard_tolerance": GUARD_TOLERANCE} if args.guard else {}))
     summary = {"seeds": args.seeds, "steps": host.steps, "guidance": host.guidance,
                "search": args.search or host.search, "forget_text": args.forget_text or host.forget_text,
-               "threads": args.threads, "load_average_start": os.getloadavg()}
+               "guard_tolerance": host.guard_tolerance, "threads": args.threads,
+               "load_average_start": os.getloadavg()}
     if not args.no_ceiling:
         judge = judge_mod.load_judge()
         test = cached_split(1000, 0, "test")
@@ -117,8 +123,10 @@ def main(argv=None) -> int:
         rep = result.report()
         rows.append({"attribute": attribute, **{k: rep.get(k) for k in ROW_KEYS},
                      **{k: rep["timings"].get(k) for k in TIMING_KEYS}, "no_patch": rep.get("no_patch"),
-                     # the host's evaluations (16 pictures each): the second search's baseline and its steps
-                     "judged_evaluations": 1 + len(rep["step_search"]["trace"]) if rep["step_search"] else 0,
+                     # the host's evaluations: the second searches' baseline and steps (16 pictures each), and
+                     # the guard's (the neighbours' prompts: 2 pictures of each of the attribute's, 1 of the others')
+                     "judged_evaluations": rep["step_evaluations"].get("forget", 0),
+                     "guard_evaluations": rep["step_evaluations"].get("guard", 0),
                      "load_average": os.getloadavg()})
         print(json.dumps(rows[-1]), flush=True)
         summary["runs"] = rows

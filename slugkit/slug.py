@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -85,6 +85,8 @@ class UnlearnResult:
     no_patch: dict | None = None  # when no patch was made: why, and the step size that came closest
     search: str | None = None  # set by :func:`unlearn_host`: where the step size was searched (see SEARCHES)
     projected_off: list[str] = field(default_factory=list)  # concepts whose forget gradients the edit is orthogonal to
+    # the second search's evaluations on the host: {"forget": its baseline and steps, "guard": the guard's}
+    step_evaluations: dict = field(default_factory=dict)
 
     @property
     def chosen_search(self) -> SearchResult | None:
@@ -134,6 +136,7 @@ class UnlearnResult:
             "search": [s.to_dict() for s in self.searches],
             "step_search": self.step_search.to_dict() if self.step_search else None,
             "layers_searched_again": [s.layer for s in self.step_searches],
+            "step_evaluations": self.step_evaluations,
             "no_patch": self.no_patch,
             "layer_table": self.table.assign(shape=self.table["shape"].map(list)).to_dict(orient="records"),
         } | ({"host": self.host, "clip_model": self.model, "search_mode": self.search,
@@ -218,14 +221,23 @@ def unmeasured(before: dict, after: dict, evaluator=None) -> tuple[list[str], li
     return missing, warns
 
 
+def broke_guard(target: Target, searches: Sequence[SearchResult]) -> list[str]:
+    """One phrase per step of ``searches`` that reached ``target``'s forget rule but not its guard."""
+    return [f"step size {st.lam:.4g} on {s.layer} reached it but not the guard ("
+            + ", ".join(f"{m} {s.baseline[m]:.3g} -> {st.metrics[m]:.3g}" for m in target.guards) + ")"
+            for s in searches for st in s.trace
+            if target.guards and st.reached and not st.met and all(m in st.metrics for m in target.guards)]
+
+
 def explain_no_patch(target: Target, searches: Sequence[SearchResult],
                      step_searches: Sequence[SearchResult] = ()) -> dict:
     """Why a run made no patch, and the step size that came closest to the stop rule.
 
     ``step_searches`` (the second searches, on the host's own outputs, when there were any) are the ones that
     decided; otherwise every layer's search. Returns ``{"why", "layer", "closest_lambda", "closest_forget",
-    "forget_metric", "evaluations"}`` (the last three describe the closest evaluation and how many were made),
-    ``why`` one sentence for ``report.json`` and the summary.
+    "forget_metric", "evaluations", "broke_guard"}`` (``closest_*`` and ``forget_metric`` describe the closest
+    evaluation, ``evaluations`` counts them, ``broke_guard`` lists the steps that reached the forget rule but not
+    ``target``'s guard), ``why`` one sentence for ``report.json`` and the summary.
     """
     pool = list(step_searches) or list(searches)
     where = (f"the second search of {', '.join(s.layer for s in pool)} (on the host's own outputs) met no step size"
@@ -235,14 +247,15 @@ def explain_no_patch(target: Target, searches: Sequence[SearchResult],
     if not tried:
         return {"why": f"stop rule {target.describe()}: {where} (nothing was evaluated)", "layer": None,
                 "closest_lambda": None, "closest_forget": None, "forget_metric": target.forget_metric,
-                "evaluations": 0}
+                "evaluations": 0, "broke_guard": []}
     search, step = min(tried, key=lambda c: (float(c[1].metrics[target.forget_metric]), c[1].lam))
     value = float(step.metrics[target.forget_metric])
+    broke = broke_guard(target, pool)
     why = (f"stop rule {target.describe()}: {where}; the closest was step size {step.lam:.4g} on {search.layer} "
-           f"with {target.forget_metric} = {value:.4g} ({evaluations} evaluations), so no patch was made and the "
-           f"model is unchanged")
+           f"with {target.forget_metric} = {value:.4g} ({evaluations} evaluations)" + "".join(f"; {b}" for b in broke)
+           + ", so no patch was made and the model is unchanged")
     return {"why": why, "layer": search.layer, "closest_lambda": step.lam, "closest_forget": value,
-            "forget_metric": target.forget_metric, "evaluations": evaluations}
+            "forget_metric": target.forget_metric, "evaluations": evaluations, "broke_guard": broke}
 
 
 def make_task(adapter: CLIPAdapter, concept: str, data=None, classes: Sequence[str] | None = None,
@@ -434,6 +447,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     met = [s for s in searches if s.status == "ok"]
     best = max(met, key=lambda s: target.score(s.best_metrics), default=None)
     step_searches, warns = [], []
+    step_target = target
     if step_evaluator is not None:
         best = None
         if met:  # the best-scoring layers on the task's evaluator first (``max`` above picks the first of them)
@@ -449,6 +463,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             warns.append(how)
         else:
             tries = []
+        # a host evaluator with a guard (judged outputs of the concept's neighbours) adds it to the stop rule
+        guard = getattr(step_evaluator, "guard", None)
+        step_target = target if guard is None else replace(
+            target, guard_metric=step_evaluator.guard_metrics, guard_tolerance=step_evaluator.guard_tolerance)
         t = time.perf_counter()
         for i, (layer, found, how) in enumerate(tries):
             edited_tower, edited_block = towers[layer], int(blocks[layer])
@@ -457,20 +475,30 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
                 step_evaluator.prepare(edited_tower, edited_block)
                 step_searches.append(search_step_size(
                     adapter.parameter(layer), direction[layer],
-                    lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), target,
+                    lambda: step_evaluator(edited_tower=edited_tower, block=edited_block), step_target,
                     max_evals=max_evals, lambda0=found if step_start == "found" else None, layer_name=layer,
-                    rtol=rtol if step_rtol is None else step_rtol, progress=progress))
+                    rtol=rtol if step_rtol is None else step_rtol, progress=progress,
+                    # the unedited host is the same for every layer: its outputs are judged once
+                    baseline=step_searches[0].baseline if step_searches else None,
+                    evaluate_guard=guard and (lambda: guard(edited_tower=edited_tower, block=edited_block))))
             if step_searches[-1].status == "ok":
                 best = step_searches[-1]
                 break
             warns.append(f"{how}, but no step size of the second search met it"
+                         + "".join(f" ({b})" for b in broke_guard(step_target, step_searches[-1:]))
                          + ("; the second search tries the next one" if i + 1 < len(tries) else ""))
         if tries:
             timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
     step_search = step_searches[-1] if step_searches else None
+    step_evaluations = {}
+    if step_searches:
+        guards = step_target.guards
+        step_evaluations = {"forget": 1 + sum(len(s.trace) for s in step_searches),
+                            "guard": bool(guards) + sum(all(m in st.metrics for m in guards)
+                                                        for s in step_searches for st in s.trace) if guards else 0}
     no_patch = None
     if best is None:
-        no_patch = explain_no_patch(target, searches, step_searches)
+        no_patch = explain_no_patch(step_target if step_searches else target, searches, step_searches)
         warns.append(no_patch["why"])
     # CPU time of the method, every thread of this process: on a crowded machine wall time mostly measures the
     # others; for CPU-bound work this bounds the wall time on an idle machine (with one thread; less with more)
@@ -511,7 +539,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         patch=patch, before=before, after=after, seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
         preset=preset, candidates=candidates, target=target.describe(), retain_set=retain_set,
-        step_search=step_search, step_searches=step_searches, no_patch=no_patch,
+        step_search=step_search, step_searches=step_searches, no_patch=no_patch, step_evaluations=step_evaluations,
         projected_off=[o.concept for o in project_off])
 
 
@@ -527,6 +555,9 @@ class _HostSearch(Evaluator):
 
     def __init__(self, evaluate):
         self.evaluate = evaluate
+        if getattr(evaluate, "guard", None) is not None:  # the host's retain guard (see search_step_size)
+            self.guard_metrics, self.guard_tolerance = tuple(evaluate.guard_metrics), float(evaluate.guard_tolerance)
+            self.guard = lambda edited_tower=None, block=None: dict(evaluate.guard())
 
     def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict:
         return dict(self.evaluate(edited_tower=edited_tower, block=block))

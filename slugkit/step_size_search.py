@@ -46,8 +46,8 @@ STATUSES = ("ok", "target-not-reached")
 class Target:
     """When an edit counts as unlearning, and how to rank the edits that do.
 
-    Reached: ``metrics[forget_metric] <= threshold``. Met: reached and, if ``guard_metric`` is set,
-    ``metrics[guard_metric] >= baseline[guard_metric] - guard_tolerance``. Among met edits the best
+    Reached: ``metrics[forget_metric] <= threshold``. Met: reached and, if ``guard_metric`` is set (one metric
+    name or a tuple of them), ``metrics[m] >= baseline[m] - guard_tolerance`` for each of them. Among met edits the best
     has the highest mean of ``score_metrics``. The default is the authors' CLIP stop rule, forget
     top-5 accuracy = 0 (``Target("forget_top1")`` is the weaker rule that can leave the name in
     second place).
@@ -56,7 +56,7 @@ class Target:
     forget_metric: str = "forget_top5"
     threshold: float = 0.0
     score_metrics: Sequence[str] = ("retain_top1", "utility")
-    guard_metric: str | None = None
+    guard_metric: str | tuple[str, ...] | None = None
     guard_tolerance: float | None = None
 
     def __post_init__(self):
@@ -65,22 +65,29 @@ class Target:
         if self.guard_tolerance is not None and self.guard_tolerance < 0:
             raise ValueError(f"guard_tolerance must be >= 0, got {self.guard_tolerance}")
 
+    @property
+    def guards(self) -> tuple[str, ...]:
+        """The guarded metric names (empty without a guard)."""
+        if self.guard_metric is None:
+            return ()
+        return (self.guard_metric,) if isinstance(self.guard_metric, str) else tuple(self.guard_metric)
+
     def describe(self) -> str:
         """The rule as one line, e.g. ``"forget_top5 <= 0"`` (what ``report.json`` records as ``target``)."""
         rule = f"{self.forget_metric} <= {self.threshold:g}"
-        if self.guard_metric is not None:
-            rule += f" and {self.guard_metric} >= baseline - {self.guard_tolerance:g}"
+        for m in self.guards:
+            rule += f" and {m} >= baseline - {self.guard_tolerance:g}"
         return rule
 
     def reached(self, metrics: dict) -> bool:
         return _get(metrics, self.forget_metric) <= self.threshold
 
+    def within_guard(self, metrics: dict, baseline: dict) -> bool:
+        """Whether every guarded metric stayed within ``guard_tolerance`` of the baseline (True without a guard)."""
+        return all(_get(metrics, m) >= _get(baseline, m) - self.guard_tolerance for m in self.guards)
+
     def met(self, metrics: dict, baseline: dict) -> bool:
-        if not self.reached(metrics):
-            return False
-        if self.guard_metric is None:
-            return True
-        return _get(metrics, self.guard_metric) >= _get(baseline, self.guard_metric) - self.guard_tolerance
+        return self.reached(metrics) and self.within_guard(metrics, baseline)
 
     def score(self, metrics: dict) -> float:
         """Mean of the finite ``score_metrics`` (a metric that could not be measured is NaN: left out)."""
@@ -216,6 +223,7 @@ def search_step_size(
     progress: bool = True,
     baseline: dict | None = None,
     evaluate_forget: Callable[[], dict[str, float]] | None = None,
+    evaluate_guard: Callable[[], dict[str, float]] | None = None,
 ) -> SearchResult:
     """Binary search of ``lambda > 0`` for the update ``param <- theta + lambda * grad``.
 
@@ -235,8 +243,16 @@ def search_step_size(
     e.g. on the concept's pictures alone) is called first at every step, and ``evaluate()`` only when it
     reached the target, so a step that did not reach it records the forget metrics alone (its retain and
     utility never decide anything: only steps that met the target are ranked).
+
+    ``evaluate_guard()``: the metrics of ``target``'s guard, when they are costly (e.g. judged pictures of the
+    concept's neighbours), measured only where they decide: on the unedited model (unless ``baseline`` has them)
+    and, after the search, at the one step it would return. If that step breaks the guard, it does not meet the
+    target and the search ends "target-not-reached" (the caller may try another layer); other steps are not
+    checked, so in the trace ``met`` means "reached" wherever the guard metrics are absent.
     """
     _check(param, grad, layer_name)
+    if evaluate_guard is not None and not target.guards:
+        raise ValueError("evaluate_guard needs a target with a guard (guard_metric and guard_tolerance)")
     if max_evals < 1:
         raise ValueError(f"max_evals must be >= 1, got {max_evals}")
     if not rtol >= 0:
@@ -253,6 +269,8 @@ def search_step_size(
     trace: list[SearchStep] = []
     try:
         baseline = dict(evaluate()) if baseline is None else dict(baseline)
+        if evaluate_guard is not None and not all(m in baseline for m in target.guards):
+            baseline.update(evaluate_guard())  # the weights are still the original ones
         if target.reached(baseline):
             warnings.warn(
                 f"the unedited model already has {target.forget_metric}={baseline[target.forget_metric]} "
@@ -268,7 +286,8 @@ def search_step_size(
                 metrics = dict(evaluate())
             seconds = time.perf_counter() - t
             reached = target.reached(metrics)
-            trace.append(SearchStep(step, lam, metrics, reached, target.met(metrics, baseline), seconds))
+            met = reached if evaluate_guard is not None else target.met(metrics, baseline)
+            trace.append(SearchStep(step, lam, metrics, reached, met, seconds))
             if reached:
                 hi = lam
             else:
@@ -279,12 +298,19 @@ def search_step_size(
                 if rtol > 0 and hi - lo <= rtol * hi:
                     break
                 lam = (lo + hi) / 2
+        met = [s for s in trace if s.met]
+        best = max(met, key=lambda s: (target.score(s.metrics), -s.lam)) if met else None
+        if best is not None and evaluate_guard is not None:  # the guard, at the step the search would return
+            _set(param, original, grad, best.lam)
+            t = time.perf_counter()
+            best.metrics.update(evaluate_guard())
+            best.seconds += time.perf_counter() - t
+            best.met = target.met(best.metrics, baseline)
+            best = best if best.met else None
     finally:
         with torch.no_grad():
             param.copy_(original)
 
-    met = [s for s in trace if s.met]
-    if met:
-        best = max(met, key=lambda s: (target.score(s.metrics), -s.lam))
+    if best is not None:
         return SearchResult(layer_name, float(lambda0), best.lam, best.metrics, baseline, "ok", trace)
     return SearchResult(layer_name, float(lambda0), None, None, baseline, "target-not-reached", trace)

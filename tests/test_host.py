@@ -548,3 +548,71 @@ def test_project_out_removes_exactly_the_span():
     assert torch.equal(project_out(g, []), g)
     with pytest.raises(ValueError, match="directions of the gradient's shape"):
         project_out(g, [torch.randn(3)])
+
+
+class GuardedHost(MovedSearchHost):
+    """Its "generations" forget the concept once the CLIP's tower moved by ``radius``; its neighbours' pictures
+    (the guard, as SD's ``JudgedSearch.guard``) lose half their accuracy once any layer in ``costly`` moved."""
+
+    def __init__(self, clip, radius, costly, tolerance=0.08):
+        super().__init__(clip, "text", radius)
+        self.costly = [name.removeprefix(self.scope + ".") for name in costly]
+        self.tolerance, self.guard_calls = tolerance, 0
+
+    def generation_evaluator(self, concept, clip):
+        forget, host = super().generation_evaluator(concept, clip), self
+        source = clip.model.get_submodule(self.scope)
+
+        class Evaluate:
+            guard_metrics, guard_tolerance = ("ira", "cra"), host.tolerance
+
+            def __call__(self, edited_tower=None, block=None):
+                return forget()
+
+            def guard(self):
+                host.guard_calls += 1
+                now = source.state_dict()
+                damaged = any(not torch.equal(now[name], host.reference[name]) for name in host.costly)
+                return {"ira": 0.5 if damaged else 1.0, "cra": 1.0}
+
+        evaluate = Evaluate()
+        if host.tolerance is None:
+            evaluate.guard = None  # as SDHost(guard_tolerance=None): the forget pictures only
+        return evaluate
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_the_guard_refuses_a_step_that_damages_the_neighbours_and_the_runner_up_is_searched(folder, tmp_path):
+    clip = hf_adapter()
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
+    on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", search="clip", **options)
+    met = sorted((s for s in on_clip.searches if s.status == "ok"),
+                 key=lambda s: Target("forget_top1").score(s.best_metrics), reverse=True)
+    radius = on_clip.step_size * float(on_clip.gradients.forget[on_clip.layer].norm()) / 3
+    # without the guard the CLIP's best layer is kept, damage and all
+    options["search"] = "generation"
+    unguarded = unlearn_host(GuardedHost(clip, radius, [met[0].layer], tolerance=None), "Captain Zorp", **options)
+    assert unguarded.status == "ok" and unguarded.layer == met[0].layer
+    assert unguarded.step_evaluations["guard"] == 0
+    # with it, the damaging step is refused and the runner-up, which leaves the neighbours alone, is searched
+    host = GuardedHost(clip, radius, [met[0].layer])
+    result = unlearn_host(host, "Captain Zorp", **options)
+    assert result.status == "ok" and result.layer == met[1].layer == result.step_search.layer
+    first = result.step_searches[0]
+    assert first.layer == met[0].layer and first.status == "target-not-reached"
+    refused = [s for s in first.trace if s.reached and not s.met]
+    assert len(refused) == 1 and refused[0].metrics["ira"] == 0.5 and first.baseline["ira"] == 1.0
+    assert result.step_search.best_metrics["ira"] == 1.0
+    assert any(met[0].layer in w and "not the guard (ira 1 -> 0.5" in w and "tries the next one" in w
+               for w in result.warnings)
+    # the unedited host judged once (baseline shared by both layers), then the guard once per layer
+    assert host.guard_calls == 3 and result.step_evaluations["guard"] == 3
+    assert result.step_evaluations["forget"] == 1 + len(first.trace) + len(result.step_search.trace)
+    assert result.step_search.baseline is first.baseline or result.step_search.baseline == first.baseline
+    report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
+    assert report["step_evaluations"] == {"forget": result.step_evaluations["forget"], "guard": 3}
+    # both layers damage: no patch, and the explanation names the guard
+    never = unlearn_host(GuardedHost(clip, radius, [met[0].layer, met[1].layer]), "Captain Zorp", **options)
+    assert never.status == "target-not-reached" and never.patch is None
+    assert len(never.no_patch["broke_guard"]) == 2 and "not the guard (ira 1 -> 0.5" in never.no_patch["why"]
+    assert "ira >= baseline - 0.08" in never.no_patch["why"]

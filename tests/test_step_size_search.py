@@ -280,3 +280,34 @@ def test_forget_first_search_returns_the_same_best_point_as_the_full_search():
         assert lazy_ev.full == sum(s.reached for s in lazy.trace)
         saved += full_ev.full - lazy_ev.full
     assert saved > 40  # the shortcut skipped many full evaluations
+
+
+def test_a_costly_guard_is_measured_only_at_the_baseline_and_the_step_returned():
+    param, grad = _setup()
+    ev = Synthetic(param, grad)  # forget reached iff lam >= 5.3
+    guard_lams = []
+
+    def guard(damage_from):  # the neighbours' accuracy: 1 below lambda damage_from, 0.5 from there
+        def evaluate():
+            lam = ev.current_lambda()
+            guard_lams.append(lam)
+            return {"ira": 1.0 if lam < damage_from else 0.5, "cra": 1.0}
+        return evaluate
+
+    target = Target(guard_metric=("ira", "cra"), guard_tolerance=0.1)
+    assert target.guards == ("ira", "cra") and target.describe() == (
+        "forget_top5 <= 0 and ira >= baseline - 0.1 and cra >= baseline - 0.1")
+    kept = search_step_size(param, grad, ev, target, lambda0=1.0, evaluate_guard=guard(10.0))
+    assert kept.status == "ok" and kept.best_lambda == 5.3125  # the same step as without the guard
+    assert guard_lams == pytest.approx([0.0, 5.3125]) and kept.baseline["ira"] == 1.0
+    assert kept.best_metrics["ira"] == 1.0 and "ira" not in kept.trace[3].metrics  # lambda 8: not measured
+    guard_lams.clear()
+    # the neighbours break from lambda 5: the step the search would return is refused, the larger ones not measured
+    refused = search_step_size(param, grad, ev, target, lambda0=1.0, evaluate_guard=guard(5.0))
+    assert refused.status == "target-not-reached" and refused.best_lambda is None
+    assert guard_lams == pytest.approx([0.0, 5.3125])
+    step = next(s for s in refused.trace if s.lam == 5.3125)
+    assert step.reached and not step.met and step.metrics["ira"] == 0.5
+    assert torch.equal(param, ev.original)
+    with pytest.raises(ValueError, match="needs a target with a guard"):
+        search_step_size(param, grad, ev, Target(), lambda0=1.0, evaluate_guard=guard(5.0))

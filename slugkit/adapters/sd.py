@@ -26,6 +26,14 @@ from .host import Host
 
 DEFAULT_SEEDS = (0, 1, 2)  # one picture per seed and prompt; fixed so every number is reproducible
 SEARCH_SEEDS = tuple(range(100, 116))  # --search refine/generation: seeds of their own, the report's held out
+# The second search's retain guard (slugkit's own, an option: SDHost(guard_tolerance=GUARD_TOLERANCE)): the step it
+# returns must keep the judged accuracy of the concept's neighbours, the same attribute's other concepts (GUARD_SEEDS
+# each) and every other attribute's (CROSS_GUARD_SEEDS each), within GUARD_TOLERANCE of the unedited pipeline's on the
+# same seeds: a little inside the 10-point bar, as these pictures are not the report's. Not the default: measured on
+# two concepts only (docs/stable-diffusion.md), and it adds about 20 s to every run.
+GUARD_SEEDS = (100, 101)
+CROSS_GUARD_SEEDS = (100,)
+GUARD_TOLERANCE = 0.08
 
 # real pipelines by name -> the CLIP whose text tower they embed (loadable by slugkit.models.loading.load_clip)
 MATCHING_CLIP = {
@@ -120,7 +128,8 @@ class SDHost(Host):
     def __init__(self, pipe, judge, attributes: Mapping[str, Sequence[str]], name: str = "toy-sd",
                  clip_name: str = "toy-clip-hf", seeds: Sequence[int] = DEFAULT_SEEDS, steps: int = 10,
                  guidance: float = 5.0, batch_size: int = 64, templates: Mapping[str, str] = DEFAULT_PROMPTS,
-                 size: int | None = None, max_block: int | None = None):
+                 size: int | None = None, max_block: int | None = None,
+                 guard_tolerance: float | None = None):
         if not seeds:
             raise ValueError("seeds must list at least one seed (one generated picture per seed and prompt)")
         self.pipe, self.judge, self.attributes = pipe, judge, {a: list(n) for a, n in attributes.items()}
@@ -129,6 +138,9 @@ class SDHost(Host):
         self.templates = dict(templates)
         self.size = size or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
         self.max_block = max_block
+        if guard_tolerance is not None and not 0 <= guard_tolerance < 1:
+            raise ValueError(f"guard_tolerance must be in [0, 1) or None (no guard), got {guard_tolerance}")
+        self.guard_tolerance = guard_tolerance  # the second search's retain guard; None: forget pictures only
         self._baseline = None  # (accuracy dict, cross-domain features) of the unedited pipeline
 
     # ------------------------------------------------------------------ Host contract
@@ -262,29 +274,60 @@ class SDHost(Host):
 
         Each call copies ``clip``'s text-tower weights into the pipeline, generates the forget prompt once per
         seed of ``SEARCH_SEEDS`` (none of them a report seed), judges the pictures and restores the pipeline's
-        own weights. It measures the forget concept only (``retain_top1`` and ``utility`` are NaN): on one
-        layer the search then keeps the smallest step size that meets the target, and IRA/CRA are measured
-        once, by the report. ``forget_top1`` = ``forget_top5`` = the share of pictures judged as the concept.
+        own weights. It measures the forget concept only (``retain_top1`` and ``utility`` are NaN):
+        ``forget_top1`` = ``forget_top5`` = the share of pictures judged as the concept. With a
+        ``guard_tolerance``, ``evaluate.guard()`` judges the neighbours' prompts the same way (``{"ira", "cra"}``,
+        see :data:`GUARD_SEEDS`), which the second search measures only at the step it would return.
         """
-        attribute, name = self.concept(concept)
-        index, prompt = self.attributes[attribute].index(name), prompt_for(attribute, name, self.templates)
-        tower = self.tower_module()
-        source = clip.model.get_submodule(self.scope)
-        own = copy.deepcopy(tower.state_dict())
-        if set(source.state_dict()) != set(own):
-            raise ValueError(f"{clip.name!r}'s {self.scope} does not have the layout of {self.name!r}'s text encoder")
+        return JudgedSearch(self, concept, clip)
 
-        def evaluate(edited_tower: str | None = None, block: int | None = None) -> dict:
-            tower.load_state_dict(source.state_dict())
-            try:
-                labels = self.judge.labels(self.generate([prompt], SEARCH_SEEDS))[attribute]
-            finally:
-                tower.load_state_dict(own)
-            forget = float((labels == index).mean())
-            nan = float("nan")
-            return {"forget_top1": forget, "forget_top5": forget, "retain_top1": nan, "utility": nan}
 
-        return evaluate
+class JudgedSearch:
+    """The second search's evaluator on an :class:`SDHost` (see :meth:`SDHost.generation_evaluator`)."""
+
+    def __init__(self, host: SDHost, concept: str, clip):
+        self.host = host
+        self.attribute, name = host.concept(concept)
+        self.index, self.prompt = host.attributes[self.attribute].index(name), prompt_for(self.attribute, name,
+                                                                                          host.templates)
+        self.tower = host.tower_module()
+        self.source = clip.model.get_submodule(host.scope)
+        self.own = copy.deepcopy(self.tower.state_dict())
+        if set(self.source.state_dict()) != set(self.own):
+            raise ValueError(f"{clip.name!r}'s {host.scope} does not have the layout of {host.name!r}'s text encoder")
+        # the neighbours: (attribute, class index, prompt) of the same attribute's other concepts, then the others'
+        items = [(a, host.attributes[a].index(n), p) for a, n, p in concept_prompts(host.attributes, host.templates)
+                 if (a, n) != (self.attribute, name)]
+        self.inside = [x for x in items if x[0] == self.attribute]
+        self.cross = [x for x in items if x[0] != self.attribute]
+        if host.guard_tolerance is None:
+            self.guard = None
+        self.guard_metrics, self.guard_tolerance = ("ira", "cra"), host.guard_tolerance
+
+    def _judged(self, prompts: Sequence[str], seeds: Sequence[int], attributes: Sequence[str]) -> list[np.ndarray]:
+        """The judge's labels of each prompt's pictures (one per seed), with the CLIP's current text tower."""
+        self.tower.load_state_dict(self.source.state_dict())
+        try:
+            images = self.host.generate(list(prompts), seeds)
+        finally:
+            self.tower.load_state_dict(self.own)
+        labels, n = self.host.judge.labels(images), len(seeds)
+        return [labels[a][j * n:(j + 1) * n] for j, a in enumerate(attributes)]
+
+    def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict:
+        labels, = self._judged([self.prompt], SEARCH_SEEDS, [self.attribute])
+        forget = float((labels == self.index).mean())
+        nan = float("nan")
+        return {"forget_top1": forget, "forget_top5": forget, "retain_top1": nan, "utility": nan}
+
+    def guard(self) -> dict:
+        """``{"ira", "cra"}``: the share of the neighbours' pictures judged as what their prompt names, averaged
+        over the same attribute's other concepts (ira) and over every other attribute's concepts (cra)."""
+        out = {}
+        for key, items, seeds in (("ira", self.inside, GUARD_SEEDS), ("cra", self.cross, CROSS_GUARD_SEEDS)):
+            labels = self._judged([p for _, _, p in items], seeds, [a for a, _, _ in items]) if items else []
+            out[key] = float(np.mean([(y == k).mean() for (_, k, _), y in zip(items, labels)])) if items else 1.0
+        return out
 
 
 def scaled_patch(patch, factor: float):
