@@ -322,6 +322,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
       ``forget_metrics``) and the rest only at step sizes that reach the target: a step that does not reach
       it records its forget metrics alone. ``full_trace=True`` measures everything at every step (for plots
       of the whole trace); the chosen layer and step size are the same either way.
+    - The report's before/after metrics: when the task searches and reports on the same evaluator (user data), they
+      are the search's own measurements (its baseline, and the chosen step's metrics: the patch sets the same
+      weights), so nothing is evaluated again; otherwise (the toy task reports on held-out test pictures, a host
+      searches on its outputs) the report evaluator measures the unedited and the patched model.
     - ``search_evaluator``: search every chosen layer's step size on it instead of the task's evaluator
       (e.g. a host's answers, :func:`unlearn_host` ``search="host"``); the report still uses the task's.
     - ``step_evaluator``: the layer is chosen as always (every layer's search on the task's evaluator),
@@ -465,14 +469,22 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     timings["unlearn_cpu_seconds"] = round(time.process_time() - cpu_start, 2)
     t = time.perf_counter()
     report = task.report_evaluator
+    # The search already measured the report's quantities when the report evaluator is the search's (user data:
+    # the same pictures) and the step size comes from that search: its baseline is "before", and the chosen
+    # step's metrics are "after" (the search set the weights exactly as the patch does: the same fp32 delta
+    # lambda * g_f added to the same original weights), so the report evaluates nothing again.
+    measured = report is evaluator and (best is None or any(best is s for s in searches))
     if best is not None:  # activations upstream of the edit serve both the before and the after pass
         edited_tower, edited_block = towers[best.layer], int(blocks[best.layer])
     with stage("report"):
-        if best is not None:
-            report.prepare(edited_tower, edited_block)
-        if report is not evaluator:  # the search's evaluator still holds the unedited model's embeddings
-            report.cache()
-        before = report.baseline()
+        if measured:
+            before = dict(baseline)
+        else:
+            if best is not None:
+                report.prepare(edited_tower, edited_block)
+            if report is not evaluator:  # the search's evaluator still holds the unedited model's embeddings
+                report.cache()
+            before = report.baseline()
     patch, after = None, before
     if best is not None:
         with stage("patch"):
@@ -481,12 +493,15 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
                                     grads.forget[best.layer], scope_fingerprint(adapter.model, scope),
                                     best.best_metrics, scope=scope,
                                     base_digest=tensor_digest(adapter.parameter(best.layer)))
-        with stage("report"):
-            patch.apply(adapter.model)
-            try:
-                after = report(edited_tower=edited_tower, block=edited_block)
-            finally:
-                patch.revert(adapter.model)
+        if measured:
+            after = dict(best.best_metrics)
+        else:
+            with stage("report"):
+                patch.apply(adapter.model)
+                try:
+                    after = report(edited_tower=edited_tower, block=edited_block)
+                finally:
+                    patch.revert(adapter.model)
         patch.metrics = {"search": best.best_metrics, "report_before": before, "report_after": after}
     timings["report"] = round(time.perf_counter() - t, 2)
     missing, unmeasured_warns = unmeasured(before, after, report)
