@@ -174,3 +174,25 @@ def test_report_reuses_the_search_measurements(hf, folder):
     finally:
         got.patch.revert(hf.model)
     assert got.after != got.before
+
+
+def test_real_size_user_data_runs_default_to_cheapest_first(hf, folder, monkeypatch):
+    import slugkit.slug as slug
+    from slugkit.layer_identification import select_layers
+
+    assert slug.default_policy(hf, folder) == "pareto" == slug.default_policy(hf)  # tiny model: the authors' search
+    monkeypatch.setattr(slug, "REAL_SIZE_PARAMETERS", 1)  # as if the tiny CLIP were real-size
+    assert slug.default_policy(hf, folder) == "cheapest-first" and slug.default_policy(hf) == "pareto"
+    options = dict(data=folder, classes=NAMES[1:], max_evals=4, target=Target("forget_top5"), progress=False)
+    cheap = unlearn(hf, "Captain Zorp", **options)
+    authors = unlearn(hf, "Captain Zorp", policy="pareto", **options)
+    assert (cheap.policy, authors.policy) == ("cheapest-first", "pareto") and cheap.report()["policy"] == "cheapest-first"
+    order = select_layers(cheap.table, "cheapest-first")
+    tried = [s.layer for s in cheap.searches]
+    assert tried == order[:len(tried)] and tried[0].startswith("text_model")  # text tower first, in that order
+    assert [s.status for s in cheap.searches] == ["target-not-reached"] * (len(tried) - 1) + ["ok"]
+    assert (cheap.layer, cheap.status) == (tried[-1], "ok")
+    assert sorted(s.layer for s in authors.searches) == sorted(order)  # the authors' search tries every Pareto layer
+    same = next(s for s in authors.searches if s.layer == cheap.layer)  # and measures that layer the same way
+    assert [s.lam for s in same.trace] == [s.lam for s in cheap.chosen_search.trace]
+    assert cheap.step_size == same.best_lambda
