@@ -323,7 +323,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     as the authors' open_clip code, except for a run on your own ``data`` with a real-size model (at least
     :data:`REAL_SIZE_PARAMETERS` parameters): "cheapest-first" there, slugkit's departure for time, since every
     evaluation of a vision edit reruns all pictures from the edited block on (a ViT-B-32 edit in vision block 0:
-    about 35 s per evaluation on 600 pictures and 2 cores, 10 per layer); ``policy="pareto"`` restores the authors'. ``layers`` limits the candidates to these parameter names (default: all).
+    about 35 s per evaluation on 600 pictures and 2 cores, 10 per layer); ``policy="pareto"`` restores the authors'.
+    ``layers`` limits the candidates to these parameter names (default: all).
     "pareto" searches every Pareto layer, as the authors do, in the layer table's order (vision, then text, block by
     block, so an evaluator's cached activations only ever move forward); which layer wins does not depend on that
     order (the highest score; on a tie, the earlier layer). A vision layer in an early block costs the most per

@@ -186,7 +186,8 @@ def test_real_size_user_data_runs_default_to_cheapest_first(hf, folder, monkeypa
     options = dict(data=folder, classes=NAMES[1:], max_evals=4, target=Target("forget_top5"), progress=False)
     cheap = unlearn(hf, "Captain Zorp", **options)
     authors = unlearn(hf, "Captain Zorp", policy="pareto", **options)
-    assert (cheap.policy, authors.policy) == ("cheapest-first", "pareto") and cheap.report()["policy"] == "cheapest-first"
+    assert (cheap.policy, authors.policy) == ("cheapest-first", "pareto")
+    assert cheap.report()["policy"] == "cheapest-first"
     order = select_layers(cheap.table, "cheapest-first")
     tried = [s.layer for s in cheap.searches]
     assert tried == order[:len(tried)] and tried[0].startswith("text_model")  # text tower first, in that order
