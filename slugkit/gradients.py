@@ -102,9 +102,10 @@ def _accumulate(
     modes = [(m, m.training) for m in model.modules()]
     device = adapter.device
     sizes: list[int] = []  # pairs per batch
-    # A loader known to hold several batches gets its float64 sums (zeros) before the first forward pass: made later,
-    # beside a batch's activations or in place of the first batch's single-precision gradients, they leave the
-    # freed memory around them as holes the process keeps (0.3-0.5 GB on ViT-B-32's candidate layers). Same numbers.
+    # A loader known to hold several batches gets its float64 sums (zeros) before the first forward pass, not beside
+    # a batch's activations or in place of the first batch's single-precision gradients, where the memory freed
+    # around them can stay in the heap as holes (same numbers; on ViT-B-32 alone it lowered the peak only from 3205
+    # to 3162 MiB: heap_returned, around this on large models, does the rest)
     several = hasattr(loader, "__len__") and len(loader) > 1
     sums: dict[str, torch.Tensor] = ({name: torch.zeros(p.shape, dtype=torch.float64, device=p.device)
                                       for name, p in wanted.items()} if several else {})
