@@ -601,9 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "image,caption, a webdataset .tar shard or a brace pattern like 'shards/{000..009}.tar'")
     u.add_argument("--classes", nargs="+", metavar="NAME", help="with --data: other names the model must still tell apart "
                    "(retain accuracy is measured on pictures whose caption names exactly one of them)")
-    u.add_argument("--policy", help="'pareto' (default on a CLIP: try every Pareto-front layer, keep the best), "
-                   "'deepest' (the deepest Pareto layer of --tower, text by default), or one parameter name; "
-                   "LLaVA hosts take it from --preset")
+    u.add_argument("--policy", help="'pareto' (default on a CLIP: try every Pareto-front layer, keep the best, as the "
+                   "authors), 'cheapest-first' (default with --data on a model of 50M parameters or more, for time: "
+                   "the text tower's Pareto layers, then the vision tower's, each deepest first, stopping at the first "
+                   "that meets the target), 'deepest' (the deepest Pareto layer of --tower, text by default), "
+                   "'deepest-first' (--tower's Pareto layers deepest first, stopping at the first that meets the "
+                   "target), or one parameter name; LLaVA hosts take it from --preset")
     u.add_argument("--tower", choices=["vision", "text"], help="only consider layers of this tower")
     u.add_argument("--include", nargs="+", metavar="KIND", help="only these candidate kinds (attn_qkv, mlp_fc, ...) or name regexes")
     u.add_argument("--exclude", nargs="+", metavar="KIND", help="drop these candidate kinds or name regexes")

@@ -20,7 +20,10 @@ import torch
 from slugkit.adapters.base import LAYER_KINDS, TOWERS, CLIPAdapter, LayerInfo
 from slugkit.gradients import Gradients
 
-POLICIES = ("pareto", "deepest", "deepest-first")
+POLICIES = ("pareto", "deepest", "deepest-first", "cheapest-first")
+# "cheapest-first" searches the text tower's Pareto layers before the vision tower's: a text edit re-embeds only the
+# distinct texts (names and captions), a vision edit every picture from the edited block on
+CHEAPEST_FIRST_TOWERS = ("text", "vision")
 COLUMNS = [
     "name", "tower", "block", "kind", "shape",
     "importance", "alignment", "grad_norm", "weight_norm", "pareto",
@@ -199,6 +202,9 @@ def select_layers(table: pd.DataFrame, policy: str = "pareto", tower: str | None
       and within that block the one latest in the forward pass (the authors' Hugging Face choice).
     - ``"deepest-first"``: every Pareto layer of ``tower`` (default ``"text"``), deepest first (the order
       ``"deepest"`` picks in), for a caller that stops at the first layer whose search meets its target.
+    - ``"cheapest-first"``: every Pareto layer (of ``tower`` if given), the cheapest to evaluate first: the text
+      tower's, then the vision tower's (:data:`CHEAPEST_FIRST_TOWERS`), each deepest first (an evaluation reruns
+      the tower from the edited block on), for a caller that stops at the first layer whose search meets its target.
     - any other string: that exact parameter name.
     """
     if tower is not None and tower not in set(table["tower"]):
@@ -210,14 +216,23 @@ def select_layers(table: pd.DataFrame, policy: str = "pareto", tower: str | None
         return list(rows["name"])
     if policy in ("deepest", "deepest-first"):
         tower = tower or "text"
-        rows = table[table["pareto"] & (table["tower"] == tower)]
-        if rows.empty:
+        order = _deepest_first(table, tower)
+        if not order:
             raise ValueError(f"no Pareto layer in the {tower!r} tower")
-        order = list(rows.assign(_pos=range(len(rows))).sort_values(["block", "_pos"], ascending=False)["name"])
         return order[:1] if policy == "deepest" else order
+    if policy == "cheapest-first":
+        towers = [tower] if tower is not None else list(CHEAPEST_FIRST_TOWERS)
+        towers += sorted(set(table["tower"]) - set(towers)) if tower is None else []
+        return [name for t in towers for name in _deepest_first(table, t)]
     if policy in set(table["name"]):
         return [policy]
     raise KeyError(
         f"{policy!r} is neither a policy {POLICIES} nor a layer of the table; "
         f"layers include {list(table['name'][:5])}"
     )
+
+
+def _deepest_first(table: pd.DataFrame, tower: str) -> list[str]:
+    """The Pareto layers of ``tower``: highest block first, and within a block the latest in the forward pass first."""
+    rows = table[table["pareto"] & (table["tower"] == tower)]
+    return list(rows.assign(_pos=range(len(rows))).sort_values(["block", "_pos"], ascending=False)["name"])

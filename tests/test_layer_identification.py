@@ -152,6 +152,10 @@ def test_select_layers_policies():
     assert select_layers(table, "deepest") == ["t1b"]
     assert select_layers(table, "deepest", tower="vision") == ["v2"]
     assert select_layers(table, "t2") == ["t2"]
+    assert select_layers(table, "deepest-first") == ["t1b", "t1a", "t0"]
+    # text before vision (a text edit re-embeds only the texts), each tower deepest first, non-Pareto layers left out
+    assert select_layers(table, "cheapest-first") == ["t1b", "t1a", "t0", "v2", "v0"]
+    assert select_layers(table, "cheapest-first", tower="vision") == ["v2", "v0"]
 
 
 def test_select_layers_errors():

@@ -146,3 +146,54 @@ def test_search_chooses_what_full_recompute_chooses(hf, folder):
     assert any(set(s.metrics) == {"forget_top1", "forget_top5"} for s in steps)  # forget pictures alone
     assert any("utility" in s.metrics for s in steps)  # a step that reached the target, measured whole
     assert got.before == pytest.approx(want.before, abs=1e-5) and got.after == pytest.approx(want.after, abs=1e-5)
+
+
+class Counted(NameEvaluator):
+    """The caching evaluator, counting its whole evaluations (after ``cache``)."""
+
+    calls = 0
+
+    def __call__(self, edited_tower=None, block=None):
+        self.calls += 1
+        return super().__call__(edited_tower, block)
+
+
+def test_report_reuses_the_search_measurements(hf, folder):
+    _, full, forget, retain = evaluators(hf, folder)
+    ev = Counted(hf, forget, retain, "Captain Zorp", NAMES[1:], batch_size=10)
+    got = unlearn(hf, "Captain Zorp", task=Task("Captain Zorp", forget, retain, ev, ev), max_evals=4,
+                  target=Target("forget_top5"), progress=False)
+    assert got.status == "ok"
+    whole = sum("utility" in s.metrics for search in got.searches for s in search.trace)
+    assert ev.calls == whole  # one whole evaluation per step that reached the target, none for the report
+    # ... and what it reports is what measuring the patched model from scratch gives
+    assert got.before == pytest.approx(full(), abs=1e-5)
+    got.patch.apply(hf.model)
+    try:
+        assert got.after == pytest.approx(full(), abs=1e-5)
+    finally:
+        got.patch.revert(hf.model)
+    assert got.after != got.before
+
+
+def test_real_size_user_data_runs_default_to_cheapest_first(hf, folder, monkeypatch):
+    import slugkit.slug as slug
+    from slugkit.layer_identification import select_layers
+
+    assert slug.default_policy(hf, folder) == "pareto" == slug.default_policy(hf)  # tiny model: the authors' search
+    monkeypatch.setattr(slug, "REAL_SIZE_PARAMETERS", 1)  # as if the tiny CLIP were real-size
+    assert slug.default_policy(hf, folder) == "cheapest-first" and slug.default_policy(hf) == "pareto"
+    options = dict(data=folder, classes=NAMES[1:], max_evals=4, target=Target("forget_top5"), progress=False)
+    cheap = unlearn(hf, "Captain Zorp", **options)
+    authors = unlearn(hf, "Captain Zorp", policy="pareto", **options)
+    assert (cheap.policy, authors.policy) == ("cheapest-first", "pareto")
+    assert cheap.report()["policy"] == "cheapest-first"
+    order = select_layers(cheap.table, "cheapest-first")
+    tried = [s.layer for s in cheap.searches]
+    assert tried == order[:len(tried)] and tried[0].startswith("text_model")  # text tower first, in that order
+    assert [s.status for s in cheap.searches] == ["target-not-reached"] * (len(tried) - 1) + ["ok"]
+    assert (cheap.layer, cheap.status) == (tried[-1], "ok")
+    assert sorted(s.layer for s in authors.searches) == sorted(order)  # the authors' search tries every Pareto layer
+    same = next(s for s in authors.searches if s.layer == cheap.layer)  # and measures that layer the same way
+    assert [s.lam for s in same.trace] == [s.lam for s in cheap.chosen_search.trace]
+    assert cheap.step_size == same.best_lambda
