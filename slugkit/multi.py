@@ -332,17 +332,18 @@ def unlearn_many(adapter: CLIPAdapter, concepts: Sequence[str], *, policy: str =
                                          desc="retain gradient, composed model", progress=progress)
         unit = {layer: repair_direction(g_fix[layer], [grads[n].forget[layer] for n in names],
                                         adapter.parameter(layer)) for layer in edited}
-        tried, unrepaired = [], final
-        best_mu, best = 0.0, final
+
+        def rank(m: dict) -> tuple[bool, float]:  # every forget target first, then the score
+            return all(targets[n].reached(m) for n in chosen), target.score(m)
+
+        tried, unrepaired, best_mu = [], final, 0.0
+        update = deltas(chosen, lam)
         for mu in tqdm(REPAIR_STEPS, desc="retain repair", disable=not progress):
-            update = deltas(chosen, lam)
             m = together_with({layer: update[layer] + mu * unit[layer] for layer in edited})
-            ok = all(targets[n].reached(m) for n in chosen)
-            tried.append({"step": mu, "targets_reached": ok, "metrics": m})
-            if ok and target.score(m) > target.score(best):
-                best_mu, best = mu, m
-        if best_mu > 0:
-            fix, final = {layer: best_mu * unit[layer] for layer in edited}, best
+            tried.append({"step": mu, "targets_reached": rank(m)[0], "metrics": m})
+            if rank(m)[0] and rank(m) > rank(final):
+                best_mu, final = mu, m
+        fix = {layer: best_mu * unit[layer] for layer in edited} if best_mu > 0 else {}
         repair_info = {"step": best_mu, "layers": edited, "retain_pairs": len(clean), "unrepaired": unrepaired,
                        "projected_off": "each concept's forget gradient on the layer", "tried": tried}
         timings["retain_repair"] = round(time.perf_counter() - t, 2)

@@ -117,13 +117,17 @@ def test_two_characters_one_layer_each_and_one_patch(two, clip):
 def test_the_retain_repair_keeps_every_target_and_never_scores_worse(two):
     tried, unrepaired = two.repair["tried"], two.repair["unrepaired"]
     assert [t["step"] for t in tried] == list(REPAIR_STEPS) and two.repair["retain_pairs"] > 0
-    chosen = [t for t in tried if t["step"] == two.repair["step"]]
-    score = lambda m: (m["retain_top1"] + m["utility"]) / 2  # noqa: E731
-    if chosen:  # the step kept with every forget target reached, and the best score of all such steps
-        assert chosen[0]["targets_reached"] and score(chosen[0]["metrics"]) > score(unrepaired)
-        assert score(chosen[0]["metrics"]) == max(score(t["metrics"]) for t in tried if t["targets_reached"])
-    else:  # no step beat the unrepaired patch while keeping the targets
-        assert all(not t["targets_reached"] or score(t["metrics"]) <= score(unrepaired) for t in tried)
+
+    def rank(m):  # every forget target reached, then the mean of retain and utility
+        return all(m[forget_key("forget_top5", n)] <= 0 for n in PAIR), (m["retain_top1"] + m["utility"]) / 2
+
+    assert all(t["targets_reached"] == rank(t["metrics"])[0] for t in tried)
+    kept = [t for t in tried if t["step"] == two.repair["step"]]
+    if kept:  # the step kept reaches every target, beats the unrepaired patch and is the best such step
+        assert kept[0]["targets_reached"] and rank(kept[0]["metrics"]) > rank(unrepaired)
+        assert rank(kept[0]["metrics"]) == max(rank(t["metrics"]) for t in tried if t["targets_reached"])
+    else:  # no step beat the unrepaired patch while reaching every target
+        assert all(not t["targets_reached"] or rank(t["metrics"]) <= rank(unrepaired) for t in tried)
 
 
 def unlearn_grad(result, name):
