@@ -18,10 +18,12 @@ narrows the margins of the same retain classes without flipping them, together t
 Captain Zorp in the vision tower and Rex Calloway in the text tower sends every picture of Lumi Okafor to "Pip
 Marlowe"), and no choice of layers avoids it. A gradient taken on the original model cannot see that; so after
 step 3 the retain gradient is computed once more *on the composed model* (training pairs that name none of the
-concepts), on the edited layers only, projected off the span of the concepts' forget gradients on each layer
-(so the step does not walk back the forgetting), and ``theta_l -= mu ||theta_l|| d_l / ||d_l||`` is added with
-the ``mu`` of :data:`REPAIR_STEPS` that keeps every forget target and scores best (``mu = 0`` when none beats the
-unrepaired patch). One more gradient pass and at most ``len(REPAIR_STEPS)`` evaluations.
+concepts), on the edited layers only, projected off the span of the concepts' forget gradients on each layer,
+those of the original model and those taken again on the composed one (without the latter the step walks the
+forgetting back: Mira Quell's forget top-5 returns to 57-100%), and ``theta_l -= mu ||theta_l|| d_l / ||d_l||``
+is added with the ``mu`` of :data:`REPAIR_STEPS` that keeps every forget target and scores best (``mu = 0`` when
+none does better than the unrepaired patch). One more gradient pass (retain pairs and each concept's forget
+pairs, edited layers only) and at most ``len(REPAIR_STEPS)`` evaluations.
 
 Example::
 
@@ -327,11 +329,15 @@ def unlearn_many(adapter: CLIPAdapter, concepts: Sequence[str], *, policy: str =
         t = time.perf_counter()
         edited = sorted(set(chosen.values()))
         clean = pairs_naming_none(retain_pairs, names)
-        with added(adapter, deltas(chosen, lam)):
+        with added(adapter, deltas(chosen, lam)):  # the gradients where the repair starts: the composed model
             g_fix = accumulate_gradients(adapter, pair_loader(clean, adapter, batch_size=batch_size), "retain", edited,
                                          desc="retain gradient, composed model", progress=progress)
-        unit = {layer: repair_direction(g_fix[layer], [grads[n].forget[layer] for n in names],
-                                        adapter.parameter(layer)) for layer in edited}
+            g_here = {n: accumulate_gradients(adapter, pair_loader(tasks[n].forget, adapter, batch_size=batch_size),
+                                              "forget", edited, desc=f"forget gradient {n}, composed model",
+                                              progress=progress) for n in names}
+        unit = {layer: repair_direction(g_fix[layer], [grads[n].forget[layer] for n in names]
+                                        + [g_here[n][layer] for n in names], adapter.parameter(layer))
+                for layer in edited}
 
         def rank(m: dict) -> tuple[bool, float]:  # every forget target first, then the score
             return all(targets[n].reached(m) for n in chosen), target.score(m)
@@ -345,7 +351,8 @@ def unlearn_many(adapter: CLIPAdapter, concepts: Sequence[str], *, policy: str =
                 best_mu, final = mu, m
         fix = {layer: best_mu * unit[layer] for layer in edited} if best_mu > 0 else {}
         repair_info = {"step": best_mu, "layers": edited, "retain_pairs": len(clean), "unrepaired": unrepaired,
-                       "projected_off": "each concept's forget gradient on the layer", "tried": tried}
+                       "projected_off": "each concept's forget gradient on the layer, original and composed model",
+                       "tried": tried}
         timings["retain_repair"] = round(time.perf_counter() - t, 2)
     missed = [n for n in chosen if final is not None and not targets[n].reached(final)]
     if missed:
