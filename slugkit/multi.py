@@ -18,12 +18,13 @@ narrows the margins of the same retain classes without flipping them, together t
 Captain Zorp in the vision tower and Rex Calloway in the text tower sends every picture of Lumi Okafor to "Pip
 Marlowe"), and no choice of layers avoids it. A gradient taken on the original model cannot see that; so after
 step 3 the retain gradient is computed once more *on the composed model* (training pairs that name none of the
-concepts), on the edited layers only, projected off the span of the concepts' forget gradients on each layer,
-those of the original model and those taken again on the composed one (without the latter the step walks the
-forgetting back: Mira Quell's forget top-5 returns to 57-100%), and ``theta_l -= mu ||theta_l|| d_l / ||d_l||``
-is added with the ``mu`` of :data:`REPAIR_STEPS` that keeps every forget target and scores best (``mu = 0`` when
-none does better than the unrepaired patch). One more gradient pass (retain pairs and each concept's forget
-pairs, edited layers only) and at most ``len(REPAIR_STEPS)`` evaluations.
+concepts), on the edited layers only, and projected off the span of the concepts' forget gradients on each layer:
+either those of the original model alone, or those and the ones taken again on the composed model (the first can
+walk a concept's forgetting back, Mira Quell's with Captain Zorp alone; the second costs more utility with Rex
+Calloway). ``theta_l -= mu ||theta_l|| d_l / ||d_l||`` is added with the projection and the ``mu`` of
+:data:`REPAIR_STEPS` that keep every forget target and score best (``mu = 0`` when none does better than the
+unrepaired patch). One more gradient pass (retain pairs and each concept's forget pairs, edited layers only) and
+``2 len(REPAIR_STEPS)`` evaluations.
 
 Example::
 
@@ -335,24 +336,25 @@ def unlearn_many(adapter: CLIPAdapter, concepts: Sequence[str], *, policy: str =
             g_here = {n: accumulate_gradients(adapter, pair_loader(tasks[n].forget, adapter, batch_size=batch_size),
                                               "forget", edited, desc=f"forget gradient {n}, composed model",
                                               progress=progress) for n in names}
-        unit = {layer: repair_direction(g_fix[layer], [grads[n].forget[layer] for n in names]
-                                        + [g_here[n][layer] for n in names], adapter.parameter(layer))
-                for layer in edited}
+        bases = {"original": lambda layer: [grads[n].forget[layer] for n in names],
+                 "original+composed": lambda layer: [grads[n].forget[layer] for n in names]
+                 + [g_here[n][layer] for n in names]}
+        units = {b: {layer: repair_direction(g_fix[layer], basis(layer), adapter.parameter(layer)) for layer in edited}
+                 for b, basis in bases.items()}
 
         def rank(m: dict) -> tuple[bool, float]:  # every forget target first, then the score
             return all(targets[n].reached(m) for n in chosen), target.score(m)
 
-        tried, unrepaired, best_mu = [], final, 0.0
+        tried, unrepaired, best_mu, best_basis = [], final, 0.0, None
         update = deltas(chosen, lam)
-        for mu in tqdm(REPAIR_STEPS, desc="retain repair", disable=not progress):
-            m = together_with({layer: update[layer] + mu * unit[layer] for layer in edited})
-            tried.append({"step": mu, "targets_reached": rank(m)[0], "metrics": m})
+        for b, mu in tqdm([(b, mu) for b in units for mu in REPAIR_STEPS], desc="retain repair", disable=not progress):
+            m = together_with({layer: update[layer] + mu * units[b][layer] for layer in edited})
+            tried.append({"projected_off": b, "step": mu, "targets_reached": rank(m)[0], "metrics": m})
             if rank(m)[0] and rank(m) > rank(final):
-                best_mu, final = mu, m
-        fix = {layer: best_mu * unit[layer] for layer in edited} if best_mu > 0 else {}
-        repair_info = {"step": best_mu, "layers": edited, "retain_pairs": len(clean), "unrepaired": unrepaired,
-                       "projected_off": "each concept's forget gradient on the layer, original and composed model",
-                       "tried": tried}
+                best_mu, best_basis, final = mu, b, m
+        fix = {layer: best_mu * units[best_basis][layer] for layer in edited} if best_mu > 0 else {}
+        repair_info = {"step": best_mu, "projected_off": best_basis, "layers": edited, "retain_pairs": len(clean),
+                       "unrepaired": unrepaired, "tried": tried}
         timings["retain_repair"] = round(time.perf_counter() - t, 2)
     missed = [n for n in chosen if final is not None and not targets[n].reached(final)]
     if missed:

@@ -116,13 +116,15 @@ def test_two_characters_one_layer_each_and_one_patch(two, clip):
 
 def test_the_retain_repair_keeps_every_target_and_never_scores_worse(two):
     tried, unrepaired = two.repair["tried"], two.repair["unrepaired"]
-    assert [t["step"] for t in tried] == list(REPAIR_STEPS) and two.repair["retain_pairs"] > 0
+    bases = ("original", "original+composed")  # off the forget gradients of the original model, and of both
+    assert [(t["projected_off"], t["step"]) for t in tried] == [(b, mu) for b in bases for mu in REPAIR_STEPS]
+    assert two.repair["retain_pairs"] > 0 and (two.repair["projected_off"] in bases) == (two.repair["step"] > 0)
 
     def rank(m):  # every forget target reached, then the mean of retain and utility
         return all(m[forget_key("forget_top5", n)] <= 0 for n in PAIR), (m["retain_top1"] + m["utility"]) / 2
 
     assert all(t["targets_reached"] == rank(t["metrics"])[0] for t in tried)
-    kept = [t for t in tried if t["step"] == two.repair["step"]]
+    kept = [t for t in tried if (t["projected_off"], t["step"]) == (two.repair["projected_off"], two.repair["step"])]
     if kept:  # the step kept reaches every target, beats the unrepaired patch and is the best such step
         assert kept[0]["targets_reached"] and rank(kept[0]["metrics"]) > rank(unrepaired)
         assert rank(kept[0]["metrics"]) == max(rank(t["metrics"]) for t in tried if t["targets_reached"])
