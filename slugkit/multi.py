@@ -205,7 +205,8 @@ class ManyResult(UnlearnResult):
                            ("retain top-1", "retain_top1"), ("utility", "utility")):
             lines.append(f"  {label:20s}{pct(b.get(key)):>8s}{pct(a.get(key)):>8s}")
         patch = f"{self.patch.nbytes / 1024:.0f} KiB" if self.patch else "none"
-        repair = f"retain repair {self.repair['step']:g}" if self.repair else "no retain repair"
+        repair = "no retain repair" if not self.repair else f"retain repair {self.repair['step']:g}" + (
+            f" (off the {self.repair['projected_off']} forget gradients)" if self.repair["step"] else "")
         lines.append(f"  {len(set(self.layer or []) - {None})} distinct layer(s), {self.rounds} joint round(s), "
                      f"{repair}, {self.seconds:.1f} s, patch {patch}")
         lines += [f"  warning: {w}" for w in self.warnings]
