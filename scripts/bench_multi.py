@@ -52,7 +52,8 @@ def main(argv=None) -> pd.DataFrame:
                "retain": f"{100 * b['retain_top1']:.1f} -> {100 * a['retain_top1']:.1f}",
                "utility": f"{100 * b['utility']:.1f} -> {100 * a['utility']:.1f}",
                "layers": ", ".join(short(layer) for layer in r.layer),
-               "repair_step": r.repair.get("step"), "seconds": round(r.seconds, 1),
+               "repair": f"{r.repair['step']:g} off {r.repair['projected_off']}" if r.repair.get("step") else "none",
+               "seconds": round(r.seconds, 1),
                "load": os.getloadavg()[0],
                "meets_bar": (max(forget) <= FORGET_TOP5_MAX and b["retain_top1"] - a["retain_top1"] <= RETAIN_DROP_MAX
                              and b["utility"] - a["utility"] <= UTILITY_DROP_MAX)}
