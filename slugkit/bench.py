@@ -6,8 +6,8 @@ For every concept x seed, every method runs on the task :func:`slugkit.tasks.toy
 forget / retain pairs and search split), must meet the same :class:`~slugkit.step_size_search.Target`
 (default: forget top-5 = 0 on the search split), and is then measured by
 :func:`slugkit.eval.metrics.evaluate_unlearning` on the held-out test split. Multi-concept: three
-characters forgotten the paper's way (one layer per concept, :func:`slugkit.multi.unlearn_many`), and by one
-joint SLUG run.
+characters forgotten the paper's way (one layer per concept, :func:`slugkit.multi.unlearn_many`, with slugkit's
+retain repair), and by one joint SLUG run.
 
 Writes ``bench.json`` (one row per method x concept x seed, plus the unedited model as "original"),
 ``bench.md`` (the tables) and ``tradeoff.png`` (utility vs forget accuracy, marker area = time).
@@ -391,11 +391,12 @@ def run_multi(adapter, concepts: Sequence[str], seed: int, cfg: BenchConfig, pic
     metrics, secs = _evaluate(adapter, names, world, pictures)
     rows.append(_row("original", names, seed, target, "unedited", metrics, None, 0, adapter, secs, {}))
 
-    # the paper's way: each concept its own layer, step sizes searched together, one composed patch
+    # the paper's way: each concept its own layer, step sizes searched together, one composed patch (+ the repair)
     with CostMeter(adapter) as meter:
         many = unlearn_many(adapter, names, policy=cfg.slug_policy, target=target, max_evals=cfg.slug_max_evals,
                             seed=seed, n_val=cfg.n_val, n_test=cfg.n_test, progress=False)
-    detail = {"per_concept": many.per_concept, "rounds": many.rounds, "timings": many.timings}
+    detail = {"per_concept": many.per_concept, "rounds": many.rounds, "timings": many.timings,
+              "repair_step": many.repair.get("step")}
     changed = 0
     if many.patch is not None:
         many.patch.apply(adapter.model)

@@ -165,6 +165,8 @@ def _unlearn(args, data, writer: bool, device, prof=None) -> int:
                    target=target, max_evals=args.max_evals,
                    seed=args.seed, batch_size=args.batch_size, retain=args.retain,
                    store=None if args.no_cache else _cache_dir() / "gradients", progress=writer)
+    if args.no_repair and len(args.forget) == 1:
+        raise ValueError("--no-repair applies to several --forget concepts at once; one concept has no retain repair")
     if len(args.forget) > 1:  # several concepts: one layer each, one composed patch (slugkit.multi)
         from .multi import unlearn_many
 
@@ -174,7 +176,7 @@ def _unlearn(args, data, writer: bool, device, prof=None) -> int:
         with stage("load"):
             adapter = load_clip(args.model, device=device)
         many = {k: options[k] for k in ("policy", "include", "exclude", "tower", "candidates", "target", "max_evals",
-                                        "seed", "batch_size", "progress")}
+                                        "seed", "batch_size", "progress")} | {"repair": not args.no_repair}
         result = unlearn_many(adapter, args.forget, **{k: v for k, v in many.items() if v is not None})
     elif is_host_name(args.model):
         with stage("load"):
@@ -634,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--profile", action="store_true", help="add a 'profile' block to report.json (seconds and peak "
                    "memory per stage: startup, imports, load, data, gradients, layer table, each layer's search, patch, "
                    "report) and print it")
+    u.add_argument("--no-repair", action="store_true", help="several --forget concepts only: leave out slugkit's "
+                   "retain repair (one retain-gradient step on the composed model, off the forget gradients; "
+                   "docs/atlas.md) and run the paper's procedure alone")
     u.add_argument("--retain", choices=["shared", "per-concept"], default="shared",
                    help="retain set of the retain gradient: 'shared' (default) = one fixed seeded set per model, its "
                         "gradient computed once and reused for every concept; 'per-concept' = pairs that do not name "

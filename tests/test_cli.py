@@ -50,6 +50,9 @@ def test_unknown_model_and_concept_give_one_line_errors(capsys):
     code, _, err = run_cli(capsys, "unlearn", "--model", "toy-clip", "--forget", "Captain Zorp", "--out", "unused",
                            "--preset", "orthogonal")
     assert code == 2 and "--preset orthogonal is a recipe of the LLaVA hosts" in err
+    code, _, err = run_cli(capsys, "unlearn", "--model", "toy-clip", "--forget", "Captain Zorp", "--out", "unused",
+                           "--no-repair")
+    assert code == 2 and "--no-repair applies to several --forget concepts" in err
 
 
 def test_python_dash_m_entry_point():

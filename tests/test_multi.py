@@ -7,7 +7,8 @@ import torch
 
 from slugkit.fingerprint import model_fingerprint
 from slugkit.models.loading import load_clip
-from slugkit.multi import added, assign_layers, forget_key, unlearn_many
+from slugkit.data.pairs import InMemoryPairs
+from slugkit.multi import REPAIR_STEPS, added, assign_layers, forget_key, pairs_naming_none, repair_direction, unlearn_many
 
 from fakes import FakeAdapter
 
@@ -39,6 +40,27 @@ def test_assign_layers_measures_the_edits_together():
     assert assign_layers(options, evaluate, max_tries=1) == {"A": "l1", "B": "l4"}
 
 
+def test_repair_direction_descends_retain_off_every_forget_gradient():
+    torch.manual_seed(0)
+    retain, f1, f2, weight = (torch.randn(6, 5) for _ in range(4))
+    d = repair_direction(retain, [f1, f2, f1 + f2], weight)  # a dependent gradient adds nothing to the span
+    for f in (f1, f2):
+        assert abs(float((d * f).sum())) < 1e-4 * float(d.norm() * f.norm())  # does not walk back the forgetting
+    assert float((d * retain).sum()) < 0  # a step along it lowers the retain loss
+    torch.testing.assert_close(d.norm(), weight.norm())  # mu = 1 moves the layer by its own norm
+    # without the projection the step would be -retain (scaled): with no forget gradient it is exactly that
+    torch.testing.assert_close(repair_direction(retain, [], weight), -retain * weight.norm() / retain.norm())
+    assert not repair_direction(2 * f1 - f2, [f1, f2], weight).any()  # nothing left once projected: no step
+
+
+def test_pairs_naming_none_drops_every_concept():
+    pairs = InMemoryPairs(torch.zeros(4, 8, 8, 3, dtype=torch.uint8).numpy(),
+                           ["Captain Zorp waves", "a red star", "Mira Quell and a cat", "captain zorp, blue"])
+    assert pairs_naming_none(pairs, PAIR).captions() == ["a red star"]
+    with pytest.raises(ValueError, match="no data"):
+        pairs_naming_none(pairs.subset([0, 2]), PAIR)
+
+
 def test_added_restores_the_weights_bit_exactly():
     adapter = FakeAdapter()
     name = adapter.candidate_layers()[0].name
@@ -66,14 +88,21 @@ def test_two_characters_one_layer_each_and_one_patch(two, clip):
     options = [set(two.per_concept[n]["layers_met_alone"]) for n in PAIR]
     if options[0] | options[1] != options[0] & options[1] or len(options[0]) > 1:
         assert layers[0] != layers[1]  # distinct layers whenever the fronts allow it
-    # the patch is the sum of lambda_c * g_f,c, each concept's gradient taken on the original model
+    # the patch is the sum of lambda_c * g_f,c, each concept's gradient taken on the original model, plus the
+    # retain repair: a step off every concept's forget gradient on the layer
     expected = {}
     for n in PAIR:
         d = two.per_concept[n]["step_size"] * unlearn_grad(two, n)
         expected[two.per_concept[n]["layer"]] = expected.get(two.per_concept[n]["layer"], 0) + d
     assert set(two.patch.deltas) == set(expected)
+    assert two.repair["layers"] == sorted(expected) and two.repair["step"] in (0.0, *REPAIR_STEPS)
     for layer, d in expected.items():
-        torch.testing.assert_close(two.patch.deltas[layer], d.float())
+        fix = two.patch.deltas[layer] - d.float()
+        if two.repair["step"] == 0:
+            torch.testing.assert_close(fix, torch.zeros_like(fix))
+        for n in PAIR:
+            g = two.concept_gradients[n].forget[layer]
+            assert abs(float((fix * g).sum())) <= 1e-3 * float(fix.norm() * g.norm()) + 1e-6
     assert two.patch.base_fingerprint == model_fingerprint(clip.model)  # the run left the model unchanged
     # each step size was searched again with the other concept's update in place: there, the baseline of the
     # search already differs from the unedited model's
@@ -83,6 +112,24 @@ def test_two_characters_one_layer_each_and_one_patch(two, clip):
     for n in PAIR:
         assert two.per_concept[n]["forget_top5_before"] >= 0.9
         assert two.per_concept[n]["forget_top5_after"] <= 0.05
+
+
+def test_the_retain_repair_keeps_every_target_and_never_scores_worse(two):
+    tried, unrepaired = two.repair["tried"], two.repair["unrepaired"]
+    bases = ("original", "original+composed")  # off the forget gradients of the original model, and of both
+    assert [(t["projected_off"], t["step"]) for t in tried] == [(b, mu) for b in bases for mu in REPAIR_STEPS]
+    assert two.repair["retain_pairs"] > 0 and (two.repair["projected_off"] in bases) == (two.repair["step"] > 0)
+
+    def rank(m):  # every forget target reached, then the mean of retain and utility
+        return all(m[forget_key("forget_top5", n)] <= 0 for n in PAIR), (m["retain_top1"] + m["utility"]) / 2
+
+    assert all(t["targets_reached"] == rank(t["metrics"])[0] for t in tried)
+    kept = [t for t in tried if (t["projected_off"], t["step"]) == (two.repair["projected_off"], two.repair["step"])]
+    if kept:  # the step kept reaches every target, beats the unrepaired patch and is the best such step
+        assert kept[0]["targets_reached"] and rank(kept[0]["metrics"]) > rank(unrepaired)
+        assert rank(kept[0]["metrics"]) == max(rank(t["metrics"]) for t in tried if t["targets_reached"])
+    else:  # no step beat the unrepaired patch while reaching every target
+        assert all(not t["targets_reached"] or rank(t["metrics"]) <= rank(unrepaired) for t in tried)
 
 
 def unlearn_grad(result, name):
