@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import AttackData, AttackResult, specific_recall
+from .pgd import PGDBudget
 from .probe import ProbeBudget, hooked_features, probe_features
 
 
@@ -92,12 +93,7 @@ def llava_paraphrase(host, data: AttackData, budget: LlavaParaphraseBudget | Non
                          "per_question": {q: r["score"] for q, r in per_question.items()}})
 
 
-@dataclass(frozen=True)
-class LlavaPGDBudget:
-    eps: float = 4 / 255
-    steps: int = 10
-    step_size: float = 1 / 255  # eps / 4
-    pictures: int = 32
+LlavaPGDBudget = PGDBudget  # the CLIP attack's budget: same eps, steps, step size and picture count
 
 
 def llava_pixel_pgd(host, data: AttackData, budget: LlavaPGDBudget | None = None) -> AttackResult:
