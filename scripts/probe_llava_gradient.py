@@ -38,12 +38,7 @@ def answer_grad(indices):
     for q in qs:
         p = TL.prompt_ids(tok, q, 16)
         seqs = [p + tok(n, add_special_tokens=False)["input_ids"] + [eos] for n in names]
-        L = max(len(x) for x in seqs)
-        ids = torch.zeros(len(seqs), L, dtype=torch.long)
-        labels = torch.full((len(seqs), L), -100, dtype=torch.long)
-        for k, x in enumerate(seqs):
-            ids[k, :len(x)] = torch.tensor(x)
-            labels[k, len(p):len(x)] = torch.tensor(x[len(p):])
+        ids, labels = TL.padded_answers(seqs, [len(p)] * len(seqs), pad_id=0)
         hs = tower(pix, output_hidden_states=True).hidden_states[m.config.vision_feature_layer]
         hs = hs[:, 1:] if m.config.vision_feature_select_strategy == "default" else hs
         TL.answer_loss(m, hs, ids, labels).backward()

@@ -77,12 +77,7 @@ def answer_grad(host, layer: str, character: str | None, others: bool = False, n
     for q in qs:
         prompt = TL.prompt_ids(tok, q, 17 if m.config.vision_feature_select_strategy == "full" else 16)
         seqs = [prompt + tok(x, add_special_tokens=False)["input_ids"] + [eos] for x in names]
-        L = max(len(x) for x in seqs)
-        ids = torch.zeros(len(seqs), L, dtype=torch.long)
-        labels = torch.full((len(seqs), L), -100, dtype=torch.long)
-        for k, x in enumerate(seqs):
-            ids[k, :len(x)] = torch.tensor(x)
-            labels[k, len(prompt):len(x)] = torch.tensor(x[len(prompt):])
+        ids, labels = TL.padded_answers(seqs, [len(prompt)] * len(seqs), pad_id=0)
         hs = tower(pix, output_hidden_states=True).hidden_states[m.config.vision_feature_layer]
         hs = hs[:, 1:] if m.config.vision_feature_select_strategy == "default" else hs
         TL.answer_loss(m, hs, ids, labels).backward()

@@ -380,13 +380,20 @@ def training_batch(rng: np.random.Generator, table, prompts: dict[str, list[list
         pics.append(int(idx[j]))
         seqs.append(p + answers[j])
         starts.append(len(p))
+    ids, labels = padded_answers(seqs, starts, pad_id)
+    return np.array(pics), ids, labels
+
+
+def padded_answers(seqs: list[list[int]], starts: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input ids (B, L), labels (B, L))`` of token sequences right-padded with ``pad_id``; labels are -100 except
+    from ``starts[k]`` on (the answer and its EOS), so only the answer is scored."""
     length = max(len(s) for s in seqs)
-    ids = torch.full((batch_size, length), pad_id, dtype=torch.long)
-    labels = torch.full((batch_size, length), -100, dtype=torch.long)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), length), -100, dtype=torch.long)
     for k, (s, st) in enumerate(zip(seqs, starts)):
         ids[k, :len(s)] = torch.tensor(s)
         labels[k, st:len(s)] = torch.tensor(s[st:])
-    return np.array(pics), ids, labels
+    return ids, labels
 
 
 def answer_loss(model, feats: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
