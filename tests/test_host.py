@@ -293,15 +293,21 @@ class PickyHost(JudgedHost):
         return 1.0 if torch.equal(now[self.name_in_tower], start[self.name_in_tower]) else 0.0
 
 
+def layers_met_on_clip(clip, options):
+    """The CLIP-side run on Captain Zorp and its layers that met the target, best first."""
+    on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", search="clip", **options)
+    met = sorted((s for s in on_clip.searches if s.status == "ok"),
+                 key=lambda s: Target("forget_top1").score(s.best_metrics), reverse=True)
+    return on_clip, met
+
+
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
 def test_the_second_search_tries_the_next_layer_that_met_the_clip_target(folder, tmp_path):
     import slugkit.slug as slug
 
     clip = hf_adapter()
     options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
-    on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", search="clip", **options)
-    met = sorted((s for s in on_clip.searches if s.status == "ok"),
-                 key=lambda s: Target("forget_top1").score(s.best_metrics), reverse=True)
+    on_clip, met = layers_met_on_clip(clip, options)
     assert len(met) >= 3 and met[0].layer == on_clip.layer
     # the host forgets only through the runner-up: the best layer's second search fails, the next one's succeeds
     result = unlearn_host(PickyHost(clip, "text", met[1].layer), "Captain Zorp", search="generation", **options)
@@ -585,9 +591,7 @@ class GuardedHost(MovedSearchHost):
 def test_the_guard_refuses_a_step_that_damages_the_neighbours_and_the_runner_up_is_searched(folder, tmp_path):
     clip = hf_adapter()
     options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
-    on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", search="clip", **options)
-    met = sorted((s for s in on_clip.searches if s.status == "ok"),
-                 key=lambda s: Target("forget_top1").score(s.best_metrics), reverse=True)
+    on_clip, met = layers_met_on_clip(clip, options)
     radius = on_clip.step_size * float(on_clip.gradients.forget[on_clip.layer].norm()) / 3
     # without the guard the CLIP's best layer is kept, damage and all
     options["search"] = "generation"
