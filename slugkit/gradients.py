@@ -273,13 +273,7 @@ class GradientStore:
                 raise ValueError("forget and retain layers differ")
             return grads
         except (ValueError, OSError) as err:
-            cause = err.__cause__ or err  # the reader's own words, without the path we name anyway
-            reason = (str(cause).splitlines() or [""])[0] or type(cause).__name__
-            warnings.warn(f"discarding unreadable gradient cache entry {path.name} ({reason[:120]}); "
-                          "recomputing it", RuntimeWarning, stacklevel=2)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            return None
+            return _discard(path, err, "gradient cache entry")
 
     def put(self, key: str, grads: Gradients) -> Path:
         """Store ``grads`` under ``key`` (written to a temporary file, then renamed)."""
@@ -321,12 +315,19 @@ class GradientStore:
                 if (f.metadata() or {}).get("format") != _TENSORS_FORMAT:
                     raise ValueError("not a slugkit tensors entry")
                 return {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:  # noqa: BLE001 (any unreadable entry is recomputed, as get() does)
-            warnings.warn(f"discarding unreadable cache entry {path.name} ({str(err)[:120]}); recomputing it",
-                          RuntimeWarning, stacklevel=2)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            return None
+        except Exception as err:  # noqa: BLE001 (safetensors raises its own errors; any unreadable entry is recomputed)
+            return _discard(path, err, "cache entry")
+
+
+def _discard(path: Path, err: BaseException, what: str) -> None:
+    """Warn in one line that the store entry ``path`` is unreadable and remove it (its caller recomputes it)."""
+    cause = err.__cause__ or err  # the reader's own words, without the path we name anyway
+    reason = (str(cause).splitlines() or [""])[0] or type(cause).__name__
+    warnings.warn(f"discarding unreadable {what} {path.name} ({reason[:120]}); recomputing it", RuntimeWarning,
+                  stacklevel=3)
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return None
 
 
 def clear_retain_memo() -> None:

@@ -19,11 +19,12 @@ def clip():
 def embedded(monkeypatch):
     """How many pictures the image tower embedded from pixels."""
     seen, real = [], zeroshot.embed_images
-    monkeypatch.setattr(zeroshot, "embed_images", lambda a, images, *r, **k: seen.append(len(images)) or real(a, images, *r, **k))
+    monkeypatch.setattr(zeroshot, "embed_images",
+                        lambda a, images, *r, **k: seen.append(len(images)) or real(a, images, *r, **k))
     return seen
 
 
-def test_one_computation_serves_every_concept_and_a_new_model_or_picture_set_is_another_entry(clip, embedded, tmp_path):
+def test_one_computation_serves_every_concept_and_new_weights_or_pictures_are_another_entry(clip, embedded, tmp_path):
     world = MiniCanvas(n=200, seed=0, split="test")
     store = GradientStore(tmp_path)
     zorp = ConceptEvaluator(clip, world, "Captain Zorp").cache(store=store)

@@ -148,16 +148,17 @@ class ConceptEvaluator:
         return self
 
     def _embedding_key(self, store) -> str:
-        """``store``'s key of what the unedited model's embeddings depend on: its weights, its adapter, this process's pictures, the prompts."""
+        """``store``'s key of what the unedited model's embeddings depend on: its weights, the adapter, this
+        process's pictures and the prompts."""
         import hashlib
 
         from ..fingerprint import model_fingerprint
 
         images = np.ascontiguousarray(self.world.images[self._mine])
         return store.tensors_key("concept-evaluator-embeddings", model_fingerprint(self.adapter.model),
-                              type(self.adapter).__name__, self.adapter.name,
-                              hashlib.sha256(images.data).hexdigest(), list(images.shape),
-                              {a: zero_shot_prompts(a) for a in ATTRIBUTES})
+                                 type(self.adapter).__name__, self.adapter.name,
+                                 hashlib.sha256(images.data).hexdigest(), list(images.shape),
+                                 {a: zero_shot_prompts(a) for a in ATTRIBUTES})
 
     def baseline(self) -> dict[str, float]:
         """Metrics of the model :meth:`cache` saw, from the cached embeddings."""
