@@ -44,6 +44,7 @@ from slugkit.profile import heap_returned, stage
 
 LOSSES = ("forget", "retain")
 _FORMAT = "slugkit.gradients"
+_TENSORS_FORMAT = "slugkit.tensors.v1"  # other per-model entries of a store (see GradientStore.put_tensors)
 LOW_MEMORY_PARAMETERS = 50_000_000  # from this model size on, compute_gradients recomputes activations
 _KEY_VERSION = "slugkit.gradients.v4"  # bump when the losses, the accumulation or the retain batching change
 _RETAIN_MEMO: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}  # the last retain gradient of this process
@@ -272,25 +273,61 @@ class GradientStore:
                 raise ValueError("forget and retain layers differ")
             return grads
         except (ValueError, OSError) as err:
-            cause = err.__cause__ or err  # the reader's own words, without the path we name anyway
-            reason = (str(cause).splitlines() or [""])[0] or type(cause).__name__
-            warnings.warn(f"discarding unreadable gradient cache entry {path.name} ({reason[:120]}); "
-                          "recomputing it", RuntimeWarning, stacklevel=2)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            return None
+            return _discard(path, err, "gradient cache entry")
 
     def put(self, key: str, grads: Gradients) -> Path:
         """Store ``grads`` under ``key`` (written to a temporary file, then renamed)."""
+        return self._write(key, grads.save)
+
+    def _write(self, key: str, save) -> Path:
+        """``save(path)`` into a hidden temporary file, renamed to ``key``'s path once complete."""
         target = self.path(key)
         tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
         try:
-            grads.save(tmp)
+            save(tmp)
             os.replace(tmp, target)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()  # only still there when the write or the rename failed
         return target
+
+    @staticmethod
+    def tensors_key(*parts) -> str:
+        """Hex sha256 of the JSON-able ``parts`` naming an entry of :meth:`put_tensors` (never a gradient key)."""
+        return hashlib.sha256(json.dumps([_TENSORS_FORMAT, *parts]).encode()).hexdigest()
+
+    def put_tensors(self, key: str, tensors: dict[str, torch.Tensor]) -> Path:
+        """Store named tensors that are not gradients (e.g. an evaluator's embeddings of the unedited model)."""
+        def save(path):
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
+                      metadata={"format": _TENSORS_FORMAT})
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self._write(key, save)
+
+    def get_tensors(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The tensors :meth:`put_tensors` stored under ``key``, or ``None`` (absent, or unreadable: then removed)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("format") != _TENSORS_FORMAT:
+                    raise ValueError("not a slugkit tensors entry")
+                return {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # noqa: BLE001 (safetensors raises its own errors; any unreadable entry is recomputed)
+            return _discard(path, err, "cache entry")
+
+
+def _discard(path: Path, err: BaseException, what: str) -> None:
+    """Warn in one line that the store entry ``path`` is unreadable and remove it (its caller recomputes it)."""
+    cause = err.__cause__ or err  # the reader's own words, without the path we name anyway
+    reason = (str(cause).splitlines() or [""])[0] or type(cause).__name__
+    warnings.warn(f"discarding unreadable {what} {path.name} ({reason[:120]}); recomputing it", RuntimeWarning,
+                  stacklevel=3)
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return None
 
 
 def clear_retain_memo() -> None:

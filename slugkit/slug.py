@@ -212,6 +212,14 @@ REPORT_TIMING_KEYS = frozenset({"seconds", "unlearn_seconds", "unlearn_cpu_secon
                                 "peak_rss_mb"})  # what differs between two runs of the same case
 
 
+def cache_embeddings(evaluator: Evaluator, store: GradientStore | None) -> Evaluator:
+    """``evaluator.cache()``; with a ``store``, an evaluator whose ``cache`` takes one (``embeddings_in_store``)
+    reads the unedited model's embeddings from it, or computes and stores them."""
+    if store is not None and getattr(evaluator, "embeddings_in_store", False):
+        return evaluator.cache(store=store)
+    return evaluator.cache()
+
+
 def untimed(report):
     """``report`` (a ``report.json`` dict) without its timing keys at any depth (the search trace times each step):
     what two runs of the same case must agree on, e.g. one process against several."""
@@ -359,6 +367,9 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
       for this process and in ``store``, and reused by every later concept; "per-concept" uses the task's
       retain pairs without the concept (recomputed per concept). Retain gradients use equal contrastive
       batches of ``batch_size`` pairs (the remainder is dropped).
+    - ``store`` also keeps what the evaluators embed with the unedited model (the toy task's search and report
+      pictures, :meth:`~slugkit.eval.zeroshot.ConceptEvaluator.cache`): the report's "before" half is the same for
+      every concept, so it is computed once per model and read back by every later run; the numbers are the same.
     - The search measures the forget metric first (on the concept's pictures alone, when the evaluator has
       ``forget_metrics``) and the rest only at step sizes that reach the target: a step that does not reach
       it records its forget metrics alone. ``full_trace=True`` measures everything at every step (for plots
@@ -460,7 +471,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             first.setdefault(towers[name], int(blocks[name]))
         for tower_, block_ in first.items():
             evaluator.prepare(tower_, block_)
-        baseline = evaluator.cache().baseline()  # the unedited model's metrics: one evaluation for every layer
+        baseline = cache_embeddings(evaluator, store).baseline()  # the unedited model's: one for every layer
     forget_only = None if full_trace else getattr(evaluator, "forget_metrics", None)
     searches = []
     for name in layers:
@@ -550,7 +561,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             if best is not None:
                 report.prepare(edited_tower, edited_block)
             if report is not evaluator:  # the search's evaluator still holds the unedited model's embeddings
-                report.cache()
+                cache_embeddings(report, store)  # the same for every concept: read from the store after the first
             before = report.baseline()
     patch, after = None, before
     if best is not None:

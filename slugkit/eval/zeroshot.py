@@ -102,6 +102,8 @@ class ConceptEvaluator:
     hit counts are added across processes, so every process gets the metrics of the whole set.
     """
 
+    embeddings_in_store = True  # cache() takes a store (see slugkit.slug.cache_embeddings)
+
     def __init__(self, adapter, world: MiniCanvas, concept: str):
         from ..data.minicanvas import find_concept
 
@@ -127,11 +129,36 @@ class ConceptEvaluator:
         return torch.cat([self.adapter.encode_image_from(s, self._block) for s in self._states])
 
     @torch.no_grad()
-    def cache(self) -> "ConceptEvaluator":
-        """Embed images and prompts with the current (unedited) model (from prepared activations if any)."""
+    def cache(self, store=None) -> "ConceptEvaluator":
+        """Embed images and prompts with the current (unedited) model (from prepared activations if any).
+
+        With a ``store`` (:class:`~slugkit.gradients.GradientStore`) the embeddings are read from it when a run
+        before stored them for the same model weights, adapter, pictures and prompts, and stored there
+        otherwise: they do not depend on the concept, so one computation serves every concept's report."""
+        key = store and self._embedding_key(store)
+        stored = store.get_tensors(key) if key else None
+        if stored is not None and stored.keys() == {"image", *(f"prompt/{a}" for a in ATTRIBUTES)}:
+            self._image_emb = stored["image"]
+            self._prompt_emb = {a: stored[f"prompt/{a}"] for a in ATTRIBUTES}
+            return self
         self._image_emb = self._embed_images()
         self._prompt_emb = embed_prompts(self.adapter)
+        if key:
+            store.put_tensors(key, {"image": self._image_emb} | {f"prompt/{a}": e for a, e in self._prompt_emb.items()})
         return self
+
+    def _embedding_key(self, store) -> str:
+        """``store``'s key of what the unedited model's embeddings depend on: its weights, the adapter, this
+        process's pictures and the prompts."""
+        import hashlib
+
+        from ..fingerprint import model_fingerprint
+
+        images = np.ascontiguousarray(self.world.images[self._mine])
+        return store.tensors_key("concept-evaluator-embeddings", model_fingerprint(self.adapter.model),
+                                 type(self.adapter).__name__, self.adapter.name,
+                                 hashlib.sha256(images.data).hexdigest(), list(images.shape),
+                                 {a: zero_shot_prompts(a) for a in ATTRIBUTES})
 
     def baseline(self) -> dict[str, float]:
         """Metrics of the model :meth:`cache` saw, from the cached embeddings."""
