@@ -186,7 +186,7 @@ def _unlearn(args, data, writer: bool, device, prof=None) -> int:
         for flag, value in (("--search", args.search), ("--forget-text", args.forget_text)):
             if value is not None:
                 raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
-        if args.preset in ("clip-side", "orthogonal"):
+        if args.preset in ("clip-side", "orthogonal", "guarded"):
             raise ValueError(f"--preset {args.preset} is a recipe of the LLaVA hosts (toy-llava, llava:...); a CLIP "
                              "takes 'slugkit' or 'reference'")
         options = {k: v for k, v in options.items() if v is not None}  # unlearn's own defaults
@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--candidates", choices=["default", "reference"],
                    help="candidate layers: 'default' = 2-D attention/MLP weights of every block; 'reference' = the "
                         "authors' set (every parameter but biases, logit_scale, positional/token embeddings)")
-    u.add_argument("--preset", choices=["slugkit", "reference", "orthogonal", "clip-side"],
+    u.add_argument("--preset", choices=["slugkit", "reference", "orthogonal", "guarded", "clip-side"],
                    help="'slugkit' (default) or 'reference' = the authors' choices. On a CLIP (and SD): reference "
                         "candidates, top5 rule, exactly 10 evaluations, no early stop; the report adds their "
                         "returned (last) lambda. On LLaVA hosts: the authors' LLaVA recipe (bare-name forget text, "

@@ -45,7 +45,7 @@ RETAIN_SETS = ("shared", "per-concept")
 
 
 # The layer policies that stop at the first layer whose search meets the target (see select_layers)
-STOP_AT_FIRST_MET = ("deepest-first", "cheapest-first")
+STOP_AT_FIRST_MET = ("deepest-first", "deepest-block", "cheapest-first")
 # From this size on, a run on the user's own data defaults to policy "cheapest-first" (see default_policy)
 REAL_SIZE_PARAMETERS = 50_000_000
 
@@ -106,6 +106,8 @@ class UnlearnResult:
     projected_off: list[str] = field(default_factory=list)  # concepts whose forget gradients the edit is orthogonal to
     # the second search's evaluations on the host: {"forget": its baseline and steps, "guard": the guard's}
     step_evaluations: dict = field(default_factory=dict)
+    refused: list[dict] = field(default_factory=list)  # {"layer", "why"} of every searched layer that met nothing
+    fallback: str | None = None  # set when no layer met a guarded target and the best reached step was kept anyway
 
     @property
     def chosen_search(self) -> SearchResult | None:
@@ -152,6 +154,7 @@ class UnlearnResult:
             "patch_bytes": patch_bytes if patch_bytes is not None else (self.patch.nbytes if self.patch else 0),
             "model_bytes": self.model_bytes,
             "layers_tried": [s.layer for s in self.searches],
+            "layers_refused": list(self.refused), "guard_fallback": self.fallback,
             "search": [s.to_dict() for s in self.searches],
             "step_search": self.step_search.to_dict() if self.step_search else None,
             "layers_searched_again": [s.layer for s in self.step_searches],
@@ -249,6 +252,35 @@ def broke_guard(target: Target, searches: Sequence[SearchResult]) -> list[str]:
             if target.guards and st.reached and not st.met and all(m in st.metrics for m in target.guards)]
 
 
+def refusal(target: Target, search: SearchResult) -> dict:
+    """``{"layer", "why"}``: why the search of one layer met no step size (the guard it broke, else how close its
+    forget metric came)."""
+    broke = broke_guard(target, [search])
+    if broke:
+        return {"layer": search.layer, "why": "; ".join(broke)}
+    step = search.closest(target)
+    closest = (f"; the closest was {target.forget_metric} = {float(step.metrics[target.forget_metric]):.4g} at step "
+               f"size {step.lam:.4g}") if step else ""
+    return {"layer": search.layer, "why": f"no step size reached {target.forget_metric} <= {target.threshold:g}"
+                                          f"{closest}"}
+
+
+def guard_fallback(target: Target, searches: Sequence[SearchResult]) -> tuple[SearchResult | None, str | None]:
+    """When no layer met a guarded ``target``: the search of the best-scoring step that reached its forget rule on
+    any layer, set to that step (``best_lambda``, ``best_metrics``), and one sentence saying so; ``(None, None)``
+    when no step reached it. The returned search keeps its trace; its ``status`` says "ok" for the patch."""
+    reached = [(s, st) for s in searches for st in s.trace if st.reached]
+    if not reached:
+        return None, None
+    search, step = max(reached, key=lambda c: (target.score(c[1].metrics), -c[1].lam))
+    kept = replace(search, best_lambda=step.lam, best_metrics=dict(step.metrics), status="ok")
+    guards = ", ".join(f"{m} {search.baseline[m]:.3g} -> {step.metrics[m]:.3g}" for m in target.guards
+                       if m in step.metrics)
+    return kept, (f"no searched layer ({', '.join(s.layer for s in searches)}) met {target.describe()}; kept the "
+                  f"best-scoring step that reached {target.forget_metric} <= {target.threshold:g}: step size "
+                  f"{step.lam:.4g} on {search.layer} ({guards})")
+
+
 def explain_no_patch(target: Target, searches: Sequence[SearchResult],
                      step_searches: Sequence[SearchResult] = ()) -> dict:
     """Why a run made no patch, and the step size that came closest to the stop rule.
@@ -327,7 +359,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
             retain: str = "shared", full_trace: bool = False, search_evaluator: Evaluator | None = None,
             step_evaluator: Evaluator | None = None, step_start: str = "rule", step_rtol: float | None = None,
-            project_off: Sequence[Task] = (), progress: bool = True) -> UnlearnResult:
+            project_off: Sequence[Task] = (), max_layers: int | None = None, fallback: bool = False,
+            progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
@@ -386,6 +419,11 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
       (:func:`~slugkit.gradients.project_out`: to first order, the step leaves their forget losses unchanged).
       The layer table still reads the unprojected gradients; ``result.gradients.forget`` keeps them, the patch
       holds the projected step. Default: none (SLUG's own direction).
+    - ``max_layers``: search at most this many of the policy's layers (default: all), e.g. a walk of two.
+    - ``fallback``: when no searched layer meets a guarded ``target`` (``guard_metric``), keep the best-scoring
+      step that reached its forget rule on any of them instead of making no patch (``result.fallback`` says so;
+      without a guard it changes nothing). Either way ``result.refused`` names every searched layer that did not
+      meet the target and why (report.json ``layers_refused``).
 
     Inputs are bounded (see :mod:`slugkit.bounds`): ``seed`` in 0..2**31-1, ``batch_size`` in 2..4096,
     ``max_evals`` in 1..100, ``rtol`` in [0, 1]; non-finite weights and a retain set of fewer than 2
@@ -447,6 +485,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     with stage("layer_table"):
         table = layer_table(adapter, grads, infos=infos)
         layers = select_layers(table, policy, tower)
+        if max_layers is not None:
+            if max_layers < 1:
+                raise ValueError(f"max_layers must be >= 1 (or None: every layer of the policy), got {max_layers}")
+            layers = layers[:max_layers]
     towers = dict(zip(table["name"], table["tower"]))
     blocks = dict(zip(table["name"], table["block"]))
     direction = {name: project_out(grads.forget[name], [o[name] for o in others]) for name in layers}
@@ -478,6 +520,12 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     met = [s for s in searches if s.status == "ok"]
     best = max(met, key=lambda s: target.score(s.best_metrics), default=None)
     step_searches, warns = [], []
+    refused = [refusal(target, s) for s in searches if s.status != "ok"]
+    fell_back = None
+    if best is None and fallback and target.guards and step_evaluator is None:
+        best, fell_back = guard_fallback(target, searches)
+        if fell_back:
+            warns.append(fell_back)
     step_target = target
     if step_evaluator is not None:
         best = None
@@ -582,7 +630,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
         preset=preset, candidates=candidates, target=target.describe(), retain_set=retain_set,
         step_search=step_search, step_searches=step_searches, no_patch=no_patch, step_evaluations=step_evaluations,
-        projected_off=[o.concept for o in project_off], policy=policy)
+        projected_off=[o.concept for o in project_off], policy=policy, refused=refused, fallback=fell_back)
 
 
 # With a second search (search="generation"/"refine"), how many of the layers that met the target on the CLIP it may

@@ -47,7 +47,8 @@ class Target:
     """When an edit counts as unlearning, and how to rank the edits that do.
 
     Reached: ``metrics[forget_metric] <= threshold``. Met: reached and, if ``guard_metric`` is set (one metric
-    name or a tuple of them), ``metrics[m] >= baseline[m] - guard_tolerance`` for each of them. Among met edits the best
+    name or a tuple of them), ``metrics[m] >= baseline[m] - guard_tolerance`` for each of them (``guard_tolerance``:
+    one number for every guarded metric, or a tuple with one per metric). Among met edits the best
     has the highest mean of ``score_metrics``. The default is the authors' CLIP stop rule, forget
     top-5 accuracy = 0 (``Target("forget_top1")`` is the weaker rule that can leave the name in
     second place).
@@ -57,12 +58,15 @@ class Target:
     threshold: float = 0.0
     score_metrics: Sequence[str] = ("retain_top1", "utility")
     guard_metric: str | tuple[str, ...] | None = None
-    guard_tolerance: float | None = None
+    guard_tolerance: float | tuple[float, ...] | None = None
 
     def __post_init__(self):
         if (self.guard_metric is None) != (self.guard_tolerance is None):
             raise ValueError("set guard_metric and guard_tolerance together (or neither)")
-        if self.guard_tolerance is not None and self.guard_tolerance < 0:
+        if isinstance(self.guard_tolerance, tuple) and len(self.guard_tolerance) != len(self.guards):
+            raise ValueError(f"guard_tolerance has {len(self.guard_tolerance)} values for {len(self.guards)} guarded "
+                             f"metrics {self.guards}: give one number, or one per metric")
+        if any(t < 0 for t in self.tolerances):
             raise ValueError(f"guard_tolerance must be >= 0, got {self.guard_tolerance}")
 
     @property
@@ -72,19 +76,31 @@ class Target:
             return ()
         return (self.guard_metric,) if isinstance(self.guard_metric, str) else tuple(self.guard_metric)
 
+    @property
+    def tolerances(self) -> tuple[float, ...]:
+        """The tolerance of each guarded metric, in the order of :attr:`guards` (empty without a guard)."""
+        if self.guard_tolerance is None:
+            return ()
+        if isinstance(self.guard_tolerance, tuple):
+            return tuple(float(t) for t in self.guard_tolerance)
+        return (float(self.guard_tolerance),) * len(self.guards)
+
     def describe(self) -> str:
         """The rule as one line, e.g. ``"forget_top5 <= 0"`` (what ``report.json`` records as ``target``)."""
         rule = f"{self.forget_metric} <= {self.threshold:g}"
-        for m in self.guards:
-            rule += f" and {m} >= baseline - {self.guard_tolerance:g}"
+        for m, tol in zip(self.guards, self.tolerances):
+            rule += f" and {m} >= baseline - {tol:g}"
         return rule
 
     def reached(self, metrics: dict) -> bool:
         return _get(metrics, self.forget_metric) <= self.threshold
 
     def within_guard(self, metrics: dict, baseline: dict) -> bool:
-        """Whether every guarded metric stayed within ``guard_tolerance`` of the baseline (True without a guard)."""
-        return all(_get(metrics, m) >= _get(baseline, m) - self.guard_tolerance for m in self.guards)
+        """Whether every guarded metric stayed within its tolerance of the baseline (True without a guard). A metric
+        the evaluator could not measure on the unedited model (NaN baseline, e.g. VQA on a real LLaVA's name
+        pictures) guards nothing."""
+        return all(not math.isfinite(_get(baseline, m)) or _get(metrics, m) >= _get(baseline, m) - tol
+                   for m, tol in zip(self.guards, self.tolerances))
 
     def met(self, metrics: dict, baseline: dict) -> bool:
         return self.reached(metrics) and self.within_guard(metrics, baseline)
