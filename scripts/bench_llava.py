@@ -1,9 +1,10 @@
 """SLUG on the toy LLaVA for several characters and recipes: the acceptance table of issues #11 and #20.
 
-    python scripts/bench_llava.py --presets reference slugkit clip-side [--characters "Mira Quell" ...] [--cache]
+    python scripts/bench_llava.py --presets guarded orthogonal reference [--characters "Mira Quell" ...] [--cache]
+        [--json data/bench/llava.json]       # or later: --from-summary --json data/bench/llava.json
 
-For each recipe (``unlearn_host(preset=...)``: "reference" = the authors' LLaVA recipe, "slugkit" = the default,
-"clip-side" = the recipe searched on the CLIP) and character: gradients on toy-clip-hf (computed afresh unless
+For each recipe (``unlearn_host(preset=...)``: "reference" = the authors' LLaVA recipe, "guarded" = the default,
+"orthogonal" and "slugkit" = its steps before, "clip-side" = the recipe searched on the CLIP) and character: gradients on toy-clip-hf (computed afresh unless
 ``--cache``), the layer, the step size, then LLaVA's answers before/after the patch on held-out pictures. Writes
 ``runs/bench_llava/<preset>/<name>/report.json`` and ``runs/bench_llava/<preset>/summary.json`` and prints one
 row per character with the criteria of issue #20: forget rate <= 5% after (from >= 90%), retain drop <= 10
@@ -57,7 +58,15 @@ def main() -> None:
     p.add_argument("--json", help="also write the rows into this JSON (e.g. data/bench/llava.json, read by notebooks 08 "
                                   "and 10): the rows of the presets run here replace that file's rows of the same presets")
     p.add_argument("--note", default="", help="with --json: the machine's load during the run, recorded in the file")
+    p.add_argument("--from-summary", action="store_true", help="run nothing: write --json from the summary.json of "
+                                                                   "each --presets run already in --out")
     args = p.parse_args()
+    if args.from_summary:
+        if not args.json:
+            p.error("--from-summary writes --json: give it")
+        for preset in args.presets:
+            write_json(Path(args.json), preset, json.loads(Path(args.out, preset, "summary.json").read_text()), args)
+        return
     host = load_toy_llava(args.n_eval, path=args.checkpoint) if args.checkpoint else load_host("toy-llava",
                                                                                                 n_eval=args.n_eval)
     clip = load_clip(host.clip_name)
@@ -105,6 +114,9 @@ def write_json(path: Path, preset: str, rows: list[dict], args) -> None:
 
     old = json.loads(path.read_text()) if path.exists() else {}
     runs = dict(old.get("presets", {}))
+    for earlier in {r.get("preset") for r in old.get("rows", [])} - set(runs) - {None}:  # a file of one preset
+        runs[earlier] = {"command": old.get("command"), "date": old.get("date"),
+                         "rows": [r for r in old["rows"] if r.get("preset") == earlier]}
     runs[preset] = {
         "command": f"python scripts/bench_llava.py --presets {preset}" + (" --cache" if args.cache else "")
                    + f" (toy-llava, {args.n_eval} test pictures{'; ' + args.note if args.note else ''})",

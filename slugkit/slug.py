@@ -256,6 +256,13 @@ def refusal(target: Target, search: SearchResult) -> dict:
     """``{"layer", "why"}``: why the search of one layer met no step size (the guard it broke, else how close its
     forget metric came)."""
     broke = broke_guard(target, [search])
+    last = search.trace[-1] if search.trace else None
+    if last is not None and not last.reached and all(m in last.metrics for m in target.guards) \
+            and not target.within_guard(last.metrics, search.baseline):  # search_step_size(stop_on_guard=k)
+        broke.append(f"step size {last.lam:.4g} broke the guard before reaching {target.forget_metric} <= "
+                     f"{target.threshold:g} ({target.forget_metric} {float(last.metrics[target.forget_metric]):.3g}, "
+                     + ", ".join(f"{m} {search.baseline[m]:.3g} -> {last.metrics[m]:.3g}" for m in target.guards)
+                     + ")")
     if broke:
         return {"layer": search.layer, "why": "; ".join(broke)}
     step = search.closest(target)
@@ -360,7 +367,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             retain: str = "shared", full_trace: bool = False, search_evaluator: Evaluator | None = None,
             step_evaluator: Evaluator | None = None, step_start: str = "rule", step_rtol: float | None = None,
             project_off: Sequence[Task] = (), max_layers: int | None = None, fallback: bool = False,
-            progress: bool = True) -> UnlearnResult:
+            guard_stop: float | None = None, progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
@@ -424,6 +431,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
       step that reached its forget rule on any of them instead of making no patch (``result.fallback`` says so;
       without a guard it changes nothing). Either way ``result.refused`` names every searched layer that did not
       meet the target and why (report.json ``layers_refused``).
+    - ``guard_stop``: in a walk (``policy`` "deepest-first", "deepest-block", "cheapest-first") with a guarded
+      ``target``, give up a layer at the first step that has not reached the forget rule yet but already breaks the
+      guard by ``guard_stop`` times its tolerance (:func:`search_step_size` ``stop_on_guard``), for time; default
+      None: every layer's search runs to its end.
 
     Inputs are bounded (see :mod:`slugkit.bounds`): ``seed`` in 0..2**31-1, ``batch_size`` in 2..4096,
     ``max_evals`` in 1..100, ``rtol`` in [0, 1]; non-finite weights and a retain set of fewer than 2
@@ -504,6 +515,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             evaluator.prepare(tower_, block_)
         baseline = evaluator.cache().baseline()  # the unedited model's metrics: one evaluation for every layer
     forget_only = None if full_trace else getattr(evaluator, "forget_metrics", None)
+    # a walk with a guard whose evaluator measures it at every step may give up a layer at the first step that breaks
+    # the guard by guard_stop times its tolerance before reaching the forget target (search_step_size(stop_on_guard=))
+    walk_on_guard = guard_stop is not None and bool(target.guards) and policy in STOP_AT_FIRST_MET \
+        and forget_only is None
     searches = []
     for name in layers:
         with stage(f"search/{name}"):
@@ -512,7 +527,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             searches.append(search_step_size(
                 adapter.parameter(name), direction[name], lambda: evaluator(edited_tower=t_, block=b_), target,
                 max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress, baseline=baseline,
-                evaluate_forget=forget_only and (lambda: forget_only(edited_tower=t_, block=b_))))
+                evaluate_forget=forget_only and (lambda: forget_only(edited_tower=t_, block=b_)),
+                stop_on_guard=guard_stop if walk_on_guard else None))
         if policy in STOP_AT_FIRST_MET and searches[-1].status == "ok":
             break  # the first layer in the policy's order whose step size met the target
     timings["step_size_search"] = round(time.perf_counter() - t, 2)

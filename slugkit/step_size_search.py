@@ -31,7 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -84,6 +84,12 @@ class Target:
         if isinstance(self.guard_tolerance, tuple):
             return tuple(float(t) for t in self.guard_tolerance)
         return (float(self.guard_tolerance),) * len(self.guards)
+
+    def scaled_guard(self, factor: float) -> Target:
+        """The same target with every guard tolerance multiplied by ``factor``."""
+        if factor < 0 or not math.isfinite(factor):
+            raise ValueError(f"the guard's factor must be a finite number >= 0, got {factor}")
+        return replace(self, guard_tolerance=tuple(factor * t for t in self.tolerances))
 
     def describe(self) -> str:
         """The rule as one line, e.g. ``"forget_top5 <= 0"`` (what ``report.json`` records as ``target``)."""
@@ -240,6 +246,7 @@ def search_step_size(
     baseline: dict | None = None,
     evaluate_forget: Callable[[], dict[str, float]] | None = None,
     evaluate_guard: Callable[[], dict[str, float]] | None = None,
+    stop_on_guard: float | None = None,
 ) -> SearchResult:
     """Binary search of ``lambda > 0`` for the update ``param <- theta + lambda * grad``.
 
@@ -265,10 +272,22 @@ def search_step_size(
     and, after the search, at the one step it would return. If that step breaks the guard, it does not meet the
     target and the search ends "target-not-reached" (the caller may try another layer); other steps are not
     checked, so in the trace ``met`` means "reached" wherever the guard metrics are absent.
+
+    ``stop_on_guard`` (slugkit's own, for a caller that walks on to another layer): a number ``k``; a step that has
+    not reached the forget target yet but already breaks ``target``'s guard by ``k`` times its tolerance (e.g. with
+    ``k=2``, the other names 20 points down where 10 are allowed) ends the search, "target-not-reached". Every later
+    step would be larger (the bracket's lower end only grows), so if the damage grows with lambda none of them could
+    meet the target, and the remaining evaluations are saved. A ``k`` above 1 keeps searching a layer that only
+    just breaks the guard, so its reached steps stay available to a caller that keeps the best one when no layer
+    meets the target. Needs the guard metrics in ``evaluate()``.
     """
     _check(param, grad, layer_name)
-    if evaluate_guard is not None and not target.guards:
-        raise ValueError("evaluate_guard needs a target with a guard (guard_metric and guard_tolerance)")
+    if (evaluate_guard is not None or stop_on_guard is not None) and not target.guards:
+        raise ValueError("evaluate_guard and stop_on_guard need a target with a guard (guard_metric and "
+                         "guard_tolerance)")
+    if stop_on_guard is not None and evaluate_guard is not None:
+        raise ValueError("stop_on_guard reads the guard metrics at every step: give them in evaluate(), not in "
+                         "evaluate_guard")
     if max_evals < 1:
         raise ValueError(f"max_evals must be >= 1, got {max_evals}")
     if not rtol >= 0:
@@ -304,6 +323,9 @@ def search_step_size(
             reached = target.reached(metrics)
             met = reached if evaluate_guard is not None else target.met(metrics, baseline)
             trace.append(SearchStep(step, lam, metrics, reached, met, seconds))
+            if stop_on_guard is not None and not reached and all(m in metrics for m in target.guards) \
+                    and not target.scaled_guard(stop_on_guard).within_guard(metrics, baseline):
+                break  # not there yet and already far past the guard: every later step is larger
             if reached:
                 hi = lam
             else:

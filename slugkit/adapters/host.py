@@ -59,6 +59,7 @@ class HostRecipe:
     project_others: bool = False
     max_layers: int | None = None  # the policy's layers searched at most (``unlearn(max_layers=)``); None: all
     fallback: bool = False  # no layer meets the guarded target: keep the best reached step (``unlearn(fallback=)``)
+    guard_stop: float | None = None  # give up a walked layer far past its guard (``unlearn(guard_stop=)``)
     fixed: bool = False
     about: str = ""  # one line: what the recipe is and where it comes from
 

@@ -66,6 +66,7 @@ LLAVA_RECIPES["orthogonal"] = HostRecipe(**{**LLAVA_RECIPES["slugkit"].settings(
 WALK_GUARD = {"retain_top1": 0.10, "utility": 0.05}
 LLAVA_RECIPES["guarded"] = HostRecipe(**{
     **LLAVA_RECIPES["orthogonal"].settings(), "policy": "deepest-block", "max_layers": 2, "fallback": True,
+    "guard_stop": 2.0,
     "target": Target("forget_top1", guard_metric=tuple(WALK_GUARD), guard_tolerance=tuple(WALK_GUARD.values()))},
     about="`orthogonal` with a guarded walk: the deepest Pareto layer first, then the next layer of its block; the "
           "first whose searched step keeps the other names within 10 points and VQA within 5 on the search "
