@@ -672,9 +672,14 @@ def test_guarded_walk_refuses_a_layer_that_breaks_the_guard_and_keeps_the_next(f
     both = CostlyLayersHost(clip, {deepest: {"utility": 0.92}, order[1]: {"retain_top1": 0.5}})
     kept = unlearn_host(both, "Captain Zorp", **options)
     assert [s.layer for s in kept.searches] == order[:2] and kept.layer == deepest and kept.status == "ok"
+    # 8 VQA points (under twice the 5 allowed) let the deepest layer's search run on to steps that forget; 50 points
+    # of the other names (over twice the 10 allowed) before forgetting end the second layer's at its first step
+    assert walked.searches[0].trace[-1].reached and len(kept.searches[1].trace) == 1
+    assert not kept.searches[1].trace[0].reached
     assert kept.step_size in [s.lam for s in kept.searches[0].trace if s.reached]  # a step of its own trace
     report = json.loads((kept.save(tmp_path / "run") / "report.json").read_text())
     assert [r["layer"] for r in report["layers_refused"]] == order[:2]
+    assert "broke the guard before reaching forget_top1 <= 0" in report["layers_refused"][1]["why"]
     assert "retain_top1 1 -> 0.5" in report["layers_refused"][1]["why"]
     assert report["guard_fallback"].startswith("no searched layer") and deepest in report["guard_fallback"]
     assert report["layers_tried"] == order[:2] and report["layer"] == deepest
