@@ -706,7 +706,8 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
     host cannot measure before any work.
 
     - ``preset``: a host with recipes (``host.presets``, e.g. LLaVA: "reference" = the authors', "slugkit",
-      "clip-side") takes every setting below from the recipe (default ``host.default_preset``); explicit
+      "orthogonal", "guarded" (its default), "clip-side") takes every setting below from the recipe (default
+      ``host.default_preset``); explicit
       arguments override it, except that the authors' recipe refuses contradicting ones. For a host without
       recipes (SD), ``preset`` keeps its CLIP meaning (:data:`PRESETS`).
     - ``search`` (default: the recipe's, else ``host.search``: "generation" for Stable Diffusion): "clip"
@@ -721,6 +722,8 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
     - A recipe with ``project_others`` (LLaVA's "orthogonal") also computes the forget gradients of
       ``host.other_concepts(concept)`` (each on its own pictures, paired as the concept's are) and edits along the
       forget gradient minus its projection on their span (``unlearn(project_off=...)``).
+    - A recipe's ``max_layers``, ``fallback`` and ``guard_stop`` go to :func:`unlearn` (LLaVA's "guarded": a walk of
+      two layers with a retain and VQA guard on the search pictures).
 
     Other keyword arguments go to :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
     """

@@ -258,7 +258,7 @@ def test_real_path_end_to_end_on_tiny_llava(tiny_real, tmp_path):
     assert result.searches and all(f".layers.0." in s.layer and s.layer.startswith("vision_model.")
                                    for s in result.searches)
     # the default recipe searched on the LLaVA's answers about the data's pictures (no VQA there: utility NaN)
-    assert result.preset == "slugkit" and result.search == "host" and result.searches
+    assert result.preset == "guarded" and result.search == "host" and result.searches
     assert all(np.isnan(s.metrics["utility"]) and 0 <= s.metrics["forget_top1"] <= 1
                for search in result.searches for s in search.trace)
     report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
