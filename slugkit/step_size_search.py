@@ -282,9 +282,9 @@ def search_step_size(
     meets the target. Needs the guard metrics in ``evaluate()``.
     """
     _check(param, grad, layer_name)
-    if (evaluate_guard is not None or stop_on_guard is not None) and not target.guards:
-        raise ValueError("evaluate_guard and stop_on_guard need a target with a guard (guard_metric and "
-                         "guard_tolerance)")
+    for given, name in ((evaluate_guard, "evaluate_guard"), (stop_on_guard, "stop_on_guard")):
+        if given is not None and not target.guards:
+            raise ValueError(f"{name} needs a target with a guard (guard_metric and guard_tolerance)")
     if stop_on_guard is not None and evaluate_guard is not None:
         raise ValueError("stop_on_guard reads the guard metrics at every step: give them in evaluate(), not in "
                          "evaluate_guard")
