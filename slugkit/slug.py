@@ -244,10 +244,15 @@ def unmeasured(before: dict, after: dict, evaluator=None) -> tuple[list[str], li
     return missing, warns
 
 
+def guard_change(target: Target, baseline: dict, metrics: dict) -> str:
+    """``"retain_top1 1 -> 0.387, utility 0.993 -> 0.942"``: each guarded metric ``metrics`` has, from its baseline."""
+    return ", ".join(f"{m} {baseline[m]:.3g} -> {metrics[m]:.3g}" for m in target.guards if m in metrics)
+
+
 def broke_guard(target: Target, searches: Sequence[SearchResult]) -> list[str]:
     """One phrase per step of ``searches`` that reached ``target``'s forget rule but not its guard."""
     return [f"step size {st.lam:.4g} on {s.layer} reached it but not the guard ("
-            + ", ".join(f"{m} {s.baseline[m]:.3g} -> {st.metrics[m]:.3g}" for m in target.guards) + ")"
+            + guard_change(target, s.baseline, st.metrics) + ")"
             for s in searches for st in s.trace
             if target.guards and st.reached and not st.met and all(m in st.metrics for m in target.guards)]
 
@@ -261,8 +266,7 @@ def refusal(target: Target, search: SearchResult) -> dict:
             and not target.within_guard(last.metrics, search.baseline):  # search_step_size(stop_on_guard=k)
         broke.append(f"step size {last.lam:.4g} broke the guard before reaching {target.forget_metric} <= "
                      f"{target.threshold:g} ({target.forget_metric} {float(last.metrics[target.forget_metric]):.3g}, "
-                     + ", ".join(f"{m} {search.baseline[m]:.3g} -> {last.metrics[m]:.3g}" for m in target.guards)
-                     + ")")
+                     f"{guard_change(target, search.baseline, last.metrics)})")
     if broke:
         return {"layer": search.layer, "why": "; ".join(broke)}
     step = search.closest(target)
@@ -281,11 +285,9 @@ def guard_fallback(target: Target, searches: Sequence[SearchResult]) -> tuple[Se
         return None, None
     search, step = max(reached, key=lambda c: (target.score(c[1].metrics), -c[1].lam))
     kept = replace(search, best_lambda=step.lam, best_metrics=dict(step.metrics), status="ok")
-    guards = ", ".join(f"{m} {search.baseline[m]:.3g} -> {step.metrics[m]:.3g}" for m in target.guards
-                       if m in step.metrics)
     return kept, (f"no searched layer ({', '.join(s.layer for s in searches)}) met {target.describe()}; kept the "
                   f"best-scoring step that reached {target.forget_metric} <= {target.threshold:g}: step size "
-                  f"{step.lam:.4g} on {search.layer} ({guards})")
+                  f"{step.lam:.4g} on {search.layer} ({guard_change(target, search.baseline, step.metrics)})")
 
 
 def explain_no_patch(target: Target, searches: Sequence[SearchResult],
