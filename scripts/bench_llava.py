@@ -1,9 +1,10 @@
 """SLUG on the toy LLaVA for several characters and recipes: the acceptance table of issues #11 and #20.
 
-    python scripts/bench_llava.py --presets reference slugkit clip-side [--characters "Mira Quell" ...] [--cache]
+    python scripts/bench_llava.py --presets guarded orthogonal reference [--characters "Mira Quell" ...] [--cache]
+        [--json data/bench/llava.json]       # or later: --from-summary --json data/bench/llava.json
 
-For each recipe (``unlearn_host(preset=...)``: "reference" = the authors' LLaVA recipe, "slugkit" = the default,
-"clip-side" = the recipe searched on the CLIP) and character: gradients on toy-clip-hf (computed afresh unless
+For each recipe (``unlearn_host(preset=...)``: "reference" = the authors' LLaVA recipe, "guarded" = the default,
+"orthogonal" and "slugkit" = its steps before, "clip-side" = the recipe searched on the CLIP) and character: gradients on toy-clip-hf (computed afresh unless
 ``--cache``), the layer, the step size, then LLaVA's answers before/after the patch on held-out pictures. Writes
 ``runs/bench_llava/<preset>/<name>/report.json`` and ``runs/bench_llava/<preset>/summary.json`` and prints one
 row per character with the criteria of issue #20: forget rate <= 5% after (from >= 90%), retain drop <= 10
@@ -54,7 +55,18 @@ def main() -> None:
     p.add_argument("--checkpoint", help="another toy LLaVA checkpoint than data/toy-llava.safetensors (e.g. one "
                                         "with LLaVA-1.5's layout: slugkit.models.toy_llava.build(out_dir, "
                                         "TrainConfig(feature_layer=-2, select_strategy='default')))")
+    p.add_argument("--json", help="also write the rows into this JSON (e.g. data/bench/llava.json, read by notebooks 08 "
+                                  "and 10): the rows of the presets run here replace that file's rows of the same presets")
+    p.add_argument("--note", default="", help="with --json: the machine's load during the run, recorded in the file")
+    p.add_argument("--from-summary", action="store_true", help="run nothing: write --json from the summary.json of "
+                                                                   "each --presets run already in --out")
     args = p.parse_args()
+    if args.from_summary:
+        if not args.json:
+            p.error("--from-summary writes --json: give it")
+        for preset in args.presets:
+            write_json(Path(args.json), preset, json.loads(Path(args.out, preset, "summary.json").read_text()), args)
+        return
     host = load_toy_llava(args.n_eval, path=args.checkpoint) if args.checkpoint else load_host("toy-llava",
                                                                                                 n_eval=args.n_eval)
     clip = load_clip(host.clip_name)
@@ -73,7 +85,8 @@ def main() -> None:
                     continue
                 ok = criteria(r)
                 rows.append({"concept": name, "layer": r["layer"], "status": r["status"], **{k: r[k] for k in KEYS},
-                             "criteria": ok, "examples": r.get("examples")})
+                             "layers_tried": r["layers_tried"], "layers_refused": r["layers_refused"],
+                             "guard_fallback": r["guard_fallback"], "criteria": ok, "examples": r.get("examples")})
                 share = r["patch_footprint"]["share_of_tower"]
                 print(f"{preset:10s} {name:15s} {r['layer']:45s} forget {100 * r['vlm_forget_rate_before']:5.1f} -> "
                       f"{100 * r['vlm_forget_rate_after']:5.1f}%  retain {100 * r['vlm_retain_acc_before']:5.1f} -> "
@@ -87,6 +100,32 @@ def main() -> None:
         met = {k: sum(bool(r.get("criteria", {}).get(k)) for r in rows) for k in ("forget", "retain", "vqa", "time",
                                                                                   "one_tensor")}
         print(f"{preset}: criteria met by {met} of {len(rows)} characters", flush=True)
+        if args.json:
+            write_json(Path(args.json), preset, rows, args)
+
+
+def write_json(path: Path, preset: str, rows: list[dict], args) -> None:
+    """Put one preset's ``rows`` into the shipped bench file under ``presets[preset]`` (replacing its earlier run);
+    the top-level ``command``, ``date`` and ``rows`` mirror the run of the hosts' default recipe
+    (``LlavaHost.default_preset``), which notebook 10 reads."""
+    import datetime
+
+    from slugkit.adapters.llava import LlavaHost
+
+    old = json.loads(path.read_text()) if path.exists() else {}
+    runs = dict(old.get("presets", {}))
+    for earlier in {r.get("preset") for r in old.get("rows", [])} - set(runs) - {None}:  # a file of one preset
+        runs[earlier] = {"command": old.get("command"), "date": old.get("date"),
+                         "rows": [r for r in old["rows"] if r.get("preset") == earlier]}
+    runs[preset] = {
+        "command": f"python scripts/bench_llava.py --presets {preset}" + (" --cache" if args.cache else "")
+                   + f" (toy-llava, {args.n_eval} test pictures{'; ' + args.note if args.note else ''})",
+        "date": datetime.date.today().isoformat(),
+        "rows": [{"preset": preset, **{k: v for k, v in r.items() if k not in ("examples", "patch_footprint")}}
+                 for r in rows]}
+    default = LlavaHost.default_preset
+    top = runs.get(default) or {k: old[k] for k in ("command", "date", "rows") if k in old}
+    path.write_text(json.dumps({**top, "default": default, "presets": runs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

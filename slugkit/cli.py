@@ -186,7 +186,7 @@ def _unlearn(args, data, writer: bool, device, prof=None) -> int:
         for flag, value in (("--search", args.search), ("--forget-text", args.forget_text)):
             if value is not None:
                 raise ValueError(f"{flag} {value} needs a host model (toy-sd, toy-llava, sd:..., llava:...)")
-        if args.preset in ("clip-side", "orthogonal"):
+        if args.preset in ("clip-side", "orthogonal", "guarded"):
             raise ValueError(f"--preset {args.preset} is a recipe of the LLaVA hosts (toy-llava, llava:...); a CLIP "
                              "takes 'slugkit' or 'reference'")
         options = {k: v for k, v in options.items() if v is not None}  # unlearn's own defaults
@@ -617,13 +617,16 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--candidates", choices=["default", "reference"],
                    help="candidate layers: 'default' = 2-D attention/MLP weights of every block; 'reference' = the "
                         "authors' set (every parameter but biases, logit_scale, positional/token embeddings)")
-    u.add_argument("--preset", choices=["slugkit", "reference", "orthogonal", "clip-side"],
-                   help="'slugkit' (default) or 'reference' = the authors' choices. On a CLIP (and SD): reference "
+    u.add_argument("--preset", choices=["slugkit", "reference", "orthogonal", "guarded", "clip-side"],
+                   help="On a CLIP (and SD): 'slugkit' (default) or 'reference' = the authors' choices (reference "
                         "candidates, top5 rule, exactly 10 evaluations, no early stop; the report adds their "
-                        "returned (last) lambda. On LLaVA hosts: the authors' LLaVA recipe (bare-name forget text, "
-                        "deepest Pareto vision layer, step size searched on LLaVA's answers); 'orthogonal' = 'slugkit' "
-                        "with the edit made orthogonal to the other characters' forget gradients; 'clip-side' = "
-                        "the older recipe searched on the CLIP (README, SLUG on LLaVA)")
+                        "returned (last) lambda). On LLaVA hosts: 'reference' = the authors' LLaVA recipe (bare-name "
+                        "forget text, deepest Pareto vision layer, step size searched on LLaVA's answers); 'slugkit' "
+                        "= it searched on more pictures and phrasings; 'orthogonal' = 'slugkit' with the edit made "
+                        "orthogonal to the other characters' forget gradients; 'guarded' (LLaVA's default) = "
+                        "'orthogonal' with a guarded walk to the next layer of the block when the other names or VQA "
+                        "suffer on the search pictures; 'clip-side' = the older recipe searched on the CLIP "
+                        "(docs/llava.md)")
     u.add_argument("--max-evals", type=_int_in(MAX_EVALS_MIN, MAX_EVALS_MAX), metavar="N",
                    help=f"step sizes tried per layer, {MAX_EVALS_MIN}..{MAX_EVALS_MAX} (default 10; each is one "
                    "evaluation; the bracket halves each time)")

@@ -20,7 +20,7 @@ import torch
 from slugkit.adapters.base import LAYER_KINDS, TOWERS, CLIPAdapter, LayerInfo
 from slugkit.gradients import Gradients
 
-POLICIES = ("pareto", "deepest", "deepest-first", "cheapest-first")
+POLICIES = ("pareto", "deepest", "deepest-first", "deepest-block", "cheapest-first")
 # "cheapest-first" searches the text tower's Pareto layers before the vision tower's: a text edit re-embeds only the
 # distinct texts (names and captions), a vision edit every picture from the edited block on
 CHEAPEST_FIRST_TOWERS = ("text", "vision")
@@ -202,6 +202,9 @@ def select_layers(table: pd.DataFrame, policy: str = "pareto", tower: str | None
       and within that block the one latest in the forward pass (the authors' Hugging Face choice).
     - ``"deepest-first"``: every Pareto layer of ``tower`` (default ``"text"``), deepest first (the order
       ``"deepest"`` picks in), for a caller that stops at the first layer whose search meets its target.
+    - ``"deepest-block"``: the deepest Pareto layer of ``tower`` (default ``"text"``), then every other candidate of
+      its block (on the front or not), the latest in the forward pass first: a walk for a caller that stops at the
+      first layer whose search meets a guarded target (LLaVA's default recipe tries the first two).
     - ``"cheapest-first"``: every Pareto layer (of ``tower`` if given), the cheapest to evaluate first: the text
       tower's, then the vision tower's (:data:`CHEAPEST_FIRST_TOWERS`), each deepest first (an evaluation reruns
       the tower from the edited block on), for a caller that stops at the first layer whose search meets its target.
@@ -220,6 +223,12 @@ def select_layers(table: pd.DataFrame, policy: str = "pareto", tower: str | None
         if not order:
             raise ValueError(f"no Pareto layer in the {tower!r} tower")
         return order[:1] if policy == "deepest" else order
+    if policy == "deepest-block":
+        first = select_layers(table, "deepest", tower)[0]
+        rows = table[(table["tower"] == (tower or "text")) & (table["block"] == table.loc[table["name"] == first,
+                                                                                            "block"].iloc[0])]
+        rest = [n for n in reversed(list(rows["name"])) if n != first]
+        return [first, *rest]
     if policy == "cheapest-first":
         towers = [tower] if tower is not None else list(CHEAPEST_FIRST_TOWERS)
         towers += sorted(set(table["tower"]) - set(towers)) if tower is None else []

@@ -45,7 +45,7 @@ RETAIN_SETS = ("shared", "per-concept")
 
 
 # The layer policies that stop at the first layer whose search meets the target (see select_layers)
-STOP_AT_FIRST_MET = ("deepest-first", "cheapest-first")
+STOP_AT_FIRST_MET = ("deepest-first", "deepest-block", "cheapest-first")
 # From this size on, a run on the user's own data defaults to policy "cheapest-first" (see default_policy)
 REAL_SIZE_PARAMETERS = 50_000_000
 
@@ -106,6 +106,8 @@ class UnlearnResult:
     projected_off: list[str] = field(default_factory=list)  # concepts whose forget gradients the edit is orthogonal to
     # the second search's evaluations on the host: {"forget": its baseline and steps, "guard": the guard's}
     step_evaluations: dict = field(default_factory=dict)
+    refused: list[dict] = field(default_factory=list)  # {"layer", "why"} of every searched layer that met nothing
+    fallback: str | None = None  # set when no layer met a guarded target and the best reached step was kept anyway
 
     @property
     def chosen_search(self) -> SearchResult | None:
@@ -152,6 +154,7 @@ class UnlearnResult:
             "patch_bytes": patch_bytes if patch_bytes is not None else (self.patch.nbytes if self.patch else 0),
             "model_bytes": self.model_bytes,
             "layers_tried": [s.layer for s in self.searches],
+            "layers_refused": list(self.refused), "guard_fallback": self.fallback,
             "search": [s.to_dict() for s in self.searches],
             "step_search": self.step_search.to_dict() if self.step_search else None,
             "layers_searched_again": [s.layer for s in self.step_searches],
@@ -249,12 +252,50 @@ def unmeasured(before: dict, after: dict, evaluator=None) -> tuple[list[str], li
     return missing, warns
 
 
+def guard_change(target: Target, baseline: dict, metrics: dict) -> str:
+    """``"retain_top1 1 -> 0.387, utility 0.993 -> 0.942"``: each guarded metric ``metrics`` has, from its baseline."""
+    return ", ".join(f"{m} {baseline[m]:.3g} -> {metrics[m]:.3g}" for m in target.guards if m in metrics)
+
+
 def broke_guard(target: Target, searches: Sequence[SearchResult]) -> list[str]:
     """One phrase per step of ``searches`` that reached ``target``'s forget rule but not its guard."""
     return [f"step size {st.lam:.4g} on {s.layer} reached it but not the guard ("
-            + ", ".join(f"{m} {s.baseline[m]:.3g} -> {st.metrics[m]:.3g}" for m in target.guards) + ")"
+            + guard_change(target, s.baseline, st.metrics) + ")"
             for s in searches for st in s.trace
             if target.guards and st.reached and not st.met and all(m in st.metrics for m in target.guards)]
+
+
+def refusal(target: Target, search: SearchResult) -> dict:
+    """``{"layer", "why"}``: why the search of one layer met no step size (the guard it broke, else how close its
+    forget metric came)."""
+    broke = broke_guard(target, [search])
+    last = search.trace[-1] if search.trace else None
+    if last is not None and not last.reached and all(m in last.metrics for m in target.guards) \
+            and not target.within_guard(last.metrics, search.baseline):  # search_step_size(stop_on_guard=k)
+        broke.append(f"step size {last.lam:.4g} broke the guard before reaching {target.forget_metric} <= "
+                     f"{target.threshold:g} ({target.forget_metric} {float(last.metrics[target.forget_metric]):.3g}, "
+                     f"{guard_change(target, search.baseline, last.metrics)})")
+    if broke:
+        return {"layer": search.layer, "why": "; ".join(broke)}
+    step = search.closest(target)
+    closest = (f"; the closest was {target.forget_metric} = {float(step.metrics[target.forget_metric]):.4g} at step "
+               f"size {step.lam:.4g}") if step else ""
+    return {"layer": search.layer, "why": f"no step size reached {target.forget_metric} <= {target.threshold:g}"
+                                          f"{closest}"}
+
+
+def guard_fallback(target: Target, searches: Sequence[SearchResult]) -> tuple[SearchResult | None, str | None]:
+    """When no layer met a guarded ``target``: the search of the best-scoring step that reached its forget rule on
+    any layer, set to that step (``best_lambda``, ``best_metrics``), and one sentence saying so; ``(None, None)``
+    when no step reached it. The returned search keeps its trace; its ``status`` says "ok" for the patch."""
+    reached = [(s, st) for s in searches for st in s.trace if st.reached]
+    if not reached:
+        return None, None
+    search, step = max(reached, key=lambda c: (target.score(c[1].metrics), -c[1].lam))
+    kept = replace(search, best_lambda=step.lam, best_metrics=dict(step.metrics), status="ok")
+    return kept, (f"no searched layer ({', '.join(s.layer for s in searches)}) met {target.describe()}; kept the "
+                  f"best-scoring step that reached {target.forget_metric} <= {target.threshold:g}: step size "
+                  f"{step.lam:.4g} on {search.layer} ({guard_change(target, search.baseline, step.metrics)})")
 
 
 def explain_no_patch(target: Target, searches: Sequence[SearchResult],
@@ -335,7 +376,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             batch_size: int = 64, seed: int = 0, store: GradientStore | str | Path | None = None,
             retain: str = "shared", full_trace: bool = False, search_evaluator: Evaluator | None = None,
             step_evaluator: Evaluator | None = None, step_start: str = "rule", step_rtol: float | None = None,
-            project_off: Sequence[Task] = (), progress: bool = True) -> UnlearnResult:
+            project_off: Sequence[Task] = (), max_layers: int | None = None, fallback: bool = False,
+            guard_stop: float | None = None, progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
@@ -397,6 +439,15 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
       (:func:`~slugkit.gradients.project_out`: to first order, the step leaves their forget losses unchanged).
       The layer table still reads the unprojected gradients; ``result.gradients.forget`` keeps them, the patch
       holds the projected step. Default: none (SLUG's own direction).
+    - ``max_layers``: search at most this many of the policy's layers (default: all), e.g. a walk of two.
+    - ``fallback``: when no searched layer meets a guarded ``target`` (``guard_metric``), keep the best-scoring
+      step that reached its forget rule on any of them instead of making no patch (``result.fallback`` says so;
+      without a guard it changes nothing). Either way ``result.refused`` names every searched layer that did not
+      meet the target and why (report.json ``layers_refused``).
+    - ``guard_stop``: in a walk (``policy`` "deepest-first", "deepest-block", "cheapest-first") with a guarded
+      ``target``, give up a layer at the first step that has not reached the forget rule yet but already breaks the
+      guard by ``guard_stop`` times its tolerance (:func:`search_step_size` ``stop_on_guard``), for time; default
+      None: every layer's search runs to its end.
 
     Inputs are bounded (see :mod:`slugkit.bounds`): ``seed`` in 0..2**31-1, ``batch_size`` in 2..4096,
     ``max_evals`` in 1..100, ``rtol`` in [0, 1]; non-finite weights and a retain set of fewer than 2
@@ -458,6 +509,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     with stage("layer_table"):
         table = layer_table(adapter, grads, infos=infos)
         layers = select_layers(table, policy, tower)
+        if max_layers is not None:
+            if max_layers < 1:
+                raise ValueError(f"max_layers must be >= 1 (or None: every layer of the policy), got {max_layers}")
+            layers = layers[:max_layers]
     towers = dict(zip(table["name"], table["tower"]))
     blocks = dict(zip(table["name"], table["block"]))
     direction = {name: project_out(grads.forget[name], [o[name] for o in others]) for name in layers}
@@ -473,6 +528,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             evaluator.prepare(tower_, block_)
         baseline = cache_embeddings(evaluator, store).baseline()  # the unedited model's: one for every layer
     forget_only = None if full_trace else getattr(evaluator, "forget_metrics", None)
+    # a walk with a guard whose evaluator measures it at every step may give up a layer at the first step that breaks
+    # the guard by guard_stop times its tolerance before reaching the forget target (search_step_size(stop_on_guard=))
+    walk_on_guard = guard_stop is not None and bool(target.guards) and policy in STOP_AT_FIRST_MET \
+        and forget_only is None
     searches = []
     for name in layers:
         with stage(f"search/{name}"):
@@ -481,7 +540,8 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             searches.append(search_step_size(
                 adapter.parameter(name), direction[name], lambda: evaluator(edited_tower=t_, block=b_), target,
                 max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress, baseline=baseline,
-                evaluate_forget=forget_only and (lambda: forget_only(edited_tower=t_, block=b_))))
+                evaluate_forget=forget_only and (lambda: forget_only(edited_tower=t_, block=b_)),
+                stop_on_guard=guard_stop if walk_on_guard else None))
         if policy in STOP_AT_FIRST_MET and searches[-1].status == "ok":
             break  # the first layer in the policy's order whose step size met the target
     timings["step_size_search"] = round(time.perf_counter() - t, 2)
@@ -489,6 +549,12 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     met = [s for s in searches if s.status == "ok"]
     best = max(met, key=lambda s: target.score(s.best_metrics), default=None)
     step_searches, warns = [], []
+    refused = [refusal(target, s) for s in searches if s.status != "ok"]
+    fell_back = None
+    if best is None and fallback and target.guards and step_evaluator is None:
+        best, fell_back = guard_fallback(target, searches)
+        if fell_back:
+            warns.append(fell_back)
     step_target = target
     if step_evaluator is not None:
         best = None
@@ -593,7 +659,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
         preset=preset, candidates=candidates, target=target.describe(), retain_set=retain_set,
         step_search=step_search, step_searches=step_searches, no_patch=no_patch, step_evaluations=step_evaluations,
-        projected_off=[o.concept for o in project_off], policy=policy)
+        projected_off=[o.concept for o in project_off], policy=policy, refused=refused, fallback=fell_back)
 
 
 # With a second search (search="generation"/"refine"), how many of the layers that met the target on the CLIP it may
@@ -653,7 +719,8 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
     host cannot measure before any work.
 
     - ``preset``: a host with recipes (``host.presets``, e.g. LLaVA: "reference" = the authors', "slugkit",
-      "clip-side") takes every setting below from the recipe (default ``host.default_preset``); explicit
+      "orthogonal", "guarded" (its default), "clip-side") takes every setting below from the recipe (default
+      ``host.default_preset``); explicit
       arguments override it, except that the authors' recipe refuses contradicting ones. For a host without
       recipes (SD), ``preset`` keeps its CLIP meaning (:data:`PRESETS`).
     - ``search`` (default: the recipe's, else ``host.search``: "generation" for Stable Diffusion): "clip"
@@ -668,6 +735,8 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
     - A recipe with ``project_others`` (LLaVA's "orthogonal") also computes the forget gradients of
       ``host.other_concepts(concept)`` (each on its own pictures, paired as the concept's are) and edits along the
       forget gradient minus its projection on their span (``unlearn(project_off=...)``).
+    - A recipe's ``max_layers``, ``fallback`` and ``guard_stop`` go to :func:`unlearn` (LLaVA's "guarded": a walk of
+      two layers with a retain and VQA guard on the search pictures).
 
     Other keyword arguments go to :func:`unlearn`. ``result.patch`` applies to the CLIP and to the host.
     """

@@ -31,7 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -47,7 +47,8 @@ class Target:
     """When an edit counts as unlearning, and how to rank the edits that do.
 
     Reached: ``metrics[forget_metric] <= threshold``. Met: reached and, if ``guard_metric`` is set (one metric
-    name or a tuple of them), ``metrics[m] >= baseline[m] - guard_tolerance`` for each of them. Among met edits the best
+    name or a tuple of them), ``metrics[m] >= baseline[m] - guard_tolerance`` for each of them (``guard_tolerance``:
+    one number for every guarded metric, or a tuple with one per metric). Among met edits the best
     has the highest mean of ``score_metrics``. The default is the authors' CLIP stop rule, forget
     top-5 accuracy = 0 (``Target("forget_top1")`` is the weaker rule that can leave the name in
     second place).
@@ -57,12 +58,15 @@ class Target:
     threshold: float = 0.0
     score_metrics: Sequence[str] = ("retain_top1", "utility")
     guard_metric: str | tuple[str, ...] | None = None
-    guard_tolerance: float | None = None
+    guard_tolerance: float | tuple[float, ...] | None = None
 
     def __post_init__(self):
         if (self.guard_metric is None) != (self.guard_tolerance is None):
             raise ValueError("set guard_metric and guard_tolerance together (or neither)")
-        if self.guard_tolerance is not None and self.guard_tolerance < 0:
+        if isinstance(self.guard_tolerance, tuple) and len(self.guard_tolerance) != len(self.guards):
+            raise ValueError(f"guard_tolerance has {len(self.guard_tolerance)} values for {len(self.guards)} guarded "
+                             f"metrics {self.guards}: give one number, or one per metric")
+        if any(t < 0 for t in self.tolerances):
             raise ValueError(f"guard_tolerance must be >= 0, got {self.guard_tolerance}")
 
     @property
@@ -72,19 +76,37 @@ class Target:
             return ()
         return (self.guard_metric,) if isinstance(self.guard_metric, str) else tuple(self.guard_metric)
 
+    @property
+    def tolerances(self) -> tuple[float, ...]:
+        """The tolerance of each guarded metric, in the order of :attr:`guards` (empty without a guard)."""
+        if self.guard_tolerance is None:
+            return ()
+        if isinstance(self.guard_tolerance, tuple):
+            return tuple(float(t) for t in self.guard_tolerance)
+        return (float(self.guard_tolerance),) * len(self.guards)
+
+    def scaled_guard(self, factor: float) -> Target:
+        """The same target with every guard tolerance multiplied by ``factor``."""
+        if factor < 0 or not math.isfinite(factor):
+            raise ValueError(f"the guard's factor must be a finite number >= 0, got {factor}")
+        return replace(self, guard_tolerance=tuple(factor * t for t in self.tolerances))
+
     def describe(self) -> str:
         """The rule as one line, e.g. ``"forget_top5 <= 0"`` (what ``report.json`` records as ``target``)."""
         rule = f"{self.forget_metric} <= {self.threshold:g}"
-        for m in self.guards:
-            rule += f" and {m} >= baseline - {self.guard_tolerance:g}"
+        for m, tol in zip(self.guards, self.tolerances):
+            rule += f" and {m} >= baseline - {tol:g}"
         return rule
 
     def reached(self, metrics: dict) -> bool:
         return _get(metrics, self.forget_metric) <= self.threshold
 
     def within_guard(self, metrics: dict, baseline: dict) -> bool:
-        """Whether every guarded metric stayed within ``guard_tolerance`` of the baseline (True without a guard)."""
-        return all(_get(metrics, m) >= _get(baseline, m) - self.guard_tolerance for m in self.guards)
+        """Whether every guarded metric stayed within its tolerance of the baseline (True without a guard). A metric
+        the evaluator could not measure on the unedited model (NaN baseline, e.g. VQA on a real LLaVA's name
+        pictures) guards nothing."""
+        return all(not math.isfinite(_get(baseline, m)) or _get(metrics, m) >= _get(baseline, m) - tol
+                   for m, tol in zip(self.guards, self.tolerances))
 
     def met(self, metrics: dict, baseline: dict) -> bool:
         return self.reached(metrics) and self.within_guard(metrics, baseline)
@@ -224,6 +246,7 @@ def search_step_size(
     baseline: dict | None = None,
     evaluate_forget: Callable[[], dict[str, float]] | None = None,
     evaluate_guard: Callable[[], dict[str, float]] | None = None,
+    stop_on_guard: float | None = None,
 ) -> SearchResult:
     """Binary search of ``lambda > 0`` for the update ``param <- theta + lambda * grad``.
 
@@ -249,10 +272,22 @@ def search_step_size(
     and, after the search, at the one step it would return. If that step breaks the guard, it does not meet the
     target and the search ends "target-not-reached" (the caller may try another layer); other steps are not
     checked, so in the trace ``met`` means "reached" wherever the guard metrics are absent.
+
+    ``stop_on_guard`` (slugkit's own, for a caller that walks on to another layer): a number ``k``; a step that has
+    not reached the forget target yet but already breaks ``target``'s guard by ``k`` times its tolerance (e.g. with
+    ``k=2``, the other names 20 points down where 10 are allowed) ends the search, "target-not-reached". Every later
+    step would be larger (the bracket's lower end only grows), so if the damage grows with lambda none of them could
+    meet the target, and the remaining evaluations are saved. A ``k`` above 1 keeps searching a layer that only
+    just breaks the guard, so its reached steps stay available to a caller that keeps the best one when no layer
+    meets the target. Needs the guard metrics in ``evaluate()``.
     """
     _check(param, grad, layer_name)
-    if evaluate_guard is not None and not target.guards:
-        raise ValueError("evaluate_guard needs a target with a guard (guard_metric and guard_tolerance)")
+    for given, name in ((evaluate_guard, "evaluate_guard"), (stop_on_guard, "stop_on_guard")):
+        if given is not None and not target.guards:
+            raise ValueError(f"{name} needs a target with a guard (guard_metric and guard_tolerance)")
+    if stop_on_guard is not None and evaluate_guard is not None:
+        raise ValueError("stop_on_guard reads the guard metrics at every step: give them in evaluate(), not in "
+                         "evaluate_guard")
     if max_evals < 1:
         raise ValueError(f"max_evals must be >= 1, got {max_evals}")
     if not rtol >= 0:
@@ -288,6 +323,9 @@ def search_step_size(
             reached = target.reached(metrics)
             met = reached if evaluate_guard is not None else target.met(metrics, baseline)
             trace.append(SearchStep(step, lam, metrics, reached, met, seconds))
+            if stop_on_guard is not None and not reached and all(m in metrics for m in target.guards) \
+                    and not target.scaled_guard(stop_on_guard).within_guard(metrics, baseline):
+                break  # not there yet and already far past the guard: every later step is larger
             if reached:
                 hi = lam
             else:

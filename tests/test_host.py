@@ -620,3 +620,76 @@ def test_the_guard_refuses_a_step_that_damages_the_neighbours_and_the_runner_up_
     assert never.status == "target-not-reached" and never.patch is None
     assert len(never.no_patch["broke_guard"]) == 2 and "not the guard (ira 1 -> 0.5" in never.no_patch["why"]
     assert "ira >= baseline - 0.08" in never.no_patch["why"]
+
+
+class CostlyLayersHost(NamesRecipeHost):
+    """:class:`NamesRecipeHost` whose answers lose ``costly[layer]`` (metric values) once that layer has moved."""
+
+    def __init__(self, clip, costly):
+        super().__init__(clip)
+        self.costly = {clip.model.get_parameter(name): (name, metrics) for name, metrics in costly.items()}
+        self.starts = {p: p.detach().clone() for p in self.costly}
+
+    def generation_evaluator(self, concept, clip, **options):
+        evaluate = super().generation_evaluator(concept, clip, **options)
+
+        def costly(edited_tower=None, block=None):
+            metrics = evaluate()
+            for param, (_, worse) in self.costly.items():
+                if not torch.equal(param, self.starts[param]):
+                    metrics.update(worse)
+            return metrics
+
+        return costly
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_guarded_walk_refuses_a_layer_that_breaks_the_guard_and_keeps_the_next(folder, tmp_path):
+    """LLaVA's "guarded" recipe: the deepest Pareto layer first, then the next layer of its block; a layer whose
+    searched step costs more VQA than 5 points (or more of the other names than 10) is refused, the next one kept;
+    when both break the guard, the best-scoring step that silenced the name is kept and report.json says so."""
+    from slugkit.layer_identification import select_layers
+
+    clip = hf_adapter()
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], preset="guarded", progress=False)
+    free = unlearn_host(CostlyLayersHost(clip, {}), "Captain Zorp", **options)
+    order = select_layers(free.table, "deepest-block", "vision")
+    deepest = select_layers(free.table, "deepest", "vision")[0]
+    block = free.table.set_index("name")["block"]
+    in_block = free.table[(free.table["tower"] == "vision") & (free.table["block"] == block[deepest])]["name"]
+    assert order == [deepest, *[n for n in reversed(list(in_block)) if n != deepest]] and len(order) >= 2
+    assert [s.layer for s in free.searches] == [deepest] and free.layer == deepest  # the authors' layer holds
+    assert free.refused == [] and free.fallback is None and free.projected_off == FACE_NAMES[1:]
+    assert free.target == "forget_top1 <= 0 and retain_top1 >= baseline - 0.1 and utility >= baseline - 0.05"
+    # VQA 8 points down on the deepest layer: within a 10-point tolerance, but not VQA's 5
+    host = CostlyLayersHost(clip, {deepest: {"utility": 0.92}})
+    walked = unlearn_host(host, "Captain Zorp", **options)
+    assert [s.layer for s in walked.searches] == order[:2] and walked.layer == order[1] and walked.status == "ok"
+    assert walked.fallback is None and [r["layer"] for r in walked.refused] == [deepest]
+    assert "not the guard (retain_top1 1 -> 1, utility 1 -> 0.92)" in walked.refused[0]["why"]
+    assert walked.patch.layers == [order[1]]
+    # both break it: the best-scoring reached step (here the deepest layer's) is kept, and the report says why
+    both = CostlyLayersHost(clip, {deepest: {"utility": 0.92}, order[1]: {"retain_top1": 0.5}})
+    kept = unlearn_host(both, "Captain Zorp", **options)
+    assert [s.layer for s in kept.searches] == order[:2] and kept.layer == deepest and kept.status == "ok"
+    # 8 VQA points (under twice the 5 allowed) let the deepest layer's search run on to steps that forget; 50 points
+    # of the other names (over twice the 10 allowed) before forgetting end the second layer's at its first step
+    assert walked.searches[0].trace[-1].reached and len(kept.searches[1].trace) == 1
+    assert not kept.searches[1].trace[0].reached
+    assert kept.step_size in [s.lam for s in kept.searches[0].trace if s.reached]  # a step of its own trace
+    report = json.loads((kept.save(tmp_path / "run") / "report.json").read_text())
+    assert [r["layer"] for r in report["layers_refused"]] == order[:2]
+    assert "broke the guard before reaching forget_top1 <= 0" in report["layers_refused"][1]["why"]
+    assert "retain_top1 1 -> 0.5" in report["layers_refused"][1]["why"]
+    assert report["guard_fallback"].startswith("no searched layer") and deepest in report["guard_fallback"]
+    assert report["layers_tried"] == order[:2] and report["layer"] == deepest
+
+
+def test_a_guard_metric_that_could_not_be_measured_guards_nothing():
+    target = Target("forget_top1", guard_metric=("retain_top1", "utility"), guard_tolerance=(0.10, 0.05))
+    assert target.tolerances == (0.10, 0.05)
+    base = {"forget_top1": 1.0, "retain_top1": 1.0, "utility": float("nan")}
+    assert target.met({"forget_top1": 0.0, "retain_top1": 0.95, "utility": float("nan")}, base)
+    assert not target.met({"forget_top1": 0.0, "retain_top1": 0.85, "utility": float("nan")}, base)
+    with pytest.raises(ValueError, match="2 guarded metrics"):
+        Target("forget_top1", guard_metric=("retain_top1", "utility"), guard_tolerance=(0.1,))

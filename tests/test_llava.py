@@ -1,6 +1,7 @@
 """The toy LLaVA (answer quality, training, the feature-layer rule), the LlavaHost contract, tower-scoped patches
 on LLaVA, and the real path end to end on tiny random configs of the same transformers classes."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,7 +258,7 @@ def test_real_path_end_to_end_on_tiny_llava(tiny_real, tmp_path):
     assert result.searches and all(f".layers.0." in s.layer and s.layer.startswith("vision_model.")
                                    for s in result.searches)
     # the default recipe searched on the LLaVA's answers about the data's pictures (no VQA there: utility NaN)
-    assert result.preset == "slugkit" and result.search == "host" and result.searches
+    assert result.preset == "guarded" and result.search == "host" and result.searches
     assert all(np.isnan(s.metrics["utility"]) and 0 <= s.metrics["forget_top1"] <= 1
                for search in result.searches for s in search.trace)
     report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
@@ -364,3 +365,34 @@ def test_patch_footprint_counts_one_tensor_against_the_tower_the_model_and_llava
     assert reference_footprint(["encoder.layers.0.self_attn.q_proj.weight"])["params"] == h * h
     with pytest.raises(ValueError, match="24-block CLIP vision tower"):
         reference_footprint(["encoder.layers.30.mlp.fc2.weight"])
+
+
+def test_the_default_recipe_is_the_documented_guarded_walk(host, monkeypatch):
+    """Without a preset, LLaVA hosts run "guarded" (README and docs/llava.md): bare names, the direction orthogonal
+    to the other 12 characters' forget gradients, the step searched on LLaVA's answers, and the walk over the
+    deepest Pareto layer and the next layer of its block, guarded by retain (10 points) and VQA (5 points)."""
+    import slugkit.slug as slug
+    from slugkit.adapters.llava import LLAVA_RECIPES
+    from slugkit.models.loading import load_clip
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(adapter, concept, **kwargs):
+        seen.update(kwargs, concept=concept)
+        raise Stop
+
+    monkeypatch.setattr(slug, "unlearn", spy)
+    with pytest.raises(Stop):
+        slug.unlearn_host(host, "Mira Quell", clip=load_clip(host.clip_name), progress=False)
+    assert LlavaHost.default_preset == "guarded" and LLAVA_RECIPES["guarded"].project_others
+    assert seen["policy"] == "deepest-block" and seen["max_layers"] == 2 and seen["fallback"] is True
+    assert seen["target"].describe() == ("forget_top1 <= 0 and retain_top1 >= baseline - 0.1 and "
+                                         "utility >= baseline - 0.05")
+    assert seen["tower"] == "vision" and seen["task"].forget.captions() == ["Mira Quell"] * len(seen["task"].forget)
+    assert [t.concept for t in seen["project_off"]] == [c for c in CHARACTER_NAMES if c != "Mira Quell"]
+    assert seen["search_evaluator"].evaluate.__qualname__.startswith("LlavaHost.generation_evaluator")  # LLaVA's answers
+    readme = (Path(__file__).parents[1] / "docs" / "llava.md").read_text()
+    assert "`guarded` (default" in readme

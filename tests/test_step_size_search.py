@@ -311,3 +311,23 @@ def test_a_costly_guard_is_measured_only_at_the_baseline_and_the_step_returned()
     assert torch.equal(param, ev.original)
     with pytest.raises(ValueError, match="needs a target with a guard"):
         search_step_size(param, grad, ev, Target(), lambda0=1.0, evaluate_guard=guard(5.0))
+
+
+def test_stop_on_guard_ends_a_search_whose_unreached_step_is_far_past_the_guard():
+    """The other names fall with lambda and the name goes only at lambda >= 0.75: with ``stop_on_guard=2`` the search
+    goes on past a step 20 points down (lambda 0.2: over the tolerance, under twice it) and stops at the first
+    unreached step more than 30 points down (lambda 0.4); without it the search goes on."""
+    param, grad = torch.nn.Parameter(torch.ones(4)), torch.ones(4)
+
+    def evaluate():
+        lam = float(param[0]) - 1.0
+        return {"forget_top1": 0.0 if lam >= 0.75 else 1.0, "retain_top1": 1.0 - lam, "utility": 1.0}
+
+    target = Target("forget_top1", guard_metric="retain_top1", guard_tolerance=0.15)
+    full = search_step_size(param, grad, evaluate, target, lambda0=0.1, progress=False)
+    stopped = search_step_size(param, grad, evaluate, target, lambda0=0.1, progress=False, stop_on_guard=2.0)
+    assert [round(s.lam, 6) for s in stopped.trace] == [0.1, 0.2, 0.4] and stopped.status == "target-not-reached"
+    assert len(full.trace) > 3 and any(s.reached for s in full.trace) and full.status == "target-not-reached"
+    assert torch.equal(param.detach(), torch.ones(4))
+    with pytest.raises(ValueError, match="stop_on_guard needs a target with a guard"):
+        search_step_size(param, grad, evaluate, Target("forget_top1"), progress=False, stop_on_guard=2.0)

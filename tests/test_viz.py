@@ -44,3 +44,21 @@ def test_step_size_curve_marks_chosen_lambda():
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and "λ" in ax.get_xlabel()
     assert any(len(line.get_xdata()) == 2 and np.allclose(line.get_xdata(), 0.15) for line in ax.get_lines())
+
+
+def test_bench_recipes_table_counts_the_bar_per_recipe_from_the_bench_rows():
+    from slugkit.viz.chat import bench_recipes_table
+
+    def row(name, retain_after, vqa_after, layer="vision_model.encoder.layers.5.mlp.fc2.weight"):
+        return {"concept": name, "layer": layer, "vlm_forget_rate_after": 0.0, "vlm_retain_acc_before": 1.0,
+                "vlm_retain_acc_after": retain_after, "vlm_vqa_acc_before": 0.98, "vlm_vqa_acc_after": vqa_after,
+                "unlearn_cpu_seconds": 30.0}
+
+    bench = {"presets": {"a": {"rows": [row("X", 0.95, 0.97), row("Y", 0.85, 0.97)]},
+                         "b": {"rows": [row("X", 0.90, 0.93, "vision_model.encoder.layers.5.mlp.fc1.weight")]}}}
+    per_character, per_recipe = bench_recipes_table(bench, ["reference", "a", "b"])
+    assert list(per_recipe.index) == ["a", "b"]  # a recipe the file lacks is left out
+    assert per_recipe.loc["a", "retain drop <= 10"] == 1 and per_recipe.loc["a", "VQA drop <= 5"] == 2
+    assert per_recipe.loc["b", "retain drop <= 10"] == 1 and per_recipe.loc["b", "VQA drop <= 5"] == 1
+    assert per_character.loc["X", ("b", "layer")] == "5.mlp.fc1" and per_character.loc["Y", ("a", "retain %")] == 85.0
+    assert per_character[("b", "retain %")].isna()["Y"]

@@ -57,6 +57,9 @@ class HostRecipe:
     # True: the edit direction is the forget gradient made orthogonal to the other concepts' forget gradients
     # (``host.other_concepts``; ``unlearn(project_off=...)``), a slugkit departure from SLUG's own direction
     project_others: bool = False
+    max_layers: int | None = None  # the policy's layers searched at most (``unlearn(max_layers=)``); None: all
+    fallback: bool = False  # no layer meets the guarded target: keep the best reached step (``unlearn(fallback=)``)
+    guard_stop: float | None = None  # give up a walked layer far past its guard (``unlearn(guard_stop=)``)
     fixed: bool = False
     about: str = ""  # one line: what the recipe is and where it comes from
 

@@ -61,6 +61,16 @@ LLAVA_RECIPES["slugkit"] = HostRecipe(**{
 LLAVA_RECIPES["orthogonal"] = HostRecipe(**{**LLAVA_RECIPES["slugkit"].settings(), "project_others": True},
                                          about="slugkit's recipe with the edit direction made orthogonal to the other "
                                                "characters' forget gradients on the edited layer")
+# The guard of the walk: on the search pictures, the other names may drop by at most 10 points and VQA by 5 (the bar
+# of issue 20, read where the search reads, never on the report's test pictures)
+WALK_GUARD = {"retain_top1": 0.10, "utility": 0.05}
+LLAVA_RECIPES["guarded"] = HostRecipe(**{
+    **LLAVA_RECIPES["orthogonal"].settings(), "policy": "deepest-block", "max_layers": 2, "fallback": True,
+    "guard_stop": 2.0,
+    "target": Target("forget_top1", guard_metric=tuple(WALK_GUARD), guard_tolerance=tuple(WALK_GUARD.values()))},
+    about="`orthogonal` with a guarded walk: the deepest Pareto layer first, then the next layer of its block; the "
+          "first whose searched step keeps the other names within 10 points and VQA within 5 on the search "
+          "pictures is kept, else the best-scoring step that silenced the name")
 
 
 class LlavaHost(Host):
@@ -73,7 +83,7 @@ class LlavaHost(Host):
     tower = "vision"
     scope = "vision_model"
     presets = LLAVA_RECIPES
-    default_preset = "slugkit"
+    default_preset = "guarded"  # meets issue 20's bar on the 13 toy characters (docs/llava.md); "slugkit" did not
 
     def __init__(self, model: nn.Module, processor, name: str, clip_name: str, world=None, pairs=None,
                  classes: Sequence[str] | None = None, question: str = REAL_QUESTION, n_eval: int = 1000):

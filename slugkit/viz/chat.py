@@ -122,6 +122,37 @@ def recipe_table(results: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("recipe")
 
 
+# The bar of issue 20 for one LLaVA run (points of %): forget rate after, retain drop, VQA drop
+LLAVA_BAR = {"forget": 5.0, "retain": 10.0, "vqa": 5.0}
+
+
+def bench_recipes_table(bench: dict, presets: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The 13-character LLaVA bench (``data/bench/llava.json``, written by ``scripts/bench_llava.py --json``) side by
+    side: ``(per character, per recipe)``. The first has one row per character and, for each recipe in
+    ``presets``, its forget rate / retain accuracy / VQA accuracy after (in %) and the edited layer; the second, per
+    recipe, how many characters meet each part of the bar (:data:`LLAVA_BAR`) and the CPU seconds of the method.
+    A recipe missing from the file is left out of both."""
+    runs = bench.get("presets", {})
+    cols, counts = {}, []
+    for preset in [p for p in presets if p in runs]:
+        rows = pd.DataFrame(runs[preset]["rows"]).set_index("concept")
+        forget = 100 * rows["vlm_forget_rate_after"]
+        drop = {k: 100 * (rows[f"vlm_{k}_before"] - rows[f"vlm_{k}_after"]) for k in ("retain_acc", "vqa_acc")}
+        cols[(preset, "forget %")] = forget.round(1)
+        cols[(preset, "retain %")] = (100 * rows["vlm_retain_acc_after"]).round(1)
+        cols[(preset, "VQA %")] = (100 * rows["vlm_vqa_acc_after"]).round(1)
+        cols[(preset, "layer")] = rows["layer"].str.replace("vision_model.encoder.layers.", "", regex=False) \
+            .str.replace(".weight", "", regex=False)
+        counts.append({"recipe": preset, "characters": len(rows),
+                       "forget <= 5%": int((forget <= LLAVA_BAR["forget"]).sum()),
+                       "retain drop <= 10": int((drop["retain_acc"] <= LLAVA_BAR["retain"] + 1e-9).sum()),
+                       "VQA drop <= 5": int((drop["vqa_acc"] <= LLAVA_BAR["vqa"] + 1e-9).sum()),
+                       "CPU s (max)": float(rows["unlearn_cpu_seconds"].max())})
+    table = pd.DataFrame(cols)
+    table.columns = pd.MultiIndex.from_tuples(table.columns) if cols else table.columns
+    return table, pd.DataFrame(counts).set_index("recipe") if counts else pd.DataFrame()
+
+
 def _pct(x):
     return None if x is None else round(100 * float(x), 1)
 
