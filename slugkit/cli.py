@@ -139,7 +139,8 @@ def _prepare_and_unlearn(args, prof=None) -> int:
         from .distributed import launch
 
         return launch(args.nproc, _drop_option(args.argv, "--nproc"), "slugkit unlearn")
-    from . import distributed
+    with stage("imports"):  # slugkit.distributed imports torch
+        from . import distributed
 
     distributed.init_from_env()  # under torchrun: join its process group (gloo on CPU, NCCL on GPUs)
     try:
