@@ -22,11 +22,13 @@ import pandas as pd
 from slugkit.bench import DEFAULT_CONCEPTS, DEFAULT_METHODS, attack_lines, merge_benches, read_bench
 from slugkit.data.minicanvas import find_concept
 from slugkit.models.loading import shipped_reference
+from slugkit.step_size_search import STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ("data/bench/attacks-bench", "data/bench/attacks-bench-mira-quell", "data/bench/attacks-bench-rex-calloway")
 MARKER = "robustness_table.py"
 BEGIN, END = f"<!-- BEGIN {MARKER} -->", f"<!-- END {MARKER} -->"
+STATUS_MISSED = STATUSES[1]  # "target-not-reached"
 
 
 def worst_cell(r) -> str:
@@ -38,10 +40,12 @@ def worst_cell(r) -> str:
 
 
 def worst_by_character(table: pd.DataFrame) -> list[str]:
-    """One line per method, one column per character: the worst case of the bench's rule."""
+    """One line per method, one column per character: the worst case of the bench's rule, and whether the method
+    missed its forget target (its worst case then says little)."""
     characters = list(dict.fromkeys(table["concept"]))
     methods = list(dict.fromkeys(table["method"]))
-    cells = {(r["method"], r["concept"]): worst_cell(r) for _, r in table.iterrows()}
+    cells = {(r["method"], r["concept"]): worst_cell(r) + (", target not reached" if r["status"] == STATUS_MISSED
+                                                            else "") for _, r in table.iterrows()}
     lines = ["| method | " + " | ".join(characters) + " |", "|---" * (len(characters) + 1) + "|"]
     for m in methods:
         lines.append(f"| {m} | " + " | ".join(cells.get((m, c), "no reference") for c in characters) + " |")
