@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slugkit.bench import DEFAULT_CONCEPTS, DEFAULT_METHODS, attack_lines, merge_benches, read_bench
+from slugkit.bench import (DEFAULT_CONCEPTS, DEFAULT_METHODS, METHOD_NAMES, attack_lines, merge_benches, read_bench,
+                           worst_case_text)
 from slugkit.data.minicanvas import find_concept
 from slugkit.models.loading import shipped_reference
 from slugkit.step_size_search import STATUSES
@@ -31,24 +32,17 @@ BEGIN, END = f"<!-- BEGIN {MARKER} -->", f"<!-- END {MARKER} -->"
 STATUS_MISSED = STATUSES[1]  # "target-not-reached"
 
 
-def worst_cell(r) -> str:
-    """``recovery 0.11 (paraphrase)`` or ``score 0.73 (relearn)``: a row's worst case and the attack behind it."""
-    if pd.isna(r["attack_worst"]):
-        return "–"
-    return f"{r['attack_worst_kind']} {r['attack_worst']:.2f}" + (f" ({r['attack_worst_attack']})"
-                                                                  if r["attack_worst"] > 0 else "")
-
-
 def worst_by_character(table: pd.DataFrame) -> list[str]:
     """One line per method, one column per character: the worst case of the bench's rule, and whether the method
     missed its forget target (its worst case then says little)."""
     characters = list(dict.fromkeys(table["concept"]))
     methods = list(dict.fromkeys(table["method"]))
-    cells = {(r["method"], r["concept"]): worst_cell(r) + (", target not reached" if r["status"] == STATUS_MISSED
-                                                            else "") for _, r in table.iterrows()}
+    cells = {(r["method"], r["concept"]): worst_case_text(r) + (", target not reached" if r["status"] == STATUS_MISSED
+                                                                 else "") for _, r in table.iterrows()}
+    absent = lambda m: "no reference" if m == METHOD_NAMES["reference"] else "not run"  # noqa: E731
     lines = ["| method | " + " | ".join(characters) + " |", "|---" * (len(characters) + 1) + "|"]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(cells.get((m, c), "no reference") for c in characters) + " |")
+        lines.append(f"| {m} | " + " | ".join(cells.get((m, c), absent(m)) for c in characters) + " |")
     return lines
 
 

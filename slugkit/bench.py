@@ -669,13 +669,21 @@ def attack_lines(table: pd.DataFrame) -> list[str]:
              "| method | concept | seed | plain | " + " | ".join(names) + " | worst case | attack time (wall / CPU s) |",
              "|---" * (len(names) + 6) + "|"]
     for _, r in rows.iterrows():
-        worst = ("–" if _missing(r["attack_worst"]) else f"{r['attack_worst_kind']} {r['attack_worst']:.2f}"
-                 + (f" ({r['attack_worst_attack']})" if r["attack_worst"] > 0 else ""))  # no attack to name at 0
+        worst = worst_case_text(r)
         plain = r["detail"]["attacks"]["no_attack"]["edited"]
         lines.append(f"| {r['method']} | {r['concept']} | {r['seed']} | {plain:.2f} | "
                      + " | ".join("–" if _missing(r[f"attack_{n}"]) else f"{r[f'attack_{n}']:.2f}" for n in names)
                      + f" | {worst} | {r['attack_seconds']:.1f} / {r['attack_cpu_seconds']:.1f} |")
     return lines + [""]
+
+
+def worst_case_text(r) -> str:
+    """A row's worst case after the attacks and the attack behind it: ``recovery 0.11 (paraphrase)``, ``score 0.93
+    (soft_prompt)``, ``recovery 0.00`` (no attack to name at 0) or "–" (not attacked)."""
+    if _missing(r["attack_worst"]):
+        return "–"
+    return (f"{r['attack_worst_kind']} {r['attack_worst']:.2f}"
+            + (f" ({r['attack_worst_attack']})" if r["attack_worst"] > 0 else ""))
 
 
 def _budget_text(budget: dict) -> str:

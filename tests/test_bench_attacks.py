@@ -96,7 +96,7 @@ def test_robustness_table_merges_runs_and_rewrites_only_its_section(tmp_path):
     assert page.startswith("before\n") and page.endswith("\nafter\n") and "stale" not in page
     slug = next(r for r in zorp["rows"] if r["method_key"] == "slug")
     cell = f"recovery {slug['attack_worst']:.2f} ({slug['attack_worst_attack']})"
-    assert f"| SLUG | Captain Zorp | 0 | 0.00 |" in page and f"| SLUG | {cell} | score " in page
+    assert "| SLUG | Captain Zorp | 0 | 0.00 |" in page and f"| SLUG | {cell} | score " in page
     assert "| Reference (never saw it) | recovery 0.00 | no reference |" in page
     assert f"{slug['attack_seconds']:.1f} / {slug['attack_cpu_seconds']:.1f} |" in page  # wall / CPU s
     assert "Mira Quell" in (tmp_path / "merged" / "bench.md").read_text()
