@@ -526,12 +526,16 @@ def command_line(cfg: BenchConfig) -> str:
     return " ".join(parts)
 
 
+def read_bench(path: str | Path) -> dict:
+    """The whole ``bench.json`` (a file or the folder holding it): ``config``, ``seconds``, ``attack_seconds``,
+    ``rows``."""
+    path = Path(path)
+    return json.loads((path / "bench.json" if path.is_dir() else path).read_text())
+
+
 def load_bench(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """The rows and config of a ``bench.json`` (a file or the folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "bench.json"
-    data = json.loads(path.read_text())
+    data = read_bench(path)
     return pd.DataFrame(data["rows"]), data["config"]
 
 
@@ -539,16 +543,22 @@ def merge_benches(paths: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
     """Merge the rows of several bench runs into one ``bench.json`` / ``bench.md`` in ``out``.
 
     Rows repeated across runs (same method, concept and seed) are kept from the first run that has them;
-    the merged config lists every run's command.
+    the merged config lists every run's command, and ``attack_seconds`` is the runs' sum when every run has it
+    (``None`` otherwise).
     """
-    tables, configs = zip(*(load_bench(p) for p in paths))
-    table = pd.concat(tables, ignore_index=True).drop_duplicates(["method", "concept", "seed"], keep="first")
+    runs = [read_bench(p) for p in paths]
+    configs = [r["config"] for r in runs]
+    table = pd.concat([pd.DataFrame(r["rows"]) for r in runs], ignore_index=True)
+    table = table.drop_duplicates(["method", "concept", "seed"], keep="first")
     config = dict(configs[0]) | {"command": "\n".join(c["command"] for c in configs), "merged_from": len(configs)}
+    attack = [r.get("attack_seconds") for r in runs]
+    attack_seconds = {k: round(sum(a[k] for a in attack), 2) for k in ("wall", "cpu")} if all(attack) else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     from .fingerprint import to_jsonable
 
     (out / "bench.json").write_text(json.dumps(to_jsonable({"config": config, "seconds": None,
+                                                            "attack_seconds": attack_seconds,
                                                             "rows": table.to_dict(orient="records")}), indent=1))
     (out / "bench.md").write_text(markdown_report(table, config))
     return table
@@ -656,16 +666,24 @@ def attack_lines(table: pd.DataFrame) -> list[str]:
              "model retrained without the character exists (0: like that model, 1: fully back), else the highest "
              f"score after any attack but the linear probe. Budgets (`{rows.iloc[0]['attack_budget']}`): "
              + "; ".join(f"{n} {_budget_text(budgets[n])}" for n in names) + ".", "",
-             "| method | concept | seed | plain | " + " | ".join(names) + " | worst case | attack time (wall s) |",
+             "| method | concept | seed | plain | " + " | ".join(names) + " | worst case | attack time (wall / CPU s) |",
              "|---" * (len(names) + 6) + "|"]
     for _, r in rows.iterrows():
-        worst = ("–" if _missing(r["attack_worst"]) else f"{r['attack_worst_kind']} {r['attack_worst']:.2f}"
-                 + (f" ({r['attack_worst_attack']})" if r["attack_worst"] > 0 else ""))  # no attack to name at 0
+        worst = worst_case_text(r)
         plain = r["detail"]["attacks"]["no_attack"]["edited"]
         lines.append(f"| {r['method']} | {r['concept']} | {r['seed']} | {plain:.2f} | "
                      + " | ".join("–" if _missing(r[f"attack_{n}"]) else f"{r[f'attack_{n}']:.2f}" for n in names)
-                     + f" | {worst} | {r['attack_seconds']:.1f} |")
+                     + f" | {worst} | {r['attack_seconds']:.1f} / {r['attack_cpu_seconds']:.1f} |")
     return lines + [""]
+
+
+def worst_case_text(r) -> str:
+    """A row's worst case after the attacks and the attack behind it: ``recovery 0.11 (paraphrase)``, ``score 0.93
+    (soft_prompt)``, ``recovery 0.00`` (no attack to name at 0) or "–" (not attacked)."""
+    if _missing(r["attack_worst"]):
+        return "–"
+    return (f"{r['attack_worst_kind']} {r['attack_worst']:.2f}"
+            + (f" ({r['attack_worst_attack']})" if r["attack_worst"] > 0 else ""))
 
 
 def _budget_text(budget: dict) -> str:

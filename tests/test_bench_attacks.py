@@ -62,3 +62,44 @@ def test_bench_worst_case_without_a_reference_is_the_highest_score(tmp_path):
         assert r["attack_worst_kind"] == "score" and r["attack_worst"] == max(scores.values())
         assert r["attack_worst_attack"] != "linear_probe" and pd.isna(r["detail"]["attacks"]["relearn"]["recovery"])
     assert rows.iloc[0]["attack_worst"] >= 0.9  # the original names Mira Quell under its worst attack
+
+
+def test_robustness_table_merges_runs_and_rewrites_only_its_section(tmp_path):
+    """scripts/robustness_table.py on the shipped Captain Zorp run and a second run (a copy relabelled Mira Quell,
+    no reference row): one merged bench.json whose attack time is the runs' sum, and the doc's marked section
+    rewritten from the rows, the text around it kept."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    zorp = json.loads((root / "data/bench/attacks-bench/bench.json").read_text())
+    mira = {**zorp, "attack_seconds": {"wall": 10.0, "cpu": 5.0},
+            "config": {**zorp["config"], "command": zorp["config"]["command"].replace("Captain Zorp", "Mira Quell")},
+            "rows": [{**r, "concept": "Mira Quell", "attack_worst_kind": "score"} for r in zorp["rows"]
+                     if r["method_key"] != "reference"]}
+    (tmp_path / "mira").mkdir()
+    (tmp_path / "mira" / "bench.json").write_text(json.dumps(mira))
+    doc = tmp_path / "page.md"
+    doc.write_text("before\n<!-- BEGIN robustness_table.py -->\nstale\n<!-- END robustness_table.py -->\nafter\n")
+    script = [sys.executable, str(root / "scripts" / "robustness_table.py"), str(root / "data/bench/attacks-bench"),
+              str(tmp_path / "mira"), "--out", str(tmp_path / "merged"), "--doc", str(doc)]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # the checkout's slugkit, installed or not
+    done = subprocess.run(script, capture_output=True, text=True, cwd=root, env=env)
+    assert done.returncode == 0, done.stderr
+    merged = json.loads((tmp_path / "merged" / "bench.json").read_text())
+    assert len(merged["rows"]) == len(zorp["rows"]) + len(mira["rows"])
+    assert merged["attack_seconds"]["cpu"] == round(zorp["attack_seconds"]["cpu"] + 5.0, 2)
+    page = doc.read_text()
+    assert page.startswith("before\n") and page.endswith("\nafter\n") and "stale" not in page
+    slug = next(r for r in zorp["rows"] if r["method_key"] == "slug")
+    cell = f"recovery {slug['attack_worst']:.2f} ({slug['attack_worst_attack']})"
+    assert "| SLUG | Captain Zorp | 0 | 0.00 |" in page and f"| SLUG | {cell} | score " in page
+    assert "| Reference (never saw it) | recovery 0.00 | no reference |" in page
+    assert f"{slug['attack_seconds']:.1f} / {slug['attack_cpu_seconds']:.1f} |" in page  # wall / CPU s
+    assert "Mira Quell" in (tmp_path / "merged" / "bench.md").read_text()
+    doc.write_text("no markers\n")
+    done = subprocess.run(script, capture_output=True, text=True, cwd=root, env=env)
+    assert done.returncode != 0 and "has no section marked" in done.stderr and doc.read_text() == "no markers\n"

@@ -25,7 +25,10 @@ class RelearnBudget:
     headline_step: int = 10
     pictures: int = 5  # of the concept (0 in the retain-only variant)
     batch_size: int = 8
-    lr: float = 1e-4
+    # 3e-5: the largest lr of the probe's grid (1e-4, 5e-5, 3e-5, 2e-5; scripts/relearn_probe.py, docs/robustness.md)
+    # at which the fine-tune leaves every original toy CLIP at 1.00 on its character at every step 1..20; at 1e-4
+    # it dipped models that know the character (Mira Quell 0.87 after 10 steps, 0.12 after 20)
+    lr: float = 3e-5
     curve_steps: tuple[int, ...] = (2, 5, 10, 20, 50)  # where the curve is measured (each costs one evaluation)
 
 
