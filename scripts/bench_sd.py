@@ -56,7 +56,7 @@ def markdown_table(rows: list[dict]) -> str:
             step = "—"
         else:
             cells = [f"{pct(r[k + '_before'])} → {pct(r[k + '_after'])}" for k in ("ua", "ira", "cra")]
-            step = f"{r['step_size']:.3g}"
+            step = f"{r['step_size']:.3g}" + (" (relaxed rule)" if r.get("relaxed_target") else "")
         ok = "**yes**" if meets_bar(r, None) else "no"
         lines.append(f"| {r['attribute']} | {r['concept']} | `{layer or '—'}` | {step} | " + " | ".join(cells)
                      + f" | {r.get('judged_evaluations') or '—'} + {r.get('guard_evaluations') or 0}"

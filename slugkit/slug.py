@@ -508,7 +508,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
 
     met = [s for s in searches if s.status == "ok"]
     best = max(met, key=lambda s: target.score(s.best_metrics), default=None)
-    step_searches, warns, relaxed_used = [], [], None
+    step_searches, warns, relaxed_used, relaxed_note = [], [], None, None
     step_target = target
     if step_evaluator is not None:
         best = None
@@ -554,9 +554,9 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         if best is None and relaxed is not None:
             best, relaxed_note = accept_relaxed(adapter, direction, step_searches, step_target, relaxed, guard,
                                                 towers, blocks)
-            if relaxed_note is not None:
-                warns.append(relaxed_note)
             relaxed_used = relaxed_note if best is not None else None
+            if relaxed_used is not None:
+                warns.append(relaxed_used)
         if tries:
             timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
     step_search = step_searches[-1] if step_searches else None
@@ -569,6 +569,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     no_patch = None
     if best is None:
         no_patch = explain_no_patch(step_target if step_searches else target, searches, step_searches)
+        if step_evaluator is not None and relaxed_note is not None:  # the relaxed rule's step broke the guard
+            no_patch["why"] = no_patch["why"].removesuffix(", so no patch was made and the model is unchanged") + (
+                f"; {relaxed_note}, so no patch was made and the model is unchanged")
+            no_patch["relaxed"] = relaxed_note
         warns.append(no_patch["why"])
     # CPU time of the method, every thread of this process: on a crowded machine wall time mostly measures the
     # others; for CPU-bound work this bounds the wall time on an idle machine (with one thread; less with more)
