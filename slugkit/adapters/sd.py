@@ -125,6 +125,8 @@ class SDHost(Host):
     ``attributes``: ``{attribute: class names}`` of the concepts generated and judged; ``judge``: an object
     with ``labels(images)`` and ``features(images)`` (:class:`MiniCanvasJudge`, :class:`CLIPJudge`).
     Generation: ``steps`` DDIM steps, classifier-free ``guidance``, one picture per seed in ``seeds``.
+    The second search's rules (slugkit's own, see the constants above): ``guard_tolerance`` (the retain guard, None:
+    off), ``step_margin`` (1: none) and ``relaxed_threshold`` (None: the stop rule only).
     """
 
     tower = "text"
