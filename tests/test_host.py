@@ -631,14 +631,16 @@ def sd_defaults() -> dict:
 
 
 class SDRecipeHost(MovedSearchHost):
-    """``MovedSearchHost`` whose evaluator carries SD's second-search settings (``sd_defaults()`` unless given), as
+    """``MovedSearchHost`` whose evaluator carries SD's guarded second-search settings (``GUARDED`` unless given), as
     ``JudgedSearch`` does; its guard's ira halves once the tower moved by ``damage`` (never when ``None``)."""
 
     search, forget_text = SDHost.search, SDHost.forget_text
 
     def __init__(self, clip, radius, floor=0.0, damage=None, **settings):
         super().__init__(clip, "text", radius, floor)
-        self.settings, self.damage, self.guard_calls = sd_defaults() | settings, damage, 0
+        from slugkit.adapters.sd import GUARDED
+
+        self.settings, self.damage, self.guard_calls = GUARDED | settings, damage, 0
 
     def generation_evaluator(self, concept, clip):
         forget, host = super().generation_evaluator(concept, clip), self
@@ -663,13 +665,14 @@ class SDRecipeHost(MovedSearchHost):
 
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
-def test_sd_default_second_search_keeps_a_margin_over_the_smallest_step_when_the_guard_allows(folder, monkeypatch):
+def test_guarded_second_search_keeps_a_margin_over_the_smallest_step_when_the_guard_allows(folder, monkeypatch):
     import slugkit.slug as slug
-    from slugkit.adapters.sd import GUARD_TOLERANCE, RELAXED_THRESHOLD, STEP_MARGIN
+    from slugkit.adapters.sd import GUARD_TOLERANCE, GUARDED, RELAXED_THRESHOLD, STEP_MARGIN
 
-    # the documented default (docs/stable-diffusion.md): guard 8 points, margin 1.3, relaxed rule 1 of 16
-    assert sd_defaults() == {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN,
-                             "relaxed_threshold": RELAXED_THRESHOLD}
+    # as documented (docs/stable-diffusion.md): the default is the plain generation search, the three rules an option
+    assert sd_defaults() == {"guard_tolerance": None, "step_margin": 1.0, "relaxed_threshold": None}
+    assert GUARDED == {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN,
+                       "relaxed_threshold": RELAXED_THRESHOLD}
     assert (GUARD_TOLERANCE, STEP_MARGIN, RELAXED_THRESHOLD) == (0.08, 1.3, 1 / 16)
     calls, real = [], slug.search_step_size
 
@@ -695,8 +698,8 @@ def test_sd_default_second_search_keeps_a_margin_over_the_smallest_step_when_the
     g_norm = float(result.gradients.forget[result.layer].norm())
     assert radius * STEP_MARGIN <= result.step_size * g_norm <= radius * 1.1 * STEP_MARGIN
     assert host.guard_calls == 2  # the unedited host, then the margin step
-    # without a margin: the smallest step that met it (what the margin step is measured against)
-    bare = unlearn_host(SDRecipeHost(clip, radius, step_margin=1.0), "Captain Zorp", **options)
+    # without a margin (SD's default settings): the smallest step that met it (what the margin step is measured against)
+    bare = unlearn_host(SDRecipeHost(clip, radius, **sd_defaults()), "Captain Zorp", **options)
     assert radius <= bare.step_size * g_norm <= radius * 1.1 and bare.step_size == pytest.approx(smallest)
     # the margin step damages the neighbours: refused, and the smallest step (which does not) is kept
     damaged = SDRecipeHost(clip, radius, damage=radius * 1.2)

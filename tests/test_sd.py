@@ -235,7 +235,7 @@ def test_real_sd_path_end_to_end_on_tiny_random_configs(tmp_path):
 def test_guard_baseline_is_judged_once_per_host_and_seed_and_kept_in_the_cache(tmp_path, monkeypatch):
     from transformers import CLIPImageProcessor
 
-    from slugkit.adapters.sd import CROSS_GUARD_SEEDS, GUARD_SEEDS, load_sd
+    from slugkit.adapters.sd import CROSS_GUARD_SEEDS, GUARD_SEEDS, GUARDED, load_sd
     from slugkit.models.hf_convert import clip_tokenizer_from_openclip, save_hf
     from slugkit.models.loading import load_clip
 
@@ -248,7 +248,7 @@ def test_guard_baseline_is_judged_once_per_host_and_seed_and_kept_in_the_cache(t
 
     def counted_host():
         host = load_sd(f"sd:{tmp_path / 'sd'}", clip_name=f"hf:{clip_dir}", attributes=attributes, seeds=(0,),
-                       steps=2, guidance=2.0)
+                       steps=2, guidance=2.0, **GUARDED)
         host.generated, generate = [], host.generate
         host.generate = lambda prompts, seeds=None, **kw: host.generated.append((len(prompts), tuple(seeds))) or \
             generate(prompts, seeds, **kw)

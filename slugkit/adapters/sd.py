@@ -29,8 +29,8 @@ from .host import Host
 
 DEFAULT_SEEDS = (0, 1, 2)  # one picture per seed and prompt; fixed so every number is reproducible
 SEARCH_SEEDS = tuple(range(100, 116))  # --search refine/generation: seeds of their own, the report's held out
-# The second search's retain guard (slugkit's own, on by default since issue 25; SDHost(guard_tolerance=None) turns it
-# off): the step it returns must keep the judged accuracy of the concept's neighbours, the same attribute's other
+# The second search's retain guard (slugkit's own, an option: SDHost(**GUARDED) turns it on with the two rules below): the
+# step it returns must keep the judged accuracy of the concept's neighbours, the same attribute's other
 # concepts (GUARD_SEEDS each) and every other attribute's (CROSS_GUARD_SEEDS each), within GUARD_TOLERANCE of the
 # unedited pipeline's on the same seeds: a little inside the 10-point bar, as these pictures are not the report's.
 # The unedited pipeline's pictures do not depend on the concept: judged once per host and seed, and kept in
@@ -46,6 +46,10 @@ STEP_MARGIN = 1.3
 # concept, the closest one is accepted if it leaves at most RELAXED_THRESHOLD of them (1 of 16) and passes the guard;
 # report.json says so in "relaxed_target". A step that reached 0 but broke the guard is never relaxed.
 RELAXED_THRESHOLD = 1 / 16
+# The three rules together: the guarded second search of issue 25 (load_toy_sd(**GUARDED), scripts/bench_sd.py --guarded).
+# Not the default: measured on 9 concepts only (docs/stable-diffusion.md); where the first layer is refused it costs
+# two to three times the pictures of the plain search.
+GUARDED = {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN, "relaxed_threshold": RELAXED_THRESHOLD}
 
 # real pipelines by name -> the CLIP whose text tower they embed (loadable by slugkit.models.loading.load_clip)
 MATCHING_CLIP = {
@@ -125,8 +129,9 @@ class SDHost(Host):
     ``attributes``: ``{attribute: class names}`` of the concepts generated and judged; ``judge``: an object
     with ``labels(images)`` and ``features(images)`` (:class:`MiniCanvasJudge`, :class:`CLIPJudge`).
     Generation: ``steps`` DDIM steps, classifier-free ``guidance``, one picture per seed in ``seeds``.
-    The second search's rules (slugkit's own, see the constants above): ``guard_tolerance`` (the retain guard, None:
-    off), ``step_margin`` (1: none) and ``relaxed_threshold`` (None: the stop rule only).
+    The second search's optional rules (slugkit's own, see the constants above; :data:`GUARDED` sets all three):
+    ``guard_tolerance`` (the retain guard, None: off), ``step_margin`` (1: none) and ``relaxed_threshold`` (None: the
+    stop rule only).
     """
 
     tower = "text"
@@ -143,8 +148,8 @@ class SDHost(Host):
                  clip_name: str = "toy-clip-hf", seeds: Sequence[int] = DEFAULT_SEEDS, steps: int = 10,
                  guidance: float = 5.0, batch_size: int = 64, templates: Mapping[str, str] = DEFAULT_PROMPTS,
                  size: int | None = None, max_block: int | None = None,
-                 guard_tolerance: float | None = GUARD_TOLERANCE, step_margin: float = STEP_MARGIN,
-                 relaxed_threshold: float | None = RELAXED_THRESHOLD):
+                 guard_tolerance: float | None = None, step_margin: float = 1.0,
+                 relaxed_threshold: float | None = None):
         if not seeds:
             raise ValueError("seeds must list at least one seed (one generated picture per seed and prompt)")
         self.pipe, self.judge, self.attributes = pipe, judge, {a: list(n) for a, n in attributes.items()}
