@@ -47,7 +47,7 @@ STEP_MARGIN = 1.3
 # report.json says so in "relaxed_target". A step that reached 0 but broke the guard is never relaxed.
 RELAXED_THRESHOLD = 1 / 16
 # The three rules together: the guarded second search of issue 25 (load_toy_sd(**GUARDED), scripts/bench_sd.py --guarded).
-# Not the default: measured on 9 concepts only (docs/stable-diffusion.md); where the first layer is refused it costs
+# Not the default: measured on 8 concepts only (docs/stable-diffusion.md); where the first layer is refused it costs
 # two to three times the pictures of the plain search.
 GUARDED = {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN, "relaxed_threshold": RELAXED_THRESHOLD}
 
