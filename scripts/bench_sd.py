@@ -56,7 +56,7 @@ def markdown_table(rows: list[dict]) -> str:
             step = "—"
         else:
             cells = [f"{pct(r[k + '_before'])} → {pct(r[k + '_after'])}" for k in ("ua", "ira", "cra")]
-            step = f"{r['step_size']:.3g}"
+            step = f"{r['step_size']:.3g}" + (" (relaxed rule)" if r.get("relaxed_target") else "")
         ok = "**yes**" if meets_bar(r, None) else "no"
         lines.append(f"| {r['attribute']} | {r['concept']} | `{layer or '—'}` | {step} | " + " | ".join(cells)
                      + f" | {r.get('judged_evaluations') or '—'} + {r.get('guard_evaluations') or 0}"
@@ -76,16 +76,16 @@ def main(argv=None) -> int:
                    help="how lambda is searched (default: the host's own, generation)")
     p.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="what the forget gradient pairs the forget pictures with (default: the host's, the name)")
-    p.add_argument("--guard", action="store_true",
-                   help="the second search with its retain guard (the neighbours' judged pictures; SDHost's "
-                        "guard_tolerance=GUARD_TOLERANCE, an option, not the default)")
+    p.add_argument("--guarded", action="store_true",
+                   help="the second search with issue 25's three rules, an option: retain guard, step margin and "
+                        "relaxed stop rule (SDHost(**GUARDED))")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-ceiling", action="store_true",
                    help="skip the judge's test accuracy and the VAE round-trip ceiling (only the SLUG runs)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from slugkit.adapters.sd import GUARD_TOLERANCE, load_toy_sd
+    from slugkit.adapters.sd import GUARDED, load_toy_sd
     from slugkit.data.minicanvas import cached_split
     from slugkit.models import judge as judge_mod
     from slugkit.models import toy_sd
@@ -93,10 +93,11 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    host = load_toy_sd(seeds=tuple(range(args.seeds)), **({"guard_tolerance": GUARD_TOLERANCE} if args.guard else {}))
+    host = load_toy_sd(seeds=tuple(range(args.seeds)), **(GUARDED if args.guarded else {}))
     summary = {"seeds": args.seeds, "steps": host.steps, "guidance": host.guidance,
                "search": args.search or host.search, "forget_text": args.forget_text or host.forget_text,
-               "guard_tolerance": host.guard_tolerance, "threads": args.threads,
+               "guard_tolerance": host.guard_tolerance, "step_margin": host.step_margin,
+               "relaxed_threshold": host.relaxed_threshold, "threads": args.threads,
                "load_average_start": os.getloadavg()}
     if not args.no_ceiling:
         judge = judge_mod.load_judge()
@@ -123,6 +124,7 @@ def main(argv=None) -> int:
         rep = result.report()
         rows.append({"attribute": attribute, **{k: rep.get(k) for k in ROW_KEYS},
                      **{k: rep["timings"].get(k) for k in TIMING_KEYS}, "no_patch": rep.get("no_patch"),
+                     "relaxed_target": rep.get("relaxed_target"),
                      # the host's evaluations: the second searches' baseline and steps (16 pictures each), and
                      # the guard's (the neighbours' prompts: 2 pictures of each of the attribute's, 1 of the others')
                      "judged_evaluations": rep["step_evaluations"].get("forget", 0),

@@ -29,7 +29,7 @@ from .models.loading import TOY_MODELS
 from .patch import Patch, scope_fingerprint
 from .profile import peak_rss_mb, stage
 from .rundir import atomic_run_dir
-from .step_size_search import SearchResult, Target, search_step_size
+from .step_size_search import SearchResult, Target, apply_step, search_step_size
 from .tasks import Evaluator, Task, data_task, toy_task
 
 # Named bundles of the choices that change results. "slugkit" is the default; "reference" reproduces the
@@ -102,6 +102,7 @@ class UnlearnResult:
     edited_model_bytes: int | None = None  # bytes of the host's edited tower
     profile: dict | None = None  # seconds and peak memory per stage (slugkit.profile.Profiler.to_dict), if profiled
     no_patch: dict | None = None  # when no patch was made: why, and the step size that came closest
+    relaxed: str | None = None  # when the second search's relaxed stop rule made the patch: what it accepted
     search: str | None = None  # set by :func:`unlearn_host`: where the step size was searched (see SEARCHES)
     projected_off: list[str] = field(default_factory=list)  # concepts whose forget gradients the edit is orthogonal to
     # the second search's evaluations on the host: {"forget": its baseline and steps, "guard": the guard's}
@@ -160,6 +161,7 @@ class UnlearnResult:
             "layers_searched_again": [s.layer for s in self.step_searches],
             "step_evaluations": self.step_evaluations,
             "no_patch": self.no_patch,
+            "relaxed_target": self.relaxed,
             "layer_table": self.table.assign(shape=self.table["shape"].map(list)).to_dict(orient="records"),
         } | ({"host": self.host, "clip_model": self.model, "search_mode": self.search,
               "edited_model_bytes": self.edited_model_bytes, **self.host_metrics} if self.host else {})
@@ -296,6 +298,34 @@ def guard_fallback(target: Target, searches: Sequence[SearchResult]) -> tuple[Se
     return kept, (f"no searched layer ({', '.join(s.layer for s in searches)}) met {target.describe()}; kept the "
                   f"best-scoring step that reached {target.forget_metric} <= {target.threshold:g}: step size "
                   f"{step.lam:.4g} on {search.layer} ({guard_change(target, search.baseline, step.metrics)})")
+
+
+def accept_relaxed(adapter, direction: dict, step_searches: Sequence[SearchResult], target: Target, threshold: float,
+                   guard=None, towers: dict | None = None, blocks: dict | None = None
+                   ) -> tuple[SearchResult | None, str | None]:
+    """The relaxed stop rule of a second search that never reached ``target`` (slugkit's own, see
+    :data:`slugkit.adapters.sd.RELAXED_THRESHOLD`): ``(search result, one sentence)`` for the evaluation whose forget
+    metric came closest, if it is at most ``threshold`` and (with a ``guard``, measured there) within the guard;
+    ``(None, None)`` when some step reached the target (the rule was reachable: a guard or a layer refused it) or
+    nothing came close enough, ``(None, sentence)`` when the guard refused the closest step."""
+    steps = [(s, st) for s in step_searches for st in s.trace]
+    if not steps or any(st.reached for _, st in steps):
+        return None, None
+    search, step = min(steps, key=lambda c: (float(c[1].metrics[target.forget_metric]), c[1].lam))
+    value = float(step.metrics[target.forget_metric])
+    if value > threshold:
+        return None, None
+    how = (f"no step size reached {target.describe()} on {', '.join(s.layer for s in step_searches)}; the relaxed "
+           f"rule {target.forget_metric} <= {threshold:.4g} accepts the closest, step size {step.lam:.4g} on "
+           f"{search.layer} ({target.forget_metric} = {value:.4g})")
+    if guard is not None:
+        with apply_step(adapter.parameter(search.layer), direction[search.layer], step.lam):
+            step.metrics.update(guard(edited_tower=towers[search.layer], block=int(blocks[search.layer])))
+        if not target.within_guard(step.metrics, search.baseline):
+            return None, how + f" but it broke the guard ({guard_change(target, search.baseline, step.metrics)})"
+    step.met = True
+    return SearchResult(search.layer, search.lambda0, step.lam, step.metrics, search.baseline, "ok",
+                        search.trace), how
 
 
 def explain_no_patch(target: Target, searches: Sequence[SearchResult],
@@ -548,7 +578,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
 
     met = [s for s in searches if s.status == "ok"]
     best = max(met, key=lambda s: target.score(s.best_metrics), default=None)
-    step_searches, warns = [], []
+    step_searches, warns, relaxed_used, relaxed_note = [], [], None, None
     refused = [refusal(target, s) for s in searches if s.status != "ok"]
     fell_back = None
     if best is None and fallback and target.guards and step_evaluator is None:
@@ -588,13 +618,21 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
                     rtol=rtol if step_rtol is None else step_rtol, progress=progress,
                     # the unedited host is the same for every layer: its outputs are judged once
                     baseline=step_searches[0].baseline if step_searches else None,
-                    evaluate_guard=guard and (lambda: guard(edited_tower=edited_tower, block=edited_block))))
+                    evaluate_guard=guard and (lambda: guard(edited_tower=edited_tower, block=edited_block)),
+                    margin=getattr(step_evaluator, "margin", 1.0)))
             if step_searches[-1].status == "ok":
                 best = step_searches[-1]
                 break
             warns.append(f"{how}, but no step size of the second search met it"
                          + "".join(f" ({b})" for b in broke_guard(step_target, step_searches[-1:]))
                          + ("; the second search tries the next one" if i + 1 < len(tries) else ""))
+        relaxed = getattr(step_evaluator, "relaxed_threshold", None)
+        if best is None and relaxed is not None:
+            best, relaxed_note = accept_relaxed(adapter, direction, step_searches, step_target, relaxed, guard,
+                                                towers, blocks)
+            relaxed_used = relaxed_note if best is not None else None
+            if relaxed_used is not None:
+                warns.append(relaxed_used)
         if tries:
             timings["step_size_search_again"] = round(time.perf_counter() - t, 2)
     step_search = step_searches[-1] if step_searches else None
@@ -607,6 +645,10 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     no_patch = None
     if best is None:
         no_patch = explain_no_patch(step_target if step_searches else target, searches, step_searches)
+        if step_evaluator is not None and relaxed_note is not None:  # the relaxed rule's step broke the guard
+            no_patch["why"] = no_patch["why"].removesuffix(", so no patch was made and the model is unchanged") + (
+                f"; {relaxed_note}, so no patch was made and the model is unchanged")
+            no_patch["relaxed"] = relaxed_note
         warns.append(no_patch["why"])
     # CPU time of the method, every thread of this process: on a crowded machine wall time mostly measures the
     # others; for CPU-bound work this bounds the wall time on an idle machine (with one thread; less with more)
@@ -659,6 +701,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         peak_rss_mb=peak_rss_mb(), model_bytes=model_bytes(adapter.model), timings=timings, warnings=warns,
         preset=preset, candidates=candidates, target=target.describe(), retain_set=retain_set,
         step_search=step_search, step_searches=step_searches, no_patch=no_patch, step_evaluations=step_evaluations,
+        relaxed=relaxed_used,
         projected_off=[o.concept for o in project_off], policy=policy, refused=refused, fallback=fell_back)
 
 
@@ -677,6 +720,9 @@ class _HostSearch(Evaluator):
         if getattr(evaluate, "guard", None) is not None:  # the host's retain guard (see search_step_size)
             self.guard_metrics, self.guard_tolerance = tuple(evaluate.guard_metrics), float(evaluate.guard_tolerance)
             self.guard = lambda edited_tower=None, block=None: dict(evaluate.guard())
+        # the host's step margin and relaxed stop rule (see search_step_size and accept_relaxed), if it has them
+        self.margin = float(getattr(evaluate, "margin", 1.0))
+        self.relaxed_threshold = getattr(evaluate, "relaxed_threshold", None)
 
     def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict:
         return dict(self.evaluate(edited_tower=edited_tower, block=block))

@@ -247,6 +247,7 @@ def search_step_size(
     evaluate_forget: Callable[[], dict[str, float]] | None = None,
     evaluate_guard: Callable[[], dict[str, float]] | None = None,
     stop_on_guard: float | None = None,
+    margin: float = 1.0,
 ) -> SearchResult:
     """Binary search of ``lambda > 0`` for the update ``param <- theta + lambda * grad``.
 
@@ -280,6 +281,11 @@ def search_step_size(
     meet the target, and the remaining evaluations are saved. A ``k`` above 1 keeps searching a layer that only
     just breaks the guard, so its reached steps stay available to a caller that keeps the best one when no layer
     meets the target. Needs the guard metrics in ``evaluate()``.
+
+    ``margin`` > 1 (slugkit's own, for a target measured on a sample, e.g. 16 judged pictures): once the search has
+    its step, ``margin`` times it is evaluated too (one more trace step) and returned instead when it also meets
+    the target (with the guard, if any, measured there first); otherwise the step itself is (guard measured on it
+    then). The smallest step that cleared the sample sits on its edge, and other samples fall on both sides of it.
     """
     _check(param, grad, layer_name)
     for given, name in ((evaluate_guard, "evaluate_guard"), (stop_on_guard, "stop_on_guard")):
@@ -292,6 +298,8 @@ def search_step_size(
         raise ValueError(f"max_evals must be >= 1, got {max_evals}")
     if not rtol >= 0:
         raise ValueError(f"rtol must be >= 0, got {rtol}")
+    if not (math.isfinite(margin) and margin >= 1):
+        raise ValueError(f"margin must be a finite number >= 1, got {margin}")
     original = param.detach().clone()
     grad = grad.detach().to(param.device)
     if lambda0 is None:
@@ -313,20 +321,24 @@ def search_step_size(
             )  # fmt: skip
         lo, hi = 0.0, None
         lam = float(lambda0)
-        for step in tqdm(range(max_evals), desc=f"step size {layer_name}".strip(), leave=False, disable=not progress):
+
+        def measure(step: int, lam: float) -> SearchStep:
             _set(param, original, grad, lam)
             t = time.perf_counter()
             metrics = dict(evaluate_forget()) if evaluate_forget is not None else {}
             if evaluate_forget is None or target.reached(metrics):
                 metrics = dict(evaluate())
-            seconds = time.perf_counter() - t
             reached = target.reached(metrics)
             met = reached if evaluate_guard is not None else target.met(metrics, baseline)
-            trace.append(SearchStep(step, lam, metrics, reached, met, seconds))
-            if stop_on_guard is not None and not reached and all(m in metrics for m in target.guards) \
-                    and not target.scaled_guard(stop_on_guard).within_guard(metrics, baseline):
+            return SearchStep(step, lam, metrics, reached, met, time.perf_counter() - t)
+
+        for step in tqdm(range(max_evals), desc=f"step size {layer_name}".strip(), leave=False, disable=not progress):
+            trace.append(measure(step, lam))
+            last = trace[-1]
+            if stop_on_guard is not None and not last.reached and all(m in last.metrics for m in target.guards) \
+                    and not target.scaled_guard(stop_on_guard).within_guard(last.metrics, baseline):
                 break  # not there yet and already far past the guard: every later step is larger
-            if reached:
+            if last.reached:
                 hi = lam
             else:
                 lo = lam
@@ -338,13 +350,22 @@ def search_step_size(
                 lam = (lo + hi) / 2
         met = [s for s in trace if s.met]
         best = max(met, key=lambda s: (target.score(s.metrics), -s.lam)) if met else None
-        if best is not None and evaluate_guard is not None:  # the guard, at the step the search would return
-            _set(param, original, grad, best.lam)
-            t = time.perf_counter()
-            best.metrics.update(evaluate_guard())
-            best.seconds += time.perf_counter() - t
-            best.met = target.met(best.metrics, baseline)
-            best = best if best.met else None
+        order = [best] if best is not None else []
+        if best is not None and margin > 1:  # the step with a margin, preferred when it meets the target too
+            trace.append(measure(len(trace), best.lam * margin))
+            if trace[-1].met:
+                order.insert(0, trace[-1])
+        best = None
+        for candidate in order:
+            if evaluate_guard is not None:  # the guard, at the step the search would return
+                _set(param, original, grad, candidate.lam)
+                t = time.perf_counter()
+                candidate.metrics.update(evaluate_guard())
+                candidate.seconds += time.perf_counter() - t
+                candidate.met = target.met(candidate.metrics, baseline)
+            if candidate.met:
+                best = candidate
+                break
     finally:
         with torch.no_grad():
             param.copy_(original)

@@ -693,3 +693,123 @@ def test_a_guard_metric_that_could_not_be_measured_guards_nothing():
     assert not target.met({"forget_top1": 0.0, "retain_top1": 0.85, "utility": float("nan")}, base)
     with pytest.raises(ValueError, match="2 guarded metrics"):
         Target("forget_top1", guard_metric=("retain_top1", "utility"), guard_tolerance=(0.1,))
+
+
+def sd_defaults() -> dict:
+    """SDHost's default second-search settings (its constructor's defaults): guard, step margin, relaxed rule."""
+    import inspect
+
+    params = inspect.signature(SDHost.__init__).parameters
+    return {k: params[k].default for k in ("guard_tolerance", "step_margin", "relaxed_threshold")}
+
+
+class SDRecipeHost(MovedSearchHost):
+    """``MovedSearchHost`` whose evaluator carries SD's guarded second-search settings (``GUARDED`` unless given), as
+    ``JudgedSearch`` does; its guard's ira halves once the tower moved by ``damage`` (never when ``None``)."""
+
+    search, forget_text = SDHost.search, SDHost.forget_text
+
+    def __init__(self, clip, radius, floor=0.0, damage=None, **settings):
+        super().__init__(clip, "text", radius, floor)
+        from slugkit.adapters.sd import GUARDED
+
+        self.settings, self.damage, self.guard_calls = GUARDED | settings, damage, 0
+
+    def generation_evaluator(self, concept, clip):
+        forget, host = super().generation_evaluator(concept, clip), self
+        source, start = clip.model.get_submodule(self.scope), copy.deepcopy(self.reference)
+
+        class Evaluate:
+            guard_metrics, guard_tolerance = ("ira", "cra"), host.settings["guard_tolerance"]
+            margin, relaxed_threshold = host.settings["step_margin"], host.settings["relaxed_threshold"]
+
+            def __call__(self, edited_tower=None, block=None):
+                return forget()
+
+            def guard(self):
+                host.guard_calls += 1
+                moved = sum(float((v - start[k]).norm() ** 2) for k, v in source.state_dict().items()) ** 0.5
+                return {"ira": 0.5 if host.damage is not None and moved >= host.damage else 1.0, "cra": 1.0}
+
+        evaluate = Evaluate()
+        if evaluate.guard_tolerance is None:
+            evaluate.guard = None
+        return evaluate
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_guarded_second_search_keeps_a_margin_over_the_smallest_step_when_the_guard_allows(folder, monkeypatch):
+    import slugkit.slug as slug
+    from slugkit.adapters.sd import GUARD_TOLERANCE, GUARDED, RELAXED_THRESHOLD, STEP_MARGIN
+
+    # as documented (docs/stable-diffusion.md): the default is the plain generation search, the three rules an option
+    assert sd_defaults() == {"guard_tolerance": None, "step_margin": 1.0, "relaxed_threshold": None}
+    assert GUARDED == {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN,
+                       "relaxed_threshold": RELAXED_THRESHOLD}
+    assert (GUARD_TOLERANCE, STEP_MARGIN, RELAXED_THRESHOLD) == (0.08, 1.3, 1 / 16)
+    calls, real = [], slug.search_step_size
+
+    def spy(param, grad, evaluate, target, **kwargs):
+        out = real(param, grad, evaluate, target, **kwargs)
+        calls.append((kwargs, out))
+        return out
+
+    monkeypatch.setattr(slug, "search_step_size", spy)
+    clip = hf_adapter()
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
+    on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", search="clip", forget_text="name", **options)
+    radius = on_clip.step_size * float(on_clip.gradients.forget[on_clip.layer].norm()) / 3
+    calls.clear()
+    host = SDRecipeHost(clip, radius)
+    result = unlearn_host(host, "Captain Zorp", **options)
+    second, found = calls[-1]
+    assert found is result.step_search and second["margin"] == STEP_MARGIN and second["evaluate_guard"] is not None
+    smallest = min(s.lam for s in found.trace[:-1] if s.reached)
+    last = found.trace[-1]  # the margin step, evaluated after the bisection
+    assert last.lam == pytest.approx(STEP_MARGIN * smallest) and last.reached
+    assert result.step_size == pytest.approx(last.lam) and "ira" in last.metrics
+    g_norm = float(result.gradients.forget[result.layer].norm())
+    assert radius * STEP_MARGIN <= result.step_size * g_norm <= radius * 1.1 * STEP_MARGIN
+    assert host.guard_calls == 2  # the unedited host, then the margin step
+    # without a margin (SD's default settings): the smallest step that met it (what the margin step is measured against)
+    bare = unlearn_host(SDRecipeHost(clip, radius, **sd_defaults()), "Captain Zorp", **options)
+    assert radius <= bare.step_size * g_norm <= radius * 1.1 and bare.step_size == pytest.approx(smallest)
+    # the margin step damages the neighbours: refused, and the smallest step (which does not) is kept
+    damaged = SDRecipeHost(clip, radius, damage=radius * 1.2)
+    kept = unlearn_host(damaged, "Captain Zorp", **options)
+    assert kept.status == "ok" and kept.step_size == pytest.approx(smallest)
+    assert kept.step_search.trace[-1].metrics["ira"] == 0.5 and damaged.guard_calls == 3
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_relaxed_stop_rule_accepts_one_of_16_only_when_no_step_reaches_0(folder, tmp_path):
+    from slugkit.adapters.sd import RELAXED_THRESHOLD
+
+    clip = hf_adapter()
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
+    on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", search="clip", forget_text="name", **options)
+    radius = on_clip.step_size * float(on_clip.gradients.forget[on_clip.layer].norm()) / 3
+    # like Checkerboard: past the radius 1 of 16 pictures keeps the concept whatever the step: the closest is kept
+    host = SDRecipeHost(clip, radius, floor=1 / 16)
+    result = unlearn_host(host, "Captain Zorp", **options)
+    assert result.status == "ok" and result.patch is not None and result.no_patch is None
+    steps = [(s.layer, st) for s in result.step_searches for st in s.trace]
+    layer, closest = min(steps, key=lambda c: (c[1].metrics["forget_top1"], c[1].lam))
+    assert result.layer == layer and result.step_size == pytest.approx(closest.lam)
+    assert closest.metrics["forget_top1"] == pytest.approx(RELAXED_THRESHOLD) and "ira" in closest.metrics
+    report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
+    assert "forget_top1 <= 0.0625 accepts the closest" in report["relaxed_target"]
+    assert report["relaxed_target"] in report["warnings"]
+    assert host.guard_calls == 2  # the unedited host, then the accepted step
+    # without the relaxed rule: no patch (the authors' rule), the explanation names the closest step
+    strict = unlearn_host(SDRecipeHost(clip, radius, floor=1 / 16, relaxed_threshold=None), "Captain Zorp", **options)
+    assert strict.patch is None and strict.no_patch["closest_forget"] == pytest.approx(1 / 16)
+    # the relaxed rule's step breaks the guard: no patch, and the warning says so
+    broken = unlearn_host(SDRecipeHost(clip, radius, floor=1 / 16, damage=radius), "Captain Zorp", **options)
+    assert broken.patch is None and "relaxed rule" in broken.no_patch["why"] and "broke the guard" in \
+        broken.no_patch["why"] and broken.no_patch["why"] in broken.warnings
+    # 0 of 16 was reached but the guard refused it: the relaxed rule does not pass what the guard refused
+    refused = unlearn_host(SDRecipeHost(clip, radius, damage=radius), "Captain Zorp", **options)
+    assert refused.patch is None and refused.relaxed is None and refused.no_patch["broke_guard"]
+    # two of 16 (like Stripes): beyond the relaxed rule too
+    assert unlearn_host(SDRecipeHost(clip, radius, floor=2 / 16), "Captain Zorp", **options).patch is None

@@ -232,6 +232,54 @@ def test_real_sd_path_end_to_end_on_tiny_random_configs(tmp_path):
     assert all(torch.equal(v, own[k]) for k, v in host.tower_module().state_dict().items())  # restored
 
 
+def test_guard_baseline_is_judged_once_per_host_and_seed_and_kept_in_the_cache(tmp_path, monkeypatch):
+    from transformers import CLIPImageProcessor
+
+    from slugkit.adapters.sd import CROSS_GUARD_SEEDS, GUARD_SEEDS, GUARDED, load_sd
+    from slugkit.models.hf_convert import clip_tokenizer_from_openclip, save_hf
+    from slugkit.models.loading import load_clip
+
+    monkeypatch.setenv("SLUGKIT_CACHE", str(tmp_path / "cache"))
+    model, tok = tiny_hf(), clip_tokenizer_from_openclip(16)
+    clip_dir = save_hf(model, tok, tmp_path / "clip", CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                          crop_size={"height": 32, "width": 32}))
+    _tiny_pipeline(model, tok).save_pretrained(tmp_path / "sd")
+    attributes = {"identity": FACE_NAMES, "object": ["circle", "star"]}
+
+    def counted_host():
+        host = load_sd(f"sd:{tmp_path / 'sd'}", clip_name=f"hf:{clip_dir}", attributes=attributes, seeds=(0,),
+                       steps=2, guidance=2.0, **GUARDED)
+        host.generated, generate = [], host.generate
+        host.generate = lambda prompts, seeds=None, **kw: host.generated.append((len(prompts), tuple(seeds))) or \
+            generate(prompts, seeds, **kw)
+        return host
+
+    host, clip = counted_host(), load_clip(f"hf:{clip_dir}")
+    first = host.generation_evaluator("Captain Zorp", clip)
+    guard = first.guard()
+    # every concept prompt from every guard seed, once: not the concept's neighbours alone, not once per concept
+    n_prompts = sum(len(v) for v in attributes.values())
+    assert host.generated == [(n_prompts, tuple(sorted(set(GUARD_SEEDS) | set(CROSS_GUARD_SEEDS))))]
+    # the same numbers as generating the neighbours' pictures now (the uncached path an edited tower takes)
+    inside = first._judged([p for _, _, p in first.inside], GUARD_SEEDS, [a for a, _, _ in first.inside])
+    assert guard["ira"] == pytest.approx(np.mean([(y == k).mean() for (_, k, _), y in zip(first.inside, inside)]))
+    host.generated.clear()
+    assert set(host.generation_evaluator("circle", clip).guard()) == {"ira", "cra"} and host.generated == []
+    # a new host of the same pipeline reads them from $SLUGKIT_CACHE/sd-judged, a changed one does not
+    again = counted_host()
+    assert again.generation_evaluator("star", clip).guard() and again.generated == []
+    assert len(list((tmp_path / "cache" / "sd-judged").glob("*.json"))) == 1
+    again.guidance = 3.0
+    again.generation_evaluator("star", clip).guard()
+    assert len(again.generated) == 1
+    # an edited tower is judged afresh, every time
+    with torch.no_grad():
+        clip.model.text_model.encoder.layers[0].mlp.fc1.weight.add_(1.0)
+    host.generated.clear()
+    first.guard()
+    assert len(host.generated) == 2  # the attribute's neighbours, then the other attributes'
+
+
 def test_real_sd_missing_weights_fail_in_one_sentence(monkeypatch):
     from slugkit.adapters.sd import load_sd
     from slugkit.models.loading import ModelNotAvailableError

@@ -13,7 +13,10 @@ what the pipeline draws for "a photo of NAME" and the other concept prompts, fro
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -26,14 +29,27 @@ from .host import Host
 
 DEFAULT_SEEDS = (0, 1, 2)  # one picture per seed and prompt; fixed so every number is reproducible
 SEARCH_SEEDS = tuple(range(100, 116))  # --search refine/generation: seeds of their own, the report's held out
-# The second search's retain guard (slugkit's own, an option: SDHost(guard_tolerance=GUARD_TOLERANCE)): the step it
-# returns must keep the judged accuracy of the concept's neighbours, the same attribute's other concepts (GUARD_SEEDS
-# each) and every other attribute's (CROSS_GUARD_SEEDS each), within GUARD_TOLERANCE of the unedited pipeline's on the
-# same seeds: a little inside the 10-point bar, as these pictures are not the report's. Not the default: measured on
-# two concepts only (docs/stable-diffusion.md), and it adds about 20 s to every run.
+# The second search's retain guard (slugkit's own, an option: SDHost(**GUARDED) turns it on with the two rules below): the
+# step it returns must keep the judged accuracy of the concept's neighbours, the same attribute's other
+# concepts (GUARD_SEEDS each) and every other attribute's (CROSS_GUARD_SEEDS each), within GUARD_TOLERANCE of the
+# unedited pipeline's on the same seeds: a little inside the 10-point bar, as these pictures are not the report's.
+# The unedited pipeline's pictures do not depend on the concept: judged once per host and seed, and kept in
+# $SLUGKIT_CACHE/sd-judged (SDHost.unedited_labels), so a run measures the guard only at the step it would return.
 GUARD_SEEDS = (100, 101)
 CROSS_GUARD_SEEDS = (100,)
 GUARD_TOLERANCE = 0.08
+# The second search's step margin (slugkit's own): the smallest lambda that clears the 16 search pictures sits on the
+# edge, and a report picture on the wrong side of it keeps the concept (diamond, Ada Thistle: UA 67% and 33%); the
+# search returns STEP_MARGIN x that lambda when it clears the search pictures and the guard too, else the lambda.
+STEP_MARGIN = 1.3
+# The relaxed stop rule (slugkit's own): when no step of the second search leaves 0 of the 16 search pictures as the
+# concept, the closest one is accepted if it leaves at most RELAXED_THRESHOLD of them (1 of 16) and passes the guard;
+# report.json says so in "relaxed_target". A step that reached 0 but broke the guard is never relaxed.
+RELAXED_THRESHOLD = 1 / 16
+# The three rules together: the guarded second search of issue 25 (load_toy_sd(**GUARDED), scripts/bench_sd.py --guarded).
+# Not the default: measured on 8 concepts only (docs/stable-diffusion.md); where the first layer is refused it costs
+# two to three times the pictures of the plain search.
+GUARDED = {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN, "relaxed_threshold": RELAXED_THRESHOLD}
 
 # real pipelines by name -> the CLIP whose text tower they embed (loadable by slugkit.models.loading.load_clip)
 MATCHING_CLIP = {
@@ -113,6 +129,9 @@ class SDHost(Host):
     ``attributes``: ``{attribute: class names}`` of the concepts generated and judged; ``judge``: an object
     with ``labels(images)`` and ``features(images)`` (:class:`MiniCanvasJudge`, :class:`CLIPJudge`).
     Generation: ``steps`` DDIM steps, classifier-free ``guidance``, one picture per seed in ``seeds``.
+    The second search's optional rules (slugkit's own, see the constants above; :data:`GUARDED` sets all three):
+    ``guard_tolerance`` (the retain guard, None: off), ``step_margin`` (1: none) and ``relaxed_threshold`` (None: the
+    stop rule only).
     """
 
     tower = "text"
@@ -129,7 +148,8 @@ class SDHost(Host):
                  clip_name: str = "toy-clip-hf", seeds: Sequence[int] = DEFAULT_SEEDS, steps: int = 10,
                  guidance: float = 5.0, batch_size: int = 64, templates: Mapping[str, str] = DEFAULT_PROMPTS,
                  size: int | None = None, max_block: int | None = None,
-                 guard_tolerance: float | None = None):
+                 guard_tolerance: float | None = None, step_margin: float = 1.0,
+                 relaxed_threshold: float | None = None):
         if not seeds:
             raise ValueError("seeds must list at least one seed (one generated picture per seed and prompt)")
         self.pipe, self.judge, self.attributes = pipe, judge, {a: list(n) for a, n in attributes.items()}
@@ -141,6 +161,12 @@ class SDHost(Host):
         if guard_tolerance is not None and not 0 <= guard_tolerance < 1:
             raise ValueError(f"guard_tolerance must be in [0, 1) or None (no guard), got {guard_tolerance}")
         self.guard_tolerance = guard_tolerance  # the second search's retain guard; None: forget pictures only
+        if not step_margin >= 1:
+            raise ValueError(f"step_margin must be >= 1 (1: no margin), got {step_margin}")
+        if relaxed_threshold is not None and not 0 <= relaxed_threshold < 1:
+            raise ValueError(f"relaxed_threshold must be in [0, 1) or None (the stop rule only), got {relaxed_threshold}")
+        self.step_margin, self.relaxed_threshold = float(step_margin), relaxed_threshold
+        self._unedited = {}  # {cache key: {seed: {prompt: judge label}}} of the unedited pipeline (unedited_labels)
         self._baseline = None  # (accuracy dict, cross-domain features) of the unedited pipeline
 
     # ------------------------------------------------------------------ Host contract
@@ -269,6 +295,49 @@ class SDHost(Host):
         out["judge_seeds"] = list(self.seeds)
         return out
 
+    def _judged_cache(self) -> Path:
+        """``$SLUGKIT_CACHE/sd-judged/<key>.json``: the key hashes everything the unedited pictures' labels depend on
+        (pipeline weights, generation settings, prompts, judge)."""
+        from ..fingerprint import canonical_json, model_fingerprint
+
+        judge = getattr(self.judge, "judge", None)
+        key = {"name": self.name, "text": model_fingerprint(self.tower_module()),
+               "unet": model_fingerprint(self.pipe.unet), "vae": model_fingerprint(self.pipe.vae),
+               "judge": model_fingerprint(judge) if isinstance(judge, torch.nn.Module) else type(self.judge).__name__,
+               "steps": self.steps, "guidance": self.guidance, "size": self.size, "templates": self.templates,
+               "attributes": self.attributes}
+        digest = hashlib.sha256(canonical_json(key).encode()).hexdigest()[:20]
+        root = Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit"))
+        return root / "sd-judged" / f"{digest}.json"
+
+    def unedited_labels(self, seeds: Sequence[int]) -> dict[str, np.ndarray]:
+        """``{prompt: judge labels, one per seed}`` of every concept prompt on the unedited pipeline.
+
+        They do not depend on the concept a run forgets, so each seed is generated once per host (every prompt) and
+        kept, in memory and in ``$SLUGKIT_CACHE/sd-judged``; the retain guard's baseline reads them from there.
+        """
+        from ..patch import applied_patches
+
+        if applied_patches(self.tower_module()):
+            raise RuntimeError(f"{self.name!r} has a patch applied; its unedited pictures need the unedited pipeline")
+        items = concept_prompts(self.attributes, self.templates)
+        path = self._judged_cache()  # its name changes with the weights and settings: memory is keyed by it too
+        known = self._unedited.setdefault(path.name, {})
+        missing = [int(k) for k in seeds if int(k) not in known]
+        if missing and path.exists():
+            known.update({int(k): v for k, v in json.loads(path.read_text()).items()})
+            missing = [k for k in missing if k not in known]
+        if missing:
+            images = self.generate([p for _, _, p in items], missing)
+            labels, n = self.judge.labels(images), len(missing)
+            for i, k in enumerate(missing):
+                known[k] = {p: int(labels[a][j * n + i]) for j, (a, _, p) in enumerate(items)}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({str(k): v for k, v in known.items()}))
+            tmp.replace(path)
+        return {p: np.array([known[int(k)][p] for k in seeds]) for _, _, p in items}
+
     def generation_evaluator(self, concept: str, clip) -> Callable[..., dict]:
         """``evaluate(edited_tower=None, block=None)`` on judged generations with the CLIP's *current* text tower.
 
@@ -303,6 +372,7 @@ class JudgedSearch:
         if host.guard_tolerance is None:
             self.guard = None
         self.guard_metrics, self.guard_tolerance = ("ira", "cra"), host.guard_tolerance
+        self.margin, self.relaxed_threshold = host.step_margin, host.relaxed_threshold
 
     def _judged(self, prompts: Sequence[str], seeds: Sequence[int], attributes: Sequence[str]) -> list[np.ndarray]:
         """The judge's labels of each prompt's pictures (one per seed), with the CLIP's current text tower."""
@@ -323,9 +393,14 @@ class JudgedSearch:
     def guard(self) -> dict:
         """``{"ira", "cra"}``: the share of the neighbours' pictures judged as what their prompt names, averaged
         over the same attribute's other concepts (ira) and over every other attribute's concepts (cra)."""
+        unedited = all(torch.equal(v, self.own[k]) for k, v in self.source.state_dict().items())
         out = {}
         for key, items, seeds in (("ira", self.inside, GUARD_SEEDS), ("cra", self.cross, CROSS_GUARD_SEEDS)):
-            labels = self._judged([p for _, _, p in items], seeds, [a for a, _, _ in items]) if items else []
+            if unedited:  # the unedited pipeline's pictures: judged once per host and seed (SDHost.unedited_labels)
+                cached = self.host.unedited_labels(seeds)
+                labels = [cached[p] for _, _, p in items]
+            else:
+                labels = self._judged([p for _, _, p in items], seeds, [a for a, _, _ in items]) if items else []
             out[key] = float(np.mean([(y == k).mean() for (_, k, _), y in zip(items, labels)])) if items else 1.0
         return out
 
