@@ -21,9 +21,6 @@ from .run import ATTACKS, attack_model, combine, resolve
 from .sd import (SDArithmeticBudget, SDParaphraseBudget, SDPromptBudget, SDSoftPromptBudget, sd_adversarial_prompt,
                  sd_concept_arithmetic, sd_paraphrase, sd_plain, sd_relearn, sd_relearn_retain, sd_soft_prompt)
 
-# relearning on SD: the CLIP's budget (5 pictures, batch 8, lr 3e-5, headline after 10 steps) with its curve stopped
-# at 20 steps -- each point of the curve generates 8 pictures (about 4 CPU s), and 50 steps would take about a minute
-SD_RELEARN = RelearnBudget(steps=20, curve_steps=(2, 5, 10, 20))
 QUICK_RELEARN = RelearnBudget(steps=4, headline_step=2, curve_steps=(2, 4))
 HOST_ATTACKS = {  # host -> {attack name -> (function, default budget)}; names as for the CLIP
     "toy-llava": {"paraphrase": (llava_paraphrase, LlavaParaphraseBudget()),
@@ -35,8 +32,8 @@ HOST_ATTACKS = {  # host -> {attack name -> (function, default budget)}; names a
                "paraphrase": (sd_paraphrase, SDParaphraseBudget()),
                "concept_arithmetic": (sd_concept_arithmetic, SDArithmeticBudget()),
                "soft_prompt": (sd_soft_prompt, SDSoftPromptBudget()),
-               "relearn": (sd_relearn, SD_RELEARN),
-               "relearn_retain": (sd_relearn_retain, SD_RELEARN)},
+               "relearn": (sd_relearn, RelearnBudget()),
+               "relearn_retain": (sd_relearn_retain, RelearnBudget())},
 }
 HOST_PLAIN = {"toy-llava": llava_plain, "toy-sd": sd_plain}  # the score before any attack
 HOST_BUDGETS = {
@@ -74,7 +71,6 @@ def check_host_attacks(host_name: str, attacks=None) -> list[str]:
             raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
     return names
 
-
 def check_host_patch(host_name: str, patch) -> None:
     """A one-sentence error when ``patch`` does not edit the tower ``host_name`` hosts (checked before it loads)."""
     from ..adapters.llava import LlavaHost
@@ -84,7 +80,6 @@ def check_host_patch(host_name: str, patch) -> None:
     if patch.scope != want.scope:
         raise ValueError(f"{host_name} takes a patch of the CLIP's {want.tower} tower (scope {want.scope!r}, from "
                          f"`slugkit unlearn --model {host_name}`), and this one is scoped to {patch.scope or 'the whole model'!r}")
-
 
 def run_host_attacks(host_name: str, host, patch, data: AttackData, attacks=None, budgets: str | dict = "default",
                      progress: bool = True) -> dict:
@@ -102,6 +97,5 @@ def run_host_attacks(host_name: str, host, patch, data: AttackData, attacks=None
         finally:
             host.revert(patch)
     return combine({"original": original, "edited": edited, "reference": None}, data, names, chosen)
-
 
 __all__ = ["HOST_ATTACKS", "HOST_BUDGETS", "NOT_ON_HOST", "check_host_attacks", "check_host_patch", "run_host_attacks"]
