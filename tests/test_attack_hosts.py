@@ -152,6 +152,13 @@ def test_sd_attacks_find_the_character_and_not_through_a_mute_text_encoder(sd, d
         assert sd_paraphrase(sd, data, QUICK_SD["paraphrase"]).score <= 0.25
         assert sd_concept_arithmetic(sd, data, QUICK_SD["concept_arithmetic"]).score <= 0.25
         assert sd_adversarial_prompt(sd, data, QUICK_SD["adversarial_prompt"]).score <= 0.25
+    finally:
+        sd.revert(patch)
+    # a learned token bypasses the token table; a text encoder whose output ignores its input (final layer norm's
+    # scale zero) reads every prompt the same, a learned token's too, and a few fine-tuning steps do not undo it
+    patch = _zeroing_patch("toy-clip-hf", "text_model", "text_model.final_layer_norm.weight")
+    sd.apply(patch)
+    try:
         assert sd_soft_prompt(sd, data, QUICK_SD["soft_prompt"]).score <= 0.25
         assert sd_relearn(sd, data, QUICK_SD["relearn"]).score <= 0.25
     finally:

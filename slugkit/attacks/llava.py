@@ -1,6 +1,6 @@
 """Recovery attacks on a LLaVA host (``toy-llava``): its vision tower is the toy CLIP's, edited by SLUG's patch.
 
-Three attacks apply, each ``attack(host, data, budget) -> AttackResult`` like the CLIP ones (``host``: a
+Five attacks apply, each ``attack(host, data, budget) -> AttackResult`` like the CLIP ones (``host``: a
 :class:`~slugkit.adapters.llava.LlavaHost` with its world, ``data``: the concept's
 :class:`~slugkit.attacks.base.AttackData`):
 
@@ -13,8 +13,9 @@ Three attacks apply, each ``attack(host, data, budget) -> AttackResult`` like th
 Scores are fractions in [0, 1]. An answer "names" a character when it contains the name
 (:func:`~slugkit.eval.vlm.contains_name`); paraphrase and the plain question count the concept's pictures
 named as it minus the largest share of another character's pictures named as it (as the CLIP attacks do).
-The text-side attacks (adversarial prefix, concept arithmetic, soft prompt) have no text tower to work on in
-a vision-tower patch, and relearning would fine-tune the whole LLaVA: they are not run on it.
+:func:`llava_relearn` (and :func:`llava_relearn_retain`) fine-tune the vision tower, what the patch edits, with
+LLaVA's own answer loss and score the plain question afterwards. The text-side attacks (adversarial prefix,
+concept arithmetic, soft prompt) have no text tower to work on in a vision-tower patch: they are not run on it.
 """
 from __future__ import annotations
 

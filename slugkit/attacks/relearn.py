@@ -6,7 +6,8 @@ on ``pictures`` pictures of the concept mixed with retain pairs; :func:`relearn_
 retrained one does not). In a batch, a caption is a positive for every picture it is true of (two pictures of
 the concept under different templates are not pushed apart). The score is forget top-1 after
 ``headline_step`` steps; the curve (measured before fine-tuning and after every step in ``curve_steps``) is
-in the details. The model's weights are restored afterwards.
+in the details. The model's weights are restored afterwards. :func:`finetune` is the loop itself, shared with the
+hosts' relearning (:func:`~slugkit.attacks.sd.sd_relearn`, :func:`~slugkit.attacks.llava.llava_relearn`).
 """
 from __future__ import annotations
 

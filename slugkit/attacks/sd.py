@@ -13,8 +13,12 @@ share of generations the frozen SD judge labels as the concept, on seeds of the 
 
 - :func:`sd_adversarial_prompt` (UnlearnDiffAtk-style): k tokens before "a photo of NAME.", each a distribution
   over the vocabulary (one-hot forward, straight-through backward), optimised on the attacked pipeline's own
-  denoising loss on the concept's pictures (encoded by its VAE, fixed timesteps and noise); the best one-hot prefix
-  seen generates the test seeds.
+  denoising loss on the concept's pictures (encoded by its VAE, fixed timesteps and noise: :func:`denoising_batch`);
+  the best one-hot prefix seen generates the test seeds;
+- :func:`sd_soft_prompt` (textual inversion): one new token embedding in "a photo of <v>." on the same loss and
+  pictures, every weight frozen;
+- :func:`sd_relearn` / :func:`sd_relearn_retain`: the whole text encoder (what the patch edits) fine-tuned with
+  the denoising loss, as the CLIP's relearning (:func:`~slugkit.attacks.relearn.finetune`); the plain prompt's score.
 """
 from __future__ import annotations
 
