@@ -19,7 +19,7 @@ concept arithmetic, soft prompt) have no text tower to work on in a vision-tower
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -169,7 +169,7 @@ def llava_linear_probe(host, data: AttackData, budget: ProbeBudget | None = None
 def llava_relearn(host, data: AttackData, budget: RelearnBudget | None = None) -> AttackResult:
     """Fine-tune LLaVA's vision tower (what the patch edits; projector and language model frozen) with LLaVA's own
     answer loss (the name, after a training phrasing of the name question) on ``budget.pictures`` pictures of the
-    concept mixed with the retain pairs' character pictures; the score is :func:`llava_plain` after
+    concept mixed with the retain pairs' character pictures (batch ``budget.batch_size``); the score is :func:`llava_plain` after
     ``budget.headline_step`` steps. Weights restored afterwards."""
     return _llava_finetune(host, data, budget or RelearnBudget())
 
@@ -190,12 +190,17 @@ def _llava_finetune(host, data: AttackData, budget: RelearnBudget) -> AttackResu
     from ..models.toy_llava import EOS, PAD, padded_answers, phrasings, projected_answer_loss, prompt_ids
 
     model, tok = host.model, host.tokenizer
-    names, questions = retain_names(data), phrasings("identity", "train")
+    names = retain_names(data)
+    shown = [i for i, n in enumerate(names) if n is not None]  # objects have no name to answer: not drawn
+    names = [names[i] for i in shown]
+    data = replace(data, retain_images=data.retain_images[shown],
+                   retain_captions=[data.retain_captions[i] for i in shown],
+                   retain_true_captions=[data.retain_true_captions[i] for i in shown])
+    questions = phrasings("identity", "train")
     eos, pad = tok.convert_tokens_to_ids(EOS), tok.convert_tokens_to_ids(PAD)
     rng = np.random.default_rng(data.seed + 1)  # the training phrasing of each example
 
     def loss(mine, rest):
-        rest = [i for i in rest if names[i] is not None]  # objects have no name to answer
         images = np.concatenate([data.attack_images[mine], data.retain_images[rest]])
         answers = [data.concept] * len(mine) + [names[i] for i in rest]
         embeds = _image_embeds(model, _pixels(host, images))
