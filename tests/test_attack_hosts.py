@@ -9,9 +9,13 @@ import torch
 
 from slugkit.attacks import attack_data
 from slugkit.attacks.hosts import HOST_ATTACKS, HOST_BUDGETS, NOT_ON_HOST, check_host_attacks
-from slugkit.attacks.llava import llava_linear_probe, llava_paraphrase, llava_pixel_pgd, llava_plain, name_phrasings
-from slugkit.attacks.sd import compose, prompt_embeddings, sd_adversarial_prompt, sd_concept_arithmetic, sd_paraphrase
+from slugkit.attacks.llava import (llava_linear_probe, llava_paraphrase, llava_pixel_pgd, llava_plain, llava_relearn,
+                                   llava_relearn_retain, name_phrasings, retain_names)
+from slugkit.attacks.relearn import RelearnBudget
+from slugkit.attacks.sd import (compose, prompt_embeddings, sd_adversarial_prompt, sd_concept_arithmetic, sd_paraphrase,
+                                sd_plain, sd_relearn, sd_soft_prompt)
 from slugkit.cli import main
+from slugkit.data.minicanvas import CHARACTER_NAMES
 from slugkit.models.loading import load_clip
 from slugkit.patch import Patch, scope_fingerprint
 
@@ -61,9 +65,46 @@ def test_llava_attacks_find_the_character_and_not_on_a_blind_tower(llava, data, 
         pgd = llava_pixel_pgd(llava, data, QUICK_LLAVA["pixel_pgd"])
         # no pixel reaches the image tokens: the perturbation cannot change a single answer
         assert pgd.details["named"] == pgd.details["named_before"]
+        # a few fine-tuning steps of the tower do not teach it to see again
+        assert llava_relearn(llava, data, QUICK_LLAVA["relearn"]).score == 0.0
     finally:
         llava.revert(patch)
     assert llava_plain(llava, data) >= 0.9  # reverted
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}, [p.requires_grad for p in module.parameters()]
+
+
+def _same_state(module, state) -> bool:
+    weights, flags = state
+    now = module.state_dict()
+    return (all(torch.equal(v, now[k]) for k, v in weights.items())
+            and [p.requires_grad for p in module.parameters()] == flags and all(p.grad is None for p in module.parameters()))
+
+
+def test_llava_relearning_at_the_default_lr_keeps_the_original_and_restores_the_tower(llava, data):
+    """The sanity bar of relearning: the default budget (lr 3e-5) on the original LLaVA keeps the character at
+    every point of its curve, and the tower's weights come back bit for bit (also after the retain-only run)."""
+    before = _state(llava.model)
+    result = llava_relearn(llava, data, RelearnBudget())
+    assert [c["step"] for c in result.details["curve"]] == [0, 2, 5, 10, 20, 50]
+    assert min(c["score"] for c in result.details["curve"]) >= 0.9, result.details["curve"]
+    assert _same_state(llava.model, before)
+    assert llava_relearn_retain(llava, data, QUICK_LLAVA["relearn_retain"]).score >= 0.9
+    assert _same_state(llava.model, before)
+
+
+def test_llava_relearning_names_the_retain_characters_from_their_captions(data):
+    """The answers the relearning teaches for retain pictures agree with the frozen judge on who they show."""
+    names = retain_names(data)
+    assert len(names) == len(data.retain_images) and None in names
+    shown = [i for i, n in enumerate(names) if n is not None]
+    pixels = torch.from_numpy(data.retain_images[shown]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        judged = data.judge(pixels * 2 - 1)["identity"].argmax(1).tolist()
+    agree = np.mean([CHARACTER_NAMES[j] == names[i] for i, j in zip(shown, judged)])
+    assert agree >= 0.95, agree
 
 
 def test_llava_name_phrasings_lead_with_the_held_out_ones():
@@ -113,6 +154,24 @@ def test_sd_attacks_find_the_character_and_not_through_a_mute_text_encoder(sd, d
         assert sd_adversarial_prompt(sd, data, QUICK_SD["adversarial_prompt"]).score <= 0.25
     finally:
         sd.revert(patch)
+    # a learned token bypasses the token table; a text encoder whose output ignores its input (final layer norm's
+    # scale zero) reads every prompt the same, a learned token's too, and a few fine-tuning steps do not undo it
+    patch = _zeroing_patch("toy-clip-hf", "text_model", "text_model.final_layer_norm.weight")
+    sd.apply(patch)
+    try:
+        assert sd_soft_prompt(sd, data, QUICK_SD["soft_prompt"]).score <= 0.25
+        assert sd_relearn(sd, data, QUICK_SD["relearn"]).score <= 0.25
+    finally:
+        sd.revert(patch)
+
+
+def test_sd_relearning_restores_the_text_encoder_bit_for_bit(sd, data):
+    encoder, unet = sd.pipe.text_encoder, sd.pipe.unet
+    before, unet_before = _state(encoder), _state(unet)
+    result = sd_relearn(sd, data, QUICK_SD["relearn"])
+    assert [c["step"] for c in result.details["curve"]] == [0, 2, 4] and result.details["curve"][0]["score"] >= 0.9
+    assert _same_state(encoder, before) and _same_state(unet, unet_before)
+    assert sd_plain(sd, data) >= 0.9
 
 
 # ---------------------------------------------------------------------------------------------------- refusals

@@ -1,6 +1,6 @@
 """Recovery attacks on a LLaVA host (``toy-llava``): its vision tower is the toy CLIP's, edited by SLUG's patch.
 
-Three attacks apply, each ``attack(host, data, budget) -> AttackResult`` like the CLIP ones (``host``: a
+Five attacks apply, each ``attack(host, data, budget) -> AttackResult`` like the CLIP ones (``host``: a
 :class:`~slugkit.adapters.llava.LlavaHost` with its world, ``data``: the concept's
 :class:`~slugkit.attacks.base.AttackData`):
 
@@ -13,12 +13,13 @@ Three attacks apply, each ``attack(host, data, budget) -> AttackResult`` like th
 Scores are fractions in [0, 1]. An answer "names" a character when it contains the name
 (:func:`~slugkit.eval.vlm.contains_name`); paraphrase and the plain question count the concept's pictures
 named as it minus the largest share of another character's pictures named as it (as the CLIP attacks do).
-The text-side attacks (adversarial prefix, concept arithmetic, soft prompt) have no text tower to work on in
-a vision-tower patch, and relearning would fine-tune the whole LLaVA: they are not run on it.
+:func:`llava_relearn` (and :func:`llava_relearn_retain`) fine-tune the vision tower, what the patch edits, with
+LLaVA's own answer loss and score the plain question afterwards. The text-side attacks (adversarial prefix,
+concept arithmetic, soft prompt) have no text tower to work on in a vision-tower patch: they are not run on it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from .base import AttackData, AttackResult, specific_recall
 from .pgd import PGDBudget
 from .probe import ProbeBudget, hooked_features, probe_features
+from .relearn import RelearnBudget, finetune
 
 
 def _name_question() -> str:
@@ -50,6 +52,11 @@ def _named(answers, name: str) -> np.ndarray:
 def _specific(named: np.ndarray, data: AttackData) -> dict:
     """:func:`~slugkit.attacks.base.specific_recall` of "the answer names the concept" on the test pictures."""
     return specific_recall(np.where(named, data.index, -1), data.test_labels, data.index)
+
+
+def _image_embeds(model, pixels: torch.Tensor) -> torch.Tensor:
+    """The projected image features ``(N, T, text hidden)`` of ``pixels``, keeping the gradient."""
+    return torch.stack(list(model.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output))
 
 
 def _pixels(host, images: np.ndarray) -> torch.Tensor:
@@ -110,10 +117,6 @@ def llava_pixel_pgd(host, data: AttackData, budget: LlavaPGDBudget | None = None
     question = _name_question()
     target = tok(data.concept, add_special_tokens=False)["input_ids"]
 
-    def image_embeds(pixels):
-        feats = model.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
-        return torch.stack(list(feats))
-
     params = [p for p in model.parameters()]
     flags = [p.requires_grad for p in params]
     for p in params:  # only the pixels get a gradient
@@ -121,7 +124,7 @@ def llava_pixel_pgd(host, data: AttackData, budget: LlavaPGDBudget | None = None
     delta = torch.zeros_like(clean, requires_grad=True)
     try:
         for _ in range(budget.steps):
-            emb = image_embeds(((clean + delta).clamp(0, 1) - mean) / std)
+            emb = _image_embeds(model, ((clean + delta).clamp(0, 1) - mean) / std)
             prompt = prompt_ids(tok, question, emb.shape[1])
             ids = torch.tensor(prompt + target).expand(len(own), -1)
             logits = model(inputs_embeds=embed_prompts(model, ids, emb)).logits
@@ -163,5 +166,54 @@ def llava_linear_probe(host, data: AttackData, budget: ProbeBudget | None = None
     return probe_features(feats, data, budget)
 
 
+def llava_relearn(host, data: AttackData, budget: RelearnBudget | None = None) -> AttackResult:
+    """Fine-tune LLaVA's vision tower (what the patch edits; projector and language model frozen) with LLaVA's own
+    answer loss (the name, after a training phrasing of the name question) on ``budget.pictures`` pictures of the
+    concept mixed with the retain pairs' character pictures (batch ``budget.batch_size``); the score is :func:`llava_plain` after
+    ``budget.headline_step`` steps. Weights restored afterwards."""
+    return _llava_finetune(host, data, budget or RelearnBudget())
+
+
+def llava_relearn_retain(host, data: AttackData, budget: RelearnBudget | None = None) -> AttackResult:
+    """:func:`llava_relearn` on the retain pairs' character pictures only (no picture of the concept)."""
+    return _llava_finetune(host, data, RelearnBudget(**{**(budget or RelearnBudget()).__dict__, "pictures": 0}))
+
+
+def retain_names(data: AttackData) -> list[str | None]:
+    """Per retain picture, the character it shows (the name its true captions carry), None for an object."""
+    from ..data.minicanvas import CHARACTER_NAMES
+
+    return [next((n for n in CHARACTER_NAMES if any(n in c for c in true)), None) for true in data.retain_true_captions]
+
+
+def _llava_finetune(host, data: AttackData, budget: RelearnBudget) -> AttackResult:
+    from ..models.toy_llava import EOS, PAD, padded_answers, phrasings, projected_answer_loss, prompt_ids
+
+    model, tok = host.model, host.tokenizer
+    names = retain_names(data)
+    shown = [i for i, n in enumerate(names) if n is not None]  # objects have no name to answer: not drawn
+    names = [names[i] for i in shown]
+    data = replace(data, retain_images=data.retain_images[shown],
+                   retain_captions=[data.retain_captions[i] for i in shown],
+                   retain_true_captions=[data.retain_true_captions[i] for i in shown])
+    questions = phrasings("identity", "train")
+    eos, pad = tok.convert_tokens_to_ids(EOS), tok.convert_tokens_to_ids(PAD)
+    rng = np.random.default_rng(data.seed + 1)  # the training phrasing of each example
+
+    def loss(mine, rest):
+        images = np.concatenate([data.attack_images[mine], data.retain_images[rest]])
+        answers = [data.concept] * len(mine) + [names[i] for i in rest]
+        embeds = _image_embeds(model, _pixels(host, images))
+        seqs, starts = [], []
+        for answer in answers:
+            prompt = prompt_ids(tok, questions[rng.integers(len(questions))], embeds.shape[1])
+            seqs.append(prompt + tok(answer, add_special_tokens=False)["input_ids"] + [eos])
+            starts.append(len(prompt))
+        return projected_answer_loss(model, embeds, *padded_answers(seqs, starts, pad))
+
+    tower = host.tower_module()
+    return finetune(tower, list(tower.parameters()), data, budget, loss, lambda: {"score": llava_plain(host, data)})
+
+
 __all__ = ["LlavaPGDBudget", "LlavaParaphraseBudget", "llava_linear_probe", "llava_paraphrase", "llava_pixel_pgd",
-           "llava_plain"]
+           "llava_plain", "llava_relearn", "llava_relearn_retain", "retain_names"]

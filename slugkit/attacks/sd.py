@@ -13,8 +13,12 @@ share of generations the frozen SD judge labels as the concept, on seeds of the 
 
 - :func:`sd_adversarial_prompt` (UnlearnDiffAtk-style): k tokens before "a photo of NAME.", each a distribution
   over the vocabulary (one-hot forward, straight-through backward), optimised on the attacked pipeline's own
-  denoising loss on the concept's pictures (encoded by its VAE, fixed timesteps and noise); the best one-hot prefix
-  seen generates the test seeds.
+  denoising loss on the concept's pictures (encoded by its VAE, fixed timesteps and noise: :func:`denoising_batch`);
+  the best one-hot prefix seen generates the test seeds;
+- :func:`sd_soft_prompt` (textual inversion): one new token embedding in "a photo of <v>." on the same loss and
+  pictures, every weight frozen;
+- :func:`sd_relearn` / :func:`sd_relearn_retain`: the whole text encoder (what the patch edits) fine-tuned with
+  the denoising loss, as the CLIP's relearning (:func:`~slugkit.attacks.relearn.finetune`); the plain prompt's score.
 """
 from __future__ import annotations
 
@@ -23,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.minicanvas import CHARACTERS, ZERO_SHOT_PROMPTS
+from ..data.minicanvas import CHARACTER_NAMES, CHARACTERS, ZERO_SHOT_PROMPTS
 from .arithmetic import neighbour_weights
 from .base import AttackData, AttackResult, embedding_override
+from .relearn import RelearnBudget, finetune
 from .soft_prompt import phrasings
 
 TEST_SEEDS = 300  # the scored generations use seeds TEST_SEEDS, TEST_SEEDS + 1, ...; the grid search ATTACK_SEEDS
@@ -128,16 +133,62 @@ class SDPromptBudget:
     seeds: int = 4  # generations with the final prompt
 
 
-def sd_adversarial_prompt(host, data: AttackData, budget: SDPromptBudget | None = None) -> AttackResult:
-    """Optimise ``budget.tokens`` prefix tokens for "a photo of NAME." on the pipeline's denoising loss."""
+def denoising_batch(host, images: np.ndarray, gen: torch.Generator, t: torch.Tensor | None = None):
+    """``(noisy latents, timesteps, target)`` of uint8 pictures ``images`` for the pipeline's own denoising loss:
+    the pictures encoded by its VAE (latent means), noised with noise drawn from ``gen`` at timesteps ``t``
+    (default: drawn from ``gen`` over the schedule); the target is what the UNet predicts (noise or velocity)."""
+    pipe = host.pipe
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen)
+        if t is None:
+            t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(images),), generator=gen)
+        noisy = pipe.scheduler.add_noise(latents, noise, t)
+        v_pred = pipe.scheduler.config.prediction_type == "v_prediction"
+        target = pipe.scheduler.get_velocity(latents, noise, t) if v_pred else noise
+    return noisy, t, target
+
+
+def denoising_loss(host, states: torch.Tensor, batch) -> torch.Tensor:
+    """The UNet's mean squared error on a :func:`denoising_batch` given text states ``(1 or N, L, D)``."""
+    noisy, t, target = batch
+    pred = host.pipe.unet(noisy, t, encoder_hidden_states=states.expand(len(noisy), -1, -1)).sample
+    return torch.nn.functional.mse_loss(pred, target)
+
+
+def _fixed_batch(host, data: AttackData, pictures: int, gen: torch.Generator):
+    """:func:`denoising_batch` of the first ``pictures`` attack pictures of the concept at fixed timesteps spread
+    over the schedule (10% to 90%), one each."""
+    own = np.flatnonzero(data.attack_labels == data.index)[:pictures]
+    steps = host.pipe.scheduler.config.num_train_timesteps
+    return denoising_batch(host, data.attack_images[own], gen, torch.linspace(0.1 * steps, 0.9 * steps, len(own)).long())
+
+
+def _ids(host, text: str) -> torch.Tensor:
+    tok = host.pipe.tokenizer
+    return tok(text, padding="max_length", truncation=True, max_length=tok.model_max_length,
+               return_tensors="pt").input_ids[0]
+
+
+def _token_table(host) -> torch.nn.Module:
     from ..models.toy_sd import tower_of
 
+    return tower_of(host.pipe.text_encoder).embeddings.token_embedding
+
+
+def _judged_states(host, data: AttackData, states: torch.Tensor, seeds: int) -> float:
+    """The judged share of ``seeds`` test generations guided by text states ``(L, D)``."""
+    return _judged_share(host, compose(host, [(states, 1.0)], _seeds(TEST_SEEDS, seeds)), data)
+
+
+def sd_adversarial_prompt(host, data: AttackData, budget: SDPromptBudget | None = None) -> AttackResult:
+    """Optimise ``budget.tokens`` prefix tokens for "a photo of NAME." on the pipeline's denoising loss."""
     budget = budget or SDPromptBudget()
     pipe, tok = host.pipe, host.pipe.tokenizer
-    table_module = tower_of(pipe.text_encoder).embeddings.token_embedding
+    table_module = _token_table(host)
     table = table_module.weight.detach()
-    ids = tok(ZERO_SHOT_PROMPTS["identity"].format(data.concept), padding="max_length", truncation=True,
-              max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
+    ids = _ids(host, ZERO_SHOT_PROMPTS["identity"].format(data.concept))
     k = budget.tokens
     prefixed = torch.cat([ids[:1], ids[1:2].repeat(k), ids[1:]])[: len(ids)]
     if tok.eos_token_id not in prefixed.tolist():
@@ -145,17 +196,8 @@ def sd_adversarial_prompt(host, data: AttackData, budget: SDPromptBudget | None 
     where = slice(1, 1 + k)
     allowed = torch.ones(len(table), dtype=torch.bool)
     allowed[[i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None]] = False
-    own = np.flatnonzero(data.attack_labels == data.index)[: budget.pictures]
     gen = torch.Generator().manual_seed(data.seed)
-    with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(data.attack_images[own])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=gen)
-        steps = pipe.scheduler.config.num_train_timesteps
-        t = torch.linspace(0.1 * steps, 0.9 * steps, len(own)).long()  # spread over the schedule, fixed
-        noisy = pipe.scheduler.add_noise(latents, noise, t)
-        v_pred = pipe.scheduler.config.prediction_type == "v_prediction"
-        target = pipe.scheduler.get_velocity(latents, noise, t) if v_pred else noise
+    batch = _fixed_batch(host, data, budget.pictures, gen)
     logits = (0.01 * torch.randn(k, len(table), generator=gen)).requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=budget.lr)
     best = (float("inf"), None)
@@ -164,9 +206,7 @@ def sd_adversarial_prompt(host, data: AttackData, budget: SDPromptBudget | None 
         hard = torch.nn.functional.one_hot(probs.argmax(-1), len(table)).to(probs.dtype)
         onehot = hard + probs - probs.detach()  # straight-through: forward one-hot, backward the distribution
         with embedding_override(table_module, where, onehot @ table):
-            states = pipe.text_encoder(prefixed[None])[0]
-        pred = pipe.unet(noisy, t, encoder_hidden_states=states.expand(len(own), -1, -1)).sample
-        loss = torch.nn.functional.mse_loss(pred, target)
+            loss = denoising_loss(host, pipe.text_encoder(prefixed[None])[0], batch)
         if loss.item() < best[0]:
             best = (loss.item(), probs.argmax(-1).detach().clone())
         logits.grad, = torch.autograd.grad(loss, [logits])  # the pipeline's weights get no gradient
@@ -175,9 +215,78 @@ def sd_adversarial_prompt(host, data: AttackData, budget: SDPromptBudget | None 
     final[where] = best[1]
     with torch.no_grad():
         states = pipe.text_encoder(final[None])[0][0]
-    found = _judged_share(host, compose(host, [(states, 1.0)], _seeds(TEST_SEEDS, budget.seeds)), data)
+    found = _judged_states(host, data, states, budget.seeds)
     return AttackResult(found, {"prefix": tok.convert_ids_to_tokens(best[1].tolist()), "attack_loss": best[0]})
 
 
-__all__ = ["SDArithmeticBudget", "SDParaphraseBudget", "SDPromptBudget", "compose", "prompt_embeddings",
-           "sd_adversarial_prompt", "sd_concept_arithmetic", "sd_paraphrase", "sd_plain"]
+@dataclass(frozen=True)
+class SDSoftPromptBudget:
+    steps: int = 20
+    lr: float = 5e-3  # the CLIP soft prompt's
+    pictures: int = 8  # of the concept, one fixed timestep and noise each (as the adversarial prefix)
+    seeds: int = 4  # generations with "a photo of <v>."
+
+
+def sd_soft_prompt(host, data: AttackData, budget: SDSoftPromptBudget | None = None) -> AttackResult:
+    """Textual inversion: learn the embedding of one new word <v> so that "a photo of <v>." denoises the concept's
+    pictures (every weight frozen), then generate with it. <v> starts at the mean embedding of the other
+    characters' name tokens, as the CLIP soft prompt does."""
+    budget = budget or SDSoftPromptBudget()
+    pipe, tok = host.pipe, host.pipe.tokenizer
+    template = ZERO_SHOT_PROMPTS["identity"]
+    ids, other = _ids(host, template.format("x")), _ids(host, template.format("y"))
+    diff = torch.nonzero(ids != other).flatten()
+    if len(diff) != 1:
+        raise ValueError(f"the placeholder of {template!r} is not exactly one token of the pipeline's tokenizer")
+    where = slice(int(diff[0]), int(diff[0]) + 1)
+    table_module = _token_table(host)
+    names = tok([n for i, n in enumerate(CHARACTER_NAMES) if i != data.index], add_special_tokens=False).input_ids
+    vec = table_module.weight.detach()[[i for n in names for i in n]].mean(0, keepdim=True).clone().requires_grad_(True)
+    gen = torch.Generator().manual_seed(data.seed)
+    batch = _fixed_batch(host, data, budget.pictures, gen)
+    opt = torch.optim.Adam([vec], lr=budget.lr)
+    for _ in range(budget.steps):
+        with embedding_override(table_module, where, vec):
+            loss = denoising_loss(host, pipe.text_encoder(ids[None])[0], batch)
+        vec.grad, = torch.autograd.grad(loss, [vec])  # the pipeline's weights get no gradient
+        opt.step()
+    with torch.no_grad(), embedding_override(table_module, where, vec):
+        states = pipe.text_encoder(ids[None])[0][0]
+    return AttackResult(_judged_states(host, data, states, budget.seeds), {"final_loss": loss.item()})
+
+
+SDRelearnBudget = RelearnBudget  # the CLIP relearning's budget shape: steps, headline step, pictures, batch, lr
+
+
+def sd_relearn(host, data: AttackData, budget: SDRelearnBudget | None = None) -> AttackResult:
+    """Fine-tune the pipeline's whole text encoder (what the patch edits; the UNet stays frozen) with the denoising
+    loss on ``budget.pictures`` pictures of the concept under their captions (which name it) mixed with retain
+    pairs; the score is :func:`sd_plain` after ``budget.headline_step`` steps. Weights restored afterwards."""
+    return _sd_finetune(host, data, budget or SDRelearnBudget())
+
+
+def sd_relearn_retain(host, data: AttackData, budget: SDRelearnBudget | None = None) -> AttackResult:
+    """:func:`sd_relearn` on retain pairs only (no picture or caption of the concept)."""
+    return _sd_finetune(host, data, SDRelearnBudget(**{**(budget or SDRelearnBudget()).__dict__, "pictures": 0}))
+
+
+def _sd_finetune(host, data: AttackData, budget: SDRelearnBudget) -> AttackResult:
+    pipe = host.pipe
+    gen = torch.Generator().manual_seed(data.seed)
+
+    def loss(mine, rest):
+        images = np.concatenate([data.attack_images[mine], data.retain_images[rest]])
+        captions = [data.attack_captions[i] for i in mine] + [data.retain_captions[i] for i in rest]
+        tok = pipe.tokenizer
+        ids = tok(captions, padding="max_length", truncation=True, max_length=tok.model_max_length,
+                  return_tensors="pt").input_ids
+        return denoising_loss(host, pipe.text_encoder(ids)[0], denoising_batch(host, images, gen))
+
+    encoder = pipe.text_encoder
+    return finetune(encoder, list(encoder.parameters()), data, budget, loss,
+                    lambda: {"score": sd_plain(host, data)})
+
+
+__all__ = ["SDArithmeticBudget", "SDParaphraseBudget", "SDPromptBudget", "SDRelearnBudget", "SDSoftPromptBudget",
+           "compose", "denoising_batch", "denoising_loss", "prompt_embeddings", "sd_adversarial_prompt",
+           "sd_concept_arithmetic", "sd_paraphrase", "sd_plain", "sd_relearn", "sd_relearn_retain", "sd_soft_prompt"]

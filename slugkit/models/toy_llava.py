@@ -398,7 +398,13 @@ def padded_answers(seqs: list[list[int]], starts: list[int], pad_id: int) -> tup
 
 def answer_loss(model, feats: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy on answer tokens; feats: vision features ``(B, T, vision hidden)``."""
-    emb = embed_prompts(model, ids, model.model.multi_modal_projector(feats))
+    return projected_answer_loss(model, model.model.multi_modal_projector(feats), ids, labels)
+
+
+def projected_answer_loss(model, image_embeds: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`answer_loss` given the projected image features ``(B, T, text hidden)`` (e.g. with a gradient
+    through the vision tower, which :func:`vision_features` does not keep)."""
+    emb = embed_prompts(model, ids, image_embeds)
     logits = model(inputs_embeds=emb).logits
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                            ignore_index=-100)
