@@ -219,8 +219,9 @@ REPORT_TIMING_KEYS = frozenset({"seconds", "unlearn_seconds", "unlearn_cpu_secon
 
 def cache_embeddings(evaluator: Evaluator, store: GradientStore | None) -> Evaluator:
     """``evaluator.cache()``; with a ``store``, an evaluator whose ``cache`` takes one (``embeddings_in_store``)
-    reads the unedited model's embeddings from it, or computes and stores them."""
-    if store is not None and getattr(evaluator, "embeddings_in_store", False):
+    reads the unedited model's embeddings from it, or computes and stores them. Not in a data-parallel run: each
+    process embeds its own shard of the pictures, and only rank 0 writes to the store."""
+    if store is not None and getattr(evaluator, "embeddings_in_store", False) and not distributed.active():
         return evaluator.cache(store=store)
     return evaluator.cache()
 

@@ -100,8 +100,11 @@ def test_two_gloo_processes_give_the_single_process_gradients_layer_step_size_an
     assert untimed(r2) == untimed(r1)
     # rank 0 alone wrote: one run folder, one cache entry per gradient, under the single-process keys
     assert sorted(p.name for p in (two / "run").iterdir()) == sorted(p.name for p in (one / "run").iterdir())
-    assert sorted(p.name for p in (two / "cache").iterdir()) == sorted(p.name for p in (one / "cache").iterdir()) \
-        == sorted(f"{g1.meta[loss + '_key']}.safetensors" for loss in ("forget", "retain"))
+    gradient_entries = sorted(f"{g1.meta[loss + '_key']}.safetensors" for loss in ("forget", "retain"))
+    assert sorted(p.name for p in (two / "cache").iterdir()) == gradient_entries
+    # one process also keeps the unedited model's evaluation embeddings (the search's pictures and the report's: two
+    # entries); processes that each embed their own shard of the pictures do not (slug.cache_embeddings)
+    assert len({p.name for p in (one / "cache").iterdir()} - set(gradient_entries)) == 2
 
 
 def test_under_torchrun_an_error_is_said_once(tmp_path):
