@@ -190,11 +190,10 @@ class SDLikeHost(MovedSearchHost):
     forget_text = SDHost.forget_text
 
 
-@pytest.mark.filterwarnings("ignore:the unedited model already has")
-def test_sd_default_search_is_the_generation_search_and_refine_starts_at_the_clip_step(folder, monkeypatch):
+def spy_on_search(monkeypatch) -> list:
+    """Record ``(keyword arguments, result)`` of every ``slug.search_step_size`` call (the list is returned)."""
     import slugkit.slug as slug
 
-    assert SDHost.search == "generation" and Host.search == "clip"  # README: SD searches λ again, LLaVA does not
     calls, real = [], slug.search_step_size
 
     def spy(param, grad, evaluate, target, **kwargs):
@@ -203,6 +202,15 @@ def test_sd_default_search_is_the_generation_search_and_refine_starts_at_the_cli
         return out
 
     monkeypatch.setattr(slug, "search_step_size", spy)
+    return calls
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_sd_default_search_is_the_generation_search_and_refine_starts_at_the_clip_step(folder, monkeypatch):
+    import slugkit.slug as slug
+
+    assert SDHost.search == "generation" and Host.search == "clip"  # README: SD searches λ again, LLaVA does not
+    calls = spy_on_search(monkeypatch)
     clip = hf_adapter()
     options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
     on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", search="clip", forget_text=SDHost.forget_text,
@@ -739,7 +747,6 @@ class SDRecipeHost(MovedSearchHost):
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
 def test_guarded_second_search_keeps_a_margin_over_the_smallest_step_when_the_guard_allows(folder, monkeypatch):
-    import slugkit.slug as slug
     from slugkit.adapters.sd import GUARD_TOLERANCE, GUARDED, RELAXED_THRESHOLD, STEP_MARGIN
 
     # as documented (docs/stable-diffusion.md): the default is the plain generation search, the three rules an option
@@ -747,14 +754,7 @@ def test_guarded_second_search_keeps_a_margin_over_the_smallest_step_when_the_gu
     assert GUARDED == {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN,
                        "relaxed_threshold": RELAXED_THRESHOLD}
     assert (GUARD_TOLERANCE, STEP_MARGIN, RELAXED_THRESHOLD) == (0.08, 1.3, 1 / 16)
-    calls, real = [], slug.search_step_size
-
-    def spy(param, grad, evaluate, target, **kwargs):
-        out = real(param, grad, evaluate, target, **kwargs)
-        calls.append((kwargs, out))
-        return out
-
-    monkeypatch.setattr(slug, "search_step_size", spy)
+    calls = spy_on_search(monkeypatch)
     clip = hf_adapter()
     options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
     on_clip = unlearn_host(TowerHost(clip, "text"), "Captain Zorp", search="clip", forget_text="name", **options)
