@@ -56,6 +56,8 @@ NOT_ON_HOST = {
         "pixel_pgd": "SD generates its pictures: there are no input pixels to perturb",
         "linear_probe": "the patch edits the text encoder; there are no pictures to probe"},
 }
+
+
 def check_host_attacks(host_name: str, attacks=None) -> list[str]:
     """The attack names to run on ``host_name`` (default every one that applies); a one-sentence error for a host
     without attacks, an attack that does not apply to it (and why) or an unknown name."""
@@ -71,6 +73,7 @@ def check_host_attacks(host_name: str, attacks=None) -> list[str]:
             raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
     return names
 
+
 def check_host_patch(host_name: str, patch) -> None:
     """A one-sentence error when ``patch`` does not edit the tower ``host_name`` hosts (checked before it loads)."""
     from ..adapters.llava import LlavaHost
@@ -80,6 +83,7 @@ def check_host_patch(host_name: str, patch) -> None:
     if patch.scope != want.scope:
         raise ValueError(f"{host_name} takes a patch of the CLIP's {want.tower} tower (scope {want.scope!r}, from "
                          f"`slugkit unlearn --model {host_name}`), and this one is scoped to {patch.scope or 'the whole model'!r}")
+
 
 def run_host_attacks(host_name: str, host, patch, data: AttackData, attacks=None, budgets: str | dict = "default",
                      progress: bool = True) -> dict:
@@ -97,5 +101,6 @@ def run_host_attacks(host_name: str, host, patch, data: AttackData, attacks=None
         finally:
             host.revert(patch)
     return combine({"original": original, "edited": edited, "reference": None}, data, names, chosen)
+
 
 __all__ = ["HOST_ATTACKS", "HOST_BUDGETS", "NOT_ON_HOST", "check_host_attacks", "check_host_patch", "run_host_attacks"]
