@@ -76,16 +76,20 @@ def main(argv=None) -> int:
                    help="how lambda is searched (default: the host's own, generation)")
     p.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="what the forget gradient pairs the forget pictures with (default: the host's, the name)")
-    p.add_argument("--guarded", action="store_true",
-                   help="the second search with issue 25's three rules, an option: retain guard, step margin and "
-                        "relaxed stop rule (SDHost(**GUARDED))")
+    recipe = p.add_mutually_exclusive_group()
+    recipe.add_argument("--guarded", action="store_true",
+                        help="the default with issue 25's two other rules, an option: retain guard and relaxed stop "
+                             "rule (SDHost(**GUARDED))")
+    recipe.add_argument("--plain", action="store_true",
+                        help="the default before issue 25's recipe: the generation search along the plain forget "
+                             "gradient, no step margin (SDHost(**PLAIN))")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-ceiling", action="store_true",
                    help="skip the judge's test accuracy and the VAE round-trip ceiling (only the SLUG runs)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from slugkit.adapters.sd import GUARDED, load_toy_sd
+    from slugkit.adapters.sd import GUARDED, PLAIN, load_toy_sd
     from slugkit.data.minicanvas import cached_split
     from slugkit.models import judge as judge_mod
     from slugkit.models import toy_sd
@@ -93,11 +97,13 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    host = load_toy_sd(seeds=tuple(range(args.seeds)), **(GUARDED if args.guarded else {}))
+    host = load_toy_sd(seeds=tuple(range(args.seeds)), **(GUARDED if args.guarded else {}),
+                       **(PLAIN if args.plain else {}))
     summary = {"seeds": args.seeds, "steps": host.steps, "guidance": host.guidance,
                "search": args.search or host.search, "forget_text": args.forget_text or host.forget_text,
                "guard_tolerance": host.guard_tolerance, "step_margin": host.step_margin,
-               "relaxed_threshold": host.relaxed_threshold, "threads": args.threads,
+               "relaxed_threshold": host.relaxed_threshold, "project_others": host.project_others,
+               "threads": args.threads,
                "load_average_start": os.getloadavg()}
     if not args.no_ceiling:
         judge = judge_mod.load_judge()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -755,8 +756,8 @@ def resolve_host_recipe(host: Host, preset: str | None, given: dict) -> tuple[st
 def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, preset: str | None = None,
                  search: str | None = None, forget_text: str | None = None, policy: str | None = None,
                  tower: str | None = None, candidates: str | None = None, target: Target | None = None,
-                 max_evals: int | None = None, rtol: float | None = None, data=None,
-                 classes: Sequence[str] | None = None, seed: int = 0, progress: bool = True,
+                 max_evals: int | None = None, rtol: float | None = None, project_others: bool | None = None,
+                 data=None, classes: Sequence[str] | None = None, seed: int = 0, progress: bool = True,
                  **kwargs) -> UnlearnResult:
     """SLUG on a model that embeds a CLIP tower (Stable Diffusion, LLaVA).
 
@@ -779,9 +780,10 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
       searches its lambda on the host's outputs only (the authors' LLaVA code).
     - ``forget_text`` (default ``host.forget_text``): "captions" computes the forget gradient on the forget
       pictures' own captions, "name" pairs every forget picture with the concept's bare name instead.
-    - A recipe with ``project_others`` (LLaVA's "orthogonal") also computes the forget gradients of
-      ``host.other_concepts(concept)`` (each on its own pictures, paired as the concept's are) and edits along the
-      forget gradient minus its projection on their span (``unlearn(project_off=...)``).
+    - ``project_others`` (default: the recipe's, else ``host.project_others``: True for Stable Diffusion; LLaVA's
+      "orthogonal" and "guarded" recipes) also computes the forget gradients of ``host.other_concepts(concept)``
+      (each on its own pictures, paired as the concept's are) and edits along the forget gradient minus its
+      projection on their span (``unlearn(project_off=...)``).
     - A recipe's ``max_layers``, ``fallback`` and ``guard_stop`` go to :func:`unlearn` (LLaVA's "guarded": a walk of
       two layers with a retain and VQA guard on the search pictures).
 
@@ -789,7 +791,7 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
     """
     host.check_concept(concept)  # before loading anything: a concept the host cannot measure fails at once
     given = dict(search=search, forget_text=forget_text, policy=policy, tower=tower, candidates=candidates,
-                 target=target, max_evals=max_evals, rtol=rtol)
+                 target=target, max_evals=max_evals, rtol=rtol, project_others=project_others)
     recipe, settings = resolve_host_recipe(host, preset, given)
     if recipe is not None:
         kwargs["preset"] = "slugkit"  # the recipe sets everything a CLIP preset would
@@ -798,7 +800,8 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
     search = settings.pop("search") or host.search
     forget_text = settings.pop("forget_text") or host.forget_text
     search_options = settings.pop("search_options", None) or {}
-    project_others = settings.pop("project_others", False)
+    project_others = settings.pop("project_others")
+    project_others = host.project_others if project_others is None else bool(project_others)
     settings = {k: v for k, v in settings.items() if v is not None}
     settings.setdefault("tower", host.tower)  # only the host's tower has candidates ("deepest" needs it named)
     if search not in SEARCHES:
@@ -818,11 +821,20 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
     if forget_text == "name":
         task = task.with_forget_caption(task.concept)
     if project_others:  # the other concepts' tasks, their forget pictures paired as the concept's are
-        kwargs["project_off"] = []
+        kwargs["project_off"], unseen = [], []
         for other in host.other_concepts(task.concept):
             known = None if data is None else [c for c in [task.concept, *(classes or [])] if c != other]
-            o = make_task(clip, other, data, known, seed)
+            try:
+                o = make_task(clip, other, data, known, seed)
+            except ValueError:  # your data has no picture of it (the toy world has pictures of every concept)
+                if data is None:
+                    raise
+                unseen.append(other)
+                continue
             kwargs["project_off"].append(o.with_forget_caption(o.concept) if forget_text == "name" else o)
+        if unseen:
+            warnings.warn(f"no picture of {', '.join(map(repr, unseen))} in the data: the edit is not kept orthogonal "
+                          f"to {'its' if len(unseen) == 1 else 'their'} forget gradient", stacklevel=2)
     if search != "clip":
         on_host = _HostSearch(host.generation_evaluator(task.concept, clip, **search_options))
         kwargs["search_evaluator" if search == "host" else "step_evaluator"] = on_host

@@ -704,11 +704,42 @@ def test_a_guard_metric_that_could_not_be_measured_guards_nothing():
 
 
 def sd_defaults() -> dict:
-    """SDHost's default second-search settings (its constructor's defaults): guard, step margin, relaxed rule."""
+    """SDHost's default run settings (its constructor's defaults): guard, step margin, relaxed rule, projection."""
     import inspect
 
     params = inspect.signature(SDHost.__init__).parameters
-    return {k: params[k].default for k in ("guard_tolerance", "step_margin", "relaxed_threshold")}
+    return {k: params[k].default for k in ("guard_tolerance", "step_margin", "relaxed_threshold", "project_others")}
+
+
+class OthersSDLikeHost(SDLikeHost):
+    """:class:`SDLikeHost` that names the other concepts it generates, as :meth:`SDHost.other_concepts` does."""
+
+    project_others = SDHost.project_others
+
+    def other_concepts(self, concept):
+        return [n for n in FACE_NAMES if n != concept]
+
+
+@pytest.mark.filterwarnings("ignore:the unedited model already has")
+def test_sd_default_edit_is_orthogonal_to_every_other_concept_and_plain_turns_it_off(folder):
+    """docs/stable-diffusion.md: SD's default run edits along the forget gradient made orthogonal to every other
+    concept's (all attributes), with a step margin; ``PLAIN`` is the earlier default, without either."""
+    from slugkit.adapters.sd import PLAIN, STEP_MARGIN
+
+    assert sd_defaults() == {"guard_tolerance": None, "step_margin": STEP_MARGIN, "relaxed_threshold": None,
+                             "project_others": True}
+    assert SDHost.project_others and not Host.project_others and PLAIN == {"project_others": False, "step_margin": 1.0}
+    sd = object.__new__(SDHost)  # other_concepts reads only the attributes
+    sd.attributes, sd.name = {"object": ["star", "ring"], "style": ["Grid"]}, "toy-sd"
+    assert sd.other_concepts("STAR") == ["ring", "Grid"]
+    clip = hf_adapter()
+    options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
+    radius = 0.05
+    default = unlearn_host(OthersSDLikeHost(clip, "text", radius), "Captain Zorp", **options)
+    assert default.projected_off == FACE_NAMES[1:] and default.status == "ok"
+    plain = unlearn_host(OthersSDLikeHost(clip, "text", radius), "Captain Zorp", project_others=False, **options)
+    assert plain.projected_off == [] and plain.status == "ok"  # (the projection itself: the "orthogonal" test above)
+    assert default.report()["projected_off"] == FACE_NAMES[1:]
 
 
 class SDRecipeHost(MovedSearchHost):
@@ -749,8 +780,8 @@ class SDRecipeHost(MovedSearchHost):
 def test_guarded_second_search_keeps_a_margin_over_the_smallest_step_when_the_guard_allows(folder, monkeypatch):
     from slugkit.adapters.sd import GUARD_TOLERANCE, GUARDED, RELAXED_THRESHOLD, STEP_MARGIN
 
-    # as documented (docs/stable-diffusion.md): the default is the plain generation search, the three rules an option
-    assert sd_defaults() == {"guard_tolerance": None, "step_margin": 1.0, "relaxed_threshold": None}
+    # as documented (docs/stable-diffusion.md): the margin is part of the default, the guard and relaxed rule an option
+    assert (sd_defaults()["guard_tolerance"], sd_defaults()["relaxed_threshold"]) == (None, None)
     assert GUARDED == {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN,
                        "relaxed_threshold": RELAXED_THRESHOLD}
     assert (GUARD_TOLERANCE, STEP_MARGIN, RELAXED_THRESHOLD) == (0.08, 1.3, 1 / 16)
@@ -771,8 +802,9 @@ def test_guarded_second_search_keeps_a_margin_over_the_smallest_step_when_the_gu
     g_norm = float(result.gradients.forget[result.layer].norm())
     assert radius * STEP_MARGIN <= result.step_size * g_norm <= radius * 1.1 * STEP_MARGIN
     assert host.guard_calls == 2  # the unedited host, then the margin step
-    # without a margin (SD's default settings): the smallest step that met it (what the margin step is measured against)
-    bare = unlearn_host(SDRecipeHost(clip, radius, **sd_defaults()), "Captain Zorp", **options)
+    # without a margin or guard: the smallest step that met it (what the margin step is measured against)
+    bare = unlearn_host(SDRecipeHost(clip, radius, guard_tolerance=None, step_margin=1.0, relaxed_threshold=None),
+                        "Captain Zorp", **options)
     assert radius <= bare.step_size * g_norm <= radius * 1.1 and bare.step_size == pytest.approx(smallest)
     # the margin step damages the neighbours: refused, and the smallest step (which does not) is kept
     damaged = SDRecipeHost(clip, radius, damage=radius * 1.2)

@@ -78,6 +78,9 @@ class Host(ABC):
     max_block: int | None = None  # deepest 0-based block of ``tower`` whose edit reaches the host's output
     forget_text: str = "captions"  # what the forget gradient pairs each forget picture with, one of FORGET_TEXTS
     search: str = "clip"  # unlearn_host's default step-size search (without a recipe), one of SEARCHES
+    # Without a recipe: whether unlearn_host edits along the forget gradient made orthogonal to the forget gradients
+    # of ``other_concepts`` (as a recipe's ``project_others``); one more forget gradient per other concept
+    project_others: bool = False
     # Named recipes (``unlearn_host(preset=NAME)``); empty: ``preset`` keeps its CLIP meaning (see slug.PRESETS)
     presets: dict[str, HostRecipe] = {}
     default_preset: str | None = None  # the recipe used when no preset is named (a key of ``presets``)

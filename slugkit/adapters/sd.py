@@ -38,18 +38,21 @@ SEARCH_SEEDS = tuple(range(100, 116))  # --search refine/generation: seeds of th
 GUARD_SEEDS = (100, 101)
 CROSS_GUARD_SEEDS = (100,)
 GUARD_TOLERANCE = 0.08
-# The second search's step margin (slugkit's own): the smallest lambda that clears the 16 search pictures sits on the
-# edge, and a report picture on the wrong side of it keeps the concept (diamond, Ada Thistle: UA 67% and 33%); the
-# search returns STEP_MARGIN x that lambda when it clears the search pictures and the guard too, else the lambda.
+# The second search's step margin (slugkit's own, part of the default since issue 25): the smallest lambda that clears
+# the 16 search pictures sits on the edge, and a report picture on the wrong side of it keeps the concept (diamond,
+# Ada Thistle: UA 67% and 33%); the search returns STEP_MARGIN x that lambda when it clears the search pictures (and
+# the guard, when there is one) too, else the lambda.
 STEP_MARGIN = 1.3
 # The relaxed stop rule (slugkit's own): when no step of the second search leaves 0 of the 16 search pictures as the
 # concept, the closest one is accepted if it leaves at most RELAXED_THRESHOLD of them (1 of 16) and passes the guard;
 # report.json says so in "relaxed_target". A step that reached 0 but broke the guard is never relaxed.
 RELAXED_THRESHOLD = 1 / 16
-# The three rules together: the guarded second search of issue 25 (load_toy_sd(**GUARDED), scripts/bench_sd.py --guarded).
-# Not the default: measured on 8 concepts only (docs/stable-diffusion.md); where the first layer is refused it costs
-# two to three times the pictures of the plain search.
+# The guard and the relaxed rule over the default: the guarded second search of issue 25 (load_toy_sd(**GUARDED),
+# scripts/bench_sd.py --guarded). Not the default: no better on the bar over every object and style, and where the
+# first layer is refused it costs two to three times the pictures (docs/stable-diffusion.md).
 GUARDED = {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN, "relaxed_threshold": RELAXED_THRESHOLD}
+# The search of the default before issue 25's recipe (the generation search alone): scripts/bench_sd.py --plain.
+PLAIN = {"project_others": False, "step_margin": 1.0}
 
 # real pipelines by name -> the CLIP whose text tower they embed (loadable by slugkit.models.loading.load_clip)
 MATCHING_CLIP = {
@@ -129,9 +132,12 @@ class SDHost(Host):
     ``attributes``: ``{attribute: class names}`` of the concepts generated and judged; ``judge``: an object
     with ``labels(images)`` and ``features(images)`` (:class:`MiniCanvasJudge`, :class:`CLIPJudge`).
     Generation: ``steps`` DDIM steps, classifier-free ``guidance``, one picture per seed in ``seeds``.
-    The second search's optional rules (slugkit's own, see the constants above; :data:`GUARDED` sets all three):
-    ``guard_tolerance`` (the retain guard, None: off), ``step_margin`` (1: none) and ``relaxed_threshold`` (None: the
-    stop rule only).
+    The default run (slugkit's departures from the authors, who search lambda on the CLIP along the plain forget
+    gradient): ``project_others`` edits along the forget gradient made orthogonal to every other concept's (of
+    ``attributes``; :meth:`other_concepts`), and the second search returns ``step_margin`` (:data:`STEP_MARGIN`) x its
+    step when that also clears the search pictures. :data:`PLAIN` turns both off. Optional rules (see the constants
+    above; :data:`GUARDED` sets them): ``guard_tolerance`` (the retain guard, None: off) and ``relaxed_threshold``
+    (None: the stop rule only).
     """
 
     tower = "text"
@@ -143,13 +149,16 @@ class SDHost(Host):
     # The step size the pipeline needs is not the CLIP's (README, "Three ways to choose λ"): the default searches the
     # chosen layer's λ again on judged generations of SEARCH_SEEDS (slugkit's departure; "clip" is the authors').
     search = "generation"
+    # The edit along the forget gradient made orthogonal to every other concept's (slugkit's departure, issue 25): the
+    # neighbours the plain direction took with it (IRA, CRA) keep their pictures; one forget gradient per concept.
+    project_others = True
 
     def __init__(self, pipe, judge, attributes: Mapping[str, Sequence[str]], name: str = "toy-sd",
                  clip_name: str = "toy-clip-hf", seeds: Sequence[int] = DEFAULT_SEEDS, steps: int = 10,
                  guidance: float = 5.0, batch_size: int = 64, templates: Mapping[str, str] = DEFAULT_PROMPTS,
                  size: int | None = None, max_block: int | None = None,
-                 guard_tolerance: float | None = None, step_margin: float = 1.0,
-                 relaxed_threshold: float | None = None):
+                 guard_tolerance: float | None = None, step_margin: float = STEP_MARGIN,
+                 relaxed_threshold: float | None = None, project_others: bool = True):
         if not seeds:
             raise ValueError("seeds must list at least one seed (one generated picture per seed and prompt)")
         self.pipe, self.judge, self.attributes = pipe, judge, {a: list(n) for a, n in attributes.items()}
@@ -166,6 +175,7 @@ class SDHost(Host):
         if relaxed_threshold is not None and not 0 <= relaxed_threshold < 1:
             raise ValueError(f"relaxed_threshold must be in [0, 1) or None (the stop rule only), got {relaxed_threshold}")
         self.step_margin, self.relaxed_threshold = float(step_margin), relaxed_threshold
+        self.project_others = bool(project_others)  # the edit orthogonal to the other concepts' forget gradients
         self._unedited = {}  # {cache key: {seed: {prompt: judge label}}} of the unedited pipeline (unedited_labels)
         self._baseline = None  # (accuracy dict, cross-domain features) of the unedited pipeline
 
@@ -185,6 +195,12 @@ class SDHost(Host):
                     return a, n
         listed = "; ".join(f"{a}: {', '.join(n)}" for a, n in self.attributes.items())
         raise ValueError(f"{self.name!r} does not know the concept {name!r}; expected one of {listed}")
+
+    def other_concepts(self, concept: str) -> list[str]:
+        """Every concept this host generates but ``concept``, of every attribute: what the default edit is kept
+        orthogonal to (their judged accuracy is IRA and CRA)."""
+        _, name = self.concept(concept)
+        return [n for names in self.attributes.values() for n in names if n != name]
 
     # ------------------------------------------------------------------ generation
     def initial_latents(self, seeds: Sequence[int]) -> torch.Tensor:
