@@ -68,7 +68,8 @@ def test_batches_only_where_it_can(clip, world):
     assert not ev.batches("visual.transformer.resblocks.5.mlp.c_proj.weight", tower, block)  # not in block 4
     assert not ev.batches("visual.transformer.resblocks.5.mlp.c_proj.weight", tower, 5)  # block 5 not prepared
     assert not ev.batches("visual.transformer.resblocks.4.attn.in_proj_weight", tower, block)  # measured slower
-    assert not ev.batches(TEXT[0], "text", TEXT[2])  # the text tower's block 1 not prepared
+    assert ev.batches(TEXT[0], "text", TEXT[2]) and not ev.batches(TEXT[0], "text", 2)  # text: after cache()
+    assert not ev.batches("transformer.resblocks.1.attn.in_proj_weight", "text", 1)
     weights = clip.parameter(name).detach()[None]
     with pytest.raises(ValueError, match="cannot measure several weights of .* at once"):
         ev.forget_metrics_many("visual.transformer.resblocks.5.mlp.c_proj.weight", weights, tower, block)

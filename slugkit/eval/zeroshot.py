@@ -170,16 +170,10 @@ class ConceptEvaluator:
 
     @torch.no_grad()
     def prepare(self, tower: str, block: int, batch_size: int = 512) -> None:
-        """Cache what enters ``block`` of ``tower`` (call on the unedited model): for the vision tower, every
-        picture's activations, which every evaluation resumes from; for the text tower, those of the attribute's
-        prompts, which only :meth:`forget_metrics_many` uses.
+        """Cache what enters ``block`` of ``tower`` (vision only; call on the unedited model).
 
         ``block`` -1 (a stem parameter such as the patch embedding) caches nothing: an edit there changes
         every block's input, so evaluations recompute the vision tower from pixels."""
-        if tower == "text" and self.adapter.supports_resume("text") and 0 <= block < len(self.adapter.blocks("text")) \
-                and block != self._text_block:
-            tokens = self.adapter.tokenize(zero_shot_prompts(self.attribute))
-            self._text_state, self._text_block = self.adapter.text_state(tokens, block), block
         if tower == "vision" and self.adapter.supports_vision_resume and 0 <= block and block != self._block:
             images = self.world.images[self._mine]
             self._states = [self.adapter.vision_state(self.adapter.preprocess(torch.tensor(images[i:i + batch_size])), block)
@@ -213,11 +207,11 @@ class ConceptEvaluator:
     def batches(self, name: str, edited_tower: str | None, block: int | None) -> bool:
         """Whether :meth:`forget_metrics_many` can measure edits of parameter ``name``, in ``block`` of
         ``edited_tower``: the adapter runs a block with several weights at once, ``name`` is in that block, and
-        :meth:`cache` and :meth:`prepare` (``edited_tower``, ``block``) have run."""
-        if edited_tower not in ("vision", "text") or block is None \
+        :meth:`cache` has run (and, for a vision edit, :meth:`prepare` (``"vision"``, ``block``))."""
+        if edited_tower not in ("vision", "text") or block is None or block < 0 \
                 or not self.adapter.supports_variants(edited_tower, name):
             return False
-        if edited_tower == "text" and not (self._image_emb is not None and block == self._text_block):
+        if edited_tower == "text" and self._image_emb is None:
             return False
         if edited_tower == "vision" and not (self._prompt_emb is not None and block == self._block):
             return False
@@ -231,14 +225,19 @@ class ConceptEvaluator:
         of ``edited_tower``), in one batched pass (the step-size search's doubling phase; see :meth:`batches`):
         the edited block runs once with the K weights side by side (the adapter's ``advance_variants``), the rest
         of the tower once on K times the batch. A text edit re-embeds the attribute's prompts K times against the
-        cached pictures, a vision edit the forgotten pictures from the cached block input against the cached
-        prompts. The parameter's own value is not read (the weights given replace it)."""
+        cached pictures (what enters ``block`` for the prompts is computed at the first call for that block and
+        kept: blocks before the edited one must stay unedited meanwhile, as :meth:`prepare` asks for the vision
+        tower), a vision edit the forgotten pictures from the prepared block input against the cached prompts. The
+        parameter's own value is not read (the weights given replace it)."""
         if not self.batches(name, edited_tower, block):
             raise ValueError(f"cannot measure several weights of {name!r} at once: it must be a parameter of "
                              f"{edited_tower} block {block}, after cache() and prepare({edited_tower!r}, {block})")
         pos, a, k = self._forget_index(), self.attribute, len(weights)
         labels = self.world.labels(a)[self._mine][pos]
         if edited_tower == "text":
+            if self._text_block != block:
+                tokens = self.adapter.tokenize(zero_shot_prompts(a))
+                self._text_state, self._text_block = self.adapter.text_state(tokens, block), block
             prompts = self.adapter.encode_text_from(
                 self.adapter.advance_variants("text", self._text_state, block, name, weights), block + 1)
             image_emb = self._image_emb[torch.from_numpy(pos)]
