@@ -635,9 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"step sizes tried per layer, {MAX_EVALS_MIN}..{MAX_EVALS_MAX} (default 10; each is one "
                    "evaluation; the bracket halves each time)")
     u.add_argument("--search-batch", type=_int_in(MAX_EVALS_MIN, MAX_EVALS_MAX), default=1, metavar="K",
-                   help="step sizes of the search's doubling phase measured per batched pass (default 1: one at a "
-                   "time); the same steps and result either way, and on this project's CPU no faster "
-                   "(docs/measurements.md)")
+                   help="step sizes of the search's doubling phase measured per batched pass on the toy world "
+                   "(default 1: one at a time); the same steps and result either way, and on this project's CPU no "
+                   "faster (docs/measurements.md)")
     u.add_argument("--seed", type=_int_in(SEED_MIN, SEED_MAX), default=0, metavar="N",
                    help=f"random seed, {SEED_MIN}..{SEED_MAX} (default 0): picks the toy world's pictures and "
                    "the retain sample; same seed, same result")
