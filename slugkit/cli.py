@@ -164,12 +164,15 @@ def _unlearn(args, data, writer: bool, device, prof=None) -> int:
     options = dict(data=data, classes=args.classes, policy=args.policy, include=args.include,
                    exclude=args.exclude, tower=args.tower, preset=args.preset, candidates=args.candidates,
                    target=target, max_evals=args.max_evals,
-                   seed=args.seed, batch_size=args.batch_size, retain=args.retain,
+                   seed=args.seed, batch_size=args.batch_size, retain=args.retain, search_batch=args.search_batch,
                    store=None if args.no_cache else _cache_dir() / "gradients", progress=writer)
     if args.no_repair and len(args.forget) == 1:
         raise ValueError("--no-repair applies to several --forget concepts at once; one concept has no retain repair")
     if len(args.forget) > 1:  # several concepts: one layer each, one composed patch (slugkit.multi)
         from .multi import unlearn_many
+
+        if args.search_batch != 1:
+            raise ValueError("--search-batch applies to one --forget concept at a time for now")
 
         if data is not None or is_host_name(args.model) or args.preset not in (None, "slugkit"):
             raise ValueError("several --forget concepts at once work on a toy CLIP (toy-clip, toy-clip-hf) without "
@@ -631,6 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--max-evals", type=_int_in(MAX_EVALS_MIN, MAX_EVALS_MAX), metavar="N",
                    help=f"step sizes tried per layer, {MAX_EVALS_MIN}..{MAX_EVALS_MAX} (default 10; each is one "
                    "evaluation; the bracket halves each time)")
+    u.add_argument("--search-batch", type=_int_in(MAX_EVALS_MIN, MAX_EVALS_MAX), default=1, metavar="K",
+                   help="step sizes of the search's doubling phase measured per batched pass on the toy world "
+                   "(default 1: one at a time); the same steps and result either way, and on this project's CPU no "
+                   "faster (docs/measurements.md)")
     u.add_argument("--seed", type=_int_in(SEED_MIN, SEED_MAX), default=0, metavar="N",
                    help=f"random seed, {SEED_MIN}..{SEED_MAX} (default 0): picks the toy world's pictures and "
                    "the retain sample; same seed, same result")

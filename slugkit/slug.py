@@ -409,7 +409,7 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
             retain: str = "shared", full_trace: bool = False, search_evaluator: Evaluator | None = None,
             step_evaluator: Evaluator | None = None, step_start: str = "rule", step_rtol: float | None = None,
             project_off: Sequence[Task] = (), max_layers: int | None = None, fallback: bool = False,
-            guard_stop: float | None = None, progress: bool = True) -> UnlearnResult:
+            guard_stop: float | None = None, search_batch: int = 1, progress: bool = True) -> UnlearnResult:
     """Run SLUG: forget ``concept`` by editing one layer of ``adapter.model``.
 
     The model is left unchanged; apply ``result.patch`` to edit it. ``policy`` is "pareto" (try every
@@ -447,7 +447,11 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
     - The search measures the forget metric first (on the concept's pictures alone, when the evaluator has
       ``forget_metrics``) and the rest only at step sizes that reach the target: a step that does not reach
       it records its forget metrics alone. ``full_trace=True`` measures everything at every step (for plots
-      of the whole trace); the chosen layer and step size are the same either way.
+      of the whole trace); the chosen layer and step size are the same either way. ``search_batch`` = K > 1
+      measures the doubling phase's forget metrics K step sizes at a time, in one batched pass, where the
+      evaluator can (:meth:`~slugkit.eval.zeroshot.ConceptEvaluator.forget_metrics_many`; other layers and
+      evaluators search one step at a time): the same steps are recorded and the same layer and step size chosen
+      (:func:`search_step_size` ``evaluate_forget_many``).
     - The report's before/after metrics: when the task searches and reports on the same evaluator (user data), they
       are the search's own measurements (its baseline, and the chosen step's metrics: the patch sets the same
       weights), so nothing is evaluated again; otherwise (the toy task reports on held-out test pictures, a host
@@ -569,11 +573,14 @@ def unlearn(adapter: CLIPAdapter, concept: str, *, data: str | ImageTextPairs | 
         with stage(f"search/{name}"):
             t_, b_ = towers[name], int(blocks[name])
             evaluator.prepare(t_, b_)  # model still unedited here
+            many = forget_only and search_batch > 1 and getattr(evaluator, "batches", None) \
+                and evaluator.batches(name, t_, b_) and (lambda w: evaluator.forget_metrics_many(name, w, t_, b_))
             searches.append(search_step_size(
                 adapter.parameter(name), direction[name], lambda: evaluator(edited_tower=t_, block=b_), target,
                 max_evals=max_evals, layer_name=name, rtol=rtol, progress=progress, baseline=baseline,
                 evaluate_forget=forget_only and (lambda: forget_only(edited_tower=t_, block=b_)),
-                stop_on_guard=guard_stop if walk_on_guard else None))
+                stop_on_guard=guard_stop if walk_on_guard else None, evaluate_forget_many=many or None,
+                batch=search_batch))
         if policy in STOP_AT_FIRST_MET and searches[-1].status == "ok":
             break  # the first layer in the policy's order whose step size met the target
     timings["step_size_search"] = round(time.perf_counter() - t, 2)

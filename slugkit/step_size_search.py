@@ -147,6 +147,7 @@ class SearchResult:
     baseline: dict
     status: str
     trace: list[SearchStep] = field(default_factory=list)
+    unused_lambdas: list[float] = field(default_factory=list)  # batched doubling points the search never needed
 
     @property
     def last_lambda(self) -> float | None:
@@ -177,7 +178,7 @@ class SearchResult:
         return to_jsonable({
             "layer": self.layer, "lambda0": self.lambda0, "best_lambda": self.best_lambda,
             "best_metrics": self.best_metrics, "baseline": self.baseline, "status": self.status,
-            "last_lambda": self.last_lambda, "last_met": self.last_met,
+            "last_lambda": self.last_lambda, "last_met": self.last_met, "unused_lambdas": self.unused_lambdas,
             "trace": [{"step": s.step, "lam": s.lam, "metrics": s.metrics, "reached": s.reached,
                        "met": s.met, "seconds": s.seconds} for s in self.trace],
         })  # fmt: skip
@@ -213,11 +214,16 @@ def _check(param: torch.Tensor, grad: torch.Tensor, layer_name: str) -> None:
         raise ValueError(f"gradient of {label} is all zero: a step along it changes nothing")
 
 
-def _set(param: torch.Tensor, original: torch.Tensor, grad: torch.Tensor, lam: float) -> None:
-    # Computed in fp32 at least, then cast, so low-precision weights get one rounding only.
+def _stepped(original: torch.Tensor, grad: torch.Tensor, lam: float) -> torch.Tensor:
+    """``original + lam * grad`` in ``original``'s dtype: computed in fp32 at least, then cast, so low-precision
+    weights get one rounding only."""
     dtype = torch.promote_types(original.dtype, torch.float32)
+    return (original.to(dtype) + lam * grad.to(dtype)).to(original.dtype)
+
+
+def _set(param: torch.Tensor, original: torch.Tensor, grad: torch.Tensor, lam: float) -> None:
     with torch.no_grad():
-        param.copy_((original.to(dtype) + lam * grad.to(dtype)).to(param.dtype))
+        param.copy_(_stepped(original, grad, lam))
 
 
 @contextmanager
@@ -248,6 +254,8 @@ def search_step_size(
     evaluate_guard: Callable[[], dict[str, float]] | None = None,
     stop_on_guard: float | None = None,
     margin: float = 1.0,
+    evaluate_forget_many: Callable[[torch.Tensor], Sequence[dict[str, float]]] | None = None,
+    batch: int = 1,
 ) -> SearchResult:
     """Binary search of ``lambda > 0`` for the update ``param <- theta + lambda * grad``.
 
@@ -286,6 +294,18 @@ def search_step_size(
     its step, ``margin`` times it is evaluated too (one more trace step) and returned instead when it also meets
     the target (with the guard, if any, measured there first); otherwise the step itself is (guard measured on it
     then). The smallest step that cleared the sample sits on its edge, and other samples fall on both sides of it.
+
+    ``evaluate_forget_many(weights)`` with ``batch`` = K > 1 (slugkit's own, for time): the doubling phase measures
+    its next K points (lam, 2 lam, 4 lam, ...) in one call. ``weights`` is ``(K, *param.shape)``, the layer's
+    weights at each of them (``param`` itself holds the original weights during the call); it returns the
+    ``evaluate_forget()`` metrics of each, in order. The search then goes on exactly as the sequential one: it
+    records a batched point as a step only when it gets there (so the trace, the bracket, ``best_lambda`` and the
+    status are those of the sequential search), and the points past the first that reached the target are never
+    recorded: they are listed in ``result.unused_lambdas`` (at most K - 1 per search, the price of the batch;
+    bisection never asks for them, as they lie above the bracket). A batch never holds a point beyond
+    ``max_evals`` steps. A batched step's ``seconds`` is its share of the batch's time (plus its full
+    evaluation, if it reached the target). Needs ``evaluate_forget`` (bisection's single steps); without
+    ``evaluate_forget_many``, ``batch`` changes nothing.
     """
     _check(param, grad, layer_name)
     for given, name in ((evaluate_guard, "evaluate_guard"), (stop_on_guard, "stop_on_guard")):
@@ -300,6 +320,11 @@ def search_step_size(
         raise ValueError(f"rtol must be >= 0, got {rtol}")
     if not (math.isfinite(margin) and margin >= 1):
         raise ValueError(f"margin must be a finite number >= 1, got {margin}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a whole number >= 1 (the step sizes measured per call), got {batch!r}")
+    if evaluate_forget_many is not None and evaluate_forget is None:
+        raise ValueError("evaluate_forget_many needs evaluate_forget too (the same metrics for bisection's single "
+                         "steps)")
     original = param.detach().clone()
     grad = grad.detach().to(param.device)
     if lambda0 is None:
@@ -321,18 +346,38 @@ def search_step_size(
             )  # fmt: skip
         lo, hi = 0.0, None
         lam = float(lambda0)
+        batched: dict[float, tuple[dict, float]] = {}  # lam -> (forget metrics, seconds) measured ahead in a batch
+
+        def measure_ahead(step: int, lam: float) -> None:
+            """The forget metrics of the next doubling points from ``lam``, in one call (none past ``max_evals``)."""
+            lams = [lam]
+            while len(lams) < min(batch, max_evals - step):
+                lams.append(2 * lams[-1])
+            with torch.no_grad():
+                param.copy_(original)
+            t = time.perf_counter()
+            weights = torch.stack([_stepped(original, grad, x) for x in lams])
+            found = list(evaluate_forget_many(weights))
+            if len(found) != len(lams):
+                raise ValueError(f"evaluate_forget_many returned {len(found)} results for {len(lams)} step sizes")
+            seconds = (time.perf_counter() - t) / len(lams)
+            batched.update((x, (dict(m), seconds)) for x, m in zip(lams, found))
 
         def measure(step: int, lam: float) -> SearchStep:
             _set(param, original, grad, lam)
             t = time.perf_counter()
-            metrics = dict(evaluate_forget()) if evaluate_forget is not None else {}
+            metrics, ahead = batched.pop(lam, (None, 0.0))
+            if metrics is None:
+                metrics = dict(evaluate_forget()) if evaluate_forget is not None else {}
             if evaluate_forget is None or target.reached(metrics):
                 metrics = dict(evaluate())
             reached = target.reached(metrics)
             met = reached if evaluate_guard is not None else target.met(metrics, baseline)
-            return SearchStep(step, lam, metrics, reached, met, time.perf_counter() - t)
+            return SearchStep(step, lam, metrics, reached, met, ahead + time.perf_counter() - t)
 
         for step in tqdm(range(max_evals), desc=f"step size {layer_name}".strip(), leave=False, disable=not progress):
+            if evaluate_forget_many is not None and batch > 1 and hi is None and lam not in batched:
+                measure_ahead(step, lam)
             trace.append(measure(step, lam))
             last = trace[-1]
             if stop_on_guard is not None and not last.reached and all(m in last.metrics for m in target.guards) \
@@ -370,6 +415,7 @@ def search_step_size(
         with torch.no_grad():
             param.copy_(original)
 
+    unused = sorted(batched)
     if best is not None:
-        return SearchResult(layer_name, float(lambda0), best.lam, best.metrics, baseline, "ok", trace)
-    return SearchResult(layer_name, float(lambda0), None, None, baseline, "target-not-reached", trace)
+        return SearchResult(layer_name, float(lambda0), best.lam, best.metrics, baseline, "ok", trace, unused)
+    return SearchResult(layer_name, float(lambda0), None, None, baseline, "target-not-reached", trace, unused)

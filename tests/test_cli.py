@@ -53,6 +53,13 @@ def test_unknown_model_and_concept_give_one_line_errors(capsys):
     code, _, err = run_cli(capsys, "unlearn", "--model", "toy-clip", "--forget", "Captain Zorp", "--out", "unused",
                            "--no-repair")
     assert code == 2 and "--no-repair applies to several --forget concepts" in err
+    with pytest.raises(SystemExit) as stop:  # argparse's own check
+        main(["unlearn", "--model", "toy-clip", "--forget", "Captain Zorp", "--out", "unused", "--search-batch", "0"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --search-batch: expected an integer in 1..100, got 0" in err
+    code, _, err = run_cli(capsys, "unlearn", "--model", "toy-clip", "--forget", "Captain Zorp", "--forget",
+                           "Mira Quell", "--out", "unused", "--search-batch", "4")
+    assert code == 2 and "--search-batch applies to one --forget concept at a time" in err
 
 
 def test_python_dash_m_entry_point():

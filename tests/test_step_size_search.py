@@ -331,3 +331,118 @@ def test_stop_on_guard_ends_a_search_whose_unreached_step_is_far_past_the_guard(
     assert torch.equal(param.detach(), torch.ones(4))
     with pytest.raises(ValueError, match="stop_on_guard needs a target with a guard"):
         search_step_size(param, grad, evaluate, Target("forget_top1"), progress=False, stop_on_guard=2.0)
+
+
+class Batched:
+    """A fake on a one-number parameter (``theta = 0``, ``g = 1``, so the weight is lambda itself) whose forget metric
+    is a known function of lambda, with a forget-only shortcut and its batched form; it logs every lambda it
+    measures, and how."""
+
+    def __init__(self, param, forget):
+        self.param, self.forget = param, forget
+        self.single, self.batches, self.full = [], [], []
+
+    def __call__(self):
+        lam = self.param.item()
+        self.full.append(lam)
+        return {"forget_top5": self.forget(lam), "retain_top1": 1 / (1 + lam), "utility": 1 - lam / (50 + lam)}
+
+    def forget_metrics(self):
+        self.single.append(self.param.item())
+        return {"forget_top5": self.forget(self.param.item())}
+
+    def forget_many(self, weights):
+        assert weights.shape[1:] == self.param.shape and self.param.item() == 0.0  # the original weights meanwhile
+        lams = weights.reshape(len(weights)).tolist()
+        self.batches.append(lams)
+        return [{"forget_top5": self.forget(lam)} for lam in lams]
+
+
+def _scalar():
+    return torch.nn.Parameter(torch.zeros(1)), torch.ones(1)
+
+
+FORGET = {
+    "step at 5.3": lambda lam: 0.0 if lam >= 5.3 else 0.6,
+    "never reached": lambda lam: 0.4,
+    "reached at once": lambda lam: 0.0,
+    # reached on [4, 6) and from 20 on, not between: doubling from 1 brackets [2, 4]; a batch of 4 also measures 8
+    "non-monotone": lambda lam: 0.0 if 4 <= lam < 6 or lam >= 20 else 0.5,
+}
+
+
+@pytest.mark.parametrize("batch", [2, 4])
+@pytest.mark.parametrize("name", list(FORGET))
+def test_the_batched_search_returns_the_same_point_and_trace_as_the_sequential_one(name, batch):
+    for max_evals in (1, 2, 3, 5, 8):
+        for rtol in (0.0, 0.05):
+            param, grad = _scalar()
+            seq_ev, bat_ev = Batched(param, FORGET[name]), Batched(param, FORGET[name])
+            kw = dict(lambda0=1.0, max_evals=max_evals, rtol=rtol, baseline={"forget_top5": 1.0, "retain_top1": 1.0,
+                                                                              "utility": 1.0})
+            seq = search_step_size(param, grad, seq_ev, evaluate_forget=seq_ev.forget_metrics, **kw)
+            bat = search_step_size(param, grad, bat_ev, evaluate_forget=bat_ev.forget_metrics,
+                                   evaluate_forget_many=bat_ev.forget_many, batch=batch, **kw)
+            assert [s.lam for s in bat.trace] == [s.lam for s in seq.trace]
+            assert [(s.step, s.metrics, s.reached, s.met) for s in bat.trace] == \
+                [(s.step, s.metrics, s.reached, s.met) for s in seq.trace]
+            assert (bat.status, bat.best_lambda, bat.best_metrics) == (seq.status, seq.best_lambda, seq.best_metrics)
+            assert bat_ev.full == seq_ev.full  # the full evaluations: at the same reached steps
+            assert seq.unused_lambdas == [] and param.item() == 0.0
+            # every doubling step came from a batch of doubling points, none past max_evals; the rest were single
+            measured = [lam for b in bat_ev.batches for lam in b]
+            assert all(b == [b[0] * 2 ** i for i in range(len(b))] and len(b) <= batch for b in bat_ev.batches)
+            assert len(measured) == len(set(measured)) and len(measured) <= max_evals
+            first_reached = next((i for i, s in enumerate(seq.trace) if s.reached), len(seq.trace) - 1)
+            doubling = [s.lam for s in seq.trace[:first_reached + 1]]
+            assert measured[:len(doubling)] == doubling
+            assert bat.unused_lambdas == measured[len(doubling):]
+            assert all(lam > max(doubling) for lam in bat.unused_lambdas) and len(bat.unused_lambdas) < batch
+            assert bat_ev.single == [s.lam for s in seq.trace[first_reached + 1:]]
+
+
+def test_the_batched_search_on_a_non_monotone_fake_matches_the_sequential_one_on_many_seeds():
+    for trial in range(30):
+        for batch in (2, 4):
+            param, grad = _setup(seed=trial)
+            seq_ev, bat_ev = NonMonotone(param, grad, trial), NonMonotone(param, grad, trial)
+            calls = []
+
+            def many(weights):
+                calls.append(len(weights))
+                with torch.no_grad():
+                    original = param.detach().clone()
+                    out = []
+                    for w in weights:  # the fake reads lambda from the parameter
+                        param.copy_(w)
+                        out.append(bat_ev.forget_metrics())
+                    param.copy_(original)
+                return out
+
+            kw = dict(max_evals=8, rtol=0.05 if trial % 2 else 0.0)
+            seq = search_step_size(param, grad, seq_ev, evaluate_forget=seq_ev.forget_metrics, **kw)
+            bat = search_step_size(param, grad, bat_ev, baseline=seq.baseline, evaluate_forget=bat_ev.forget_metrics,
+                                   evaluate_forget_many=many, batch=batch, **kw)
+            assert [(s.lam, s.metrics, s.reached) for s in bat.trace] == [(s.lam, s.metrics, s.reached)
+                                                                        for s in seq.trace]
+            assert (bat.status, bat.best_lambda, bat.best_metrics) == (seq.status, seq.best_lambda, seq.best_metrics)
+            assert calls and all(1 <= n <= batch for n in calls)
+
+
+def test_batch_must_be_a_whole_number_of_at_least_one_and_needs_evaluate_forget():
+    param, grad = _scalar()
+    ev = Batched(param, FORGET["step at 5.3"])
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="batch must be a whole number >= 1"):
+            search_step_size(param, grad, ev, evaluate_forget=ev.forget_metrics, evaluate_forget_many=ev.forget_many,
+                             batch=bad)
+    with pytest.raises(ValueError, match="evaluate_forget_many needs evaluate_forget"):
+        search_step_size(param, grad, ev, evaluate_forget_many=ev.forget_many, batch=2)
+
+    def short(weights):
+        return ev.forget_many(weights)[:-1]
+
+    with pytest.raises(ValueError, match="returned 1 results for 2 step sizes"):
+        search_step_size(param, grad, ev, evaluate_forget=ev.forget_metrics, evaluate_forget_many=short, batch=2,
+                         lambda0=1.0)
+    assert param.item() == 0.0

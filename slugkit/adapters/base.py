@@ -167,6 +167,18 @@ class CLIPAdapter(ABC):
         """Finish the text tower from :meth:`text_state` output: L2-normalised ``(B, D)``."""
         raise NotImplementedError(f"{type(self).__name__} cannot resume its text tower")
 
+    def advance_variants(self, tower: str, state, block: int, name: str, weights: torch.Tensor):
+        """What enters block ``block + 1`` of ``tower`` when ``state`` (what enters ``block``: :meth:`vision_state` or
+        :meth:`text_state` output) runs through ``block`` once for each of K values ``weights`` ``(K, *shape)`` of its
+        parameter ``name``, in one batched call: a state of K times the batch, variant by variant, that
+        :meth:`encode_image_from` / :meth:`encode_text_from` finish from ``block + 1``. For the step-size search's
+        batched doubling phase (see :meth:`supports_variants`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run a block with several weights at once")
+
+    def supports_variants(self, tower: str, name: str) -> bool:
+        """Whether :meth:`advance_variants` works (and pays) for parameter ``name`` of ``tower``."""
+        return False
+
     def supports_resume(self, tower: str) -> bool:
         """Whether ``tower`` ("vision" or "text") can be resumed from a cached block input."""
         if tower not in TOWERS:

@@ -260,14 +260,45 @@ class OpenCLIPAdapter(CLIPAdapter):
             pooled = pooled @ v.proj
         return F.normalize(pooled, dim=-1)
 
-    def _text_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def _text_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The causal mask for the positions ``x`` holds (fewer than the context after :meth:`_trim`)."""
         mask = self.model.attn_mask
-        if mask is not None:  # the positions ``x`` holds (fewer than the context after :meth:`_trim`)
+        if mask is not None:
             n = x.shape[1 if self.model.transformer.batch_first else 0]
             mask = mask[..., :n, :n]
+        return mask
+
+    def _text_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        mask = self._text_mask(x)
         for blk in self.model.transformer.resblocks[start:stop]:
             x = blk(x, attn_mask=mask)
         return x
+
+    def supports_variants(self, tower: str, name: str) -> bool:
+        """Any parameter of a resumable tower except the attention's input projection (``in_proj_weight``/``_bias``):
+        with q, k and v different per weight, ``torch.vmap`` has no batching rule for CPU attention and runs the K
+        of them one by one, which measured slower than K sequential evaluations (docs/measurements.md)."""
+        return self.supports_resume(tower) and not name.rsplit(".", 1)[-1].startswith("in_proj")
+
+    def advance_variants(self, tower: str, state, block: int, name: str, weights: torch.Tensor):
+        """See :meth:`CLIPAdapter.advance_variants`: ``block`` runs under ``torch.vmap`` over the K weights
+        (``torch.func.functional_call``), and the K outputs are laid side by side along the batch."""
+        from torch.func import functional_call, vmap
+
+        if not self.supports_resume(tower):
+            raise ValueError(f"this open_clip model's {tower} tower cannot be resumed from a block")
+        self._check_block(block, tower)
+        blk = self.blocks(tower)[block]
+        param = self.parameter(name)
+        local = next((n for n, p in blk.named_parameters() if p is param), None)
+        if local is None:
+            raise ValueError(f"{name!r} is not a parameter of {tower} block {block}")
+        x, rest = (state, None) if tower == "vision" else state
+        kwargs = {} if tower == "vision" else {"attn_mask": self._text_mask(x)}
+        out = vmap(lambda w: functional_call(blk, {local: w}, (x,), kwargs))(weights.to(param.dtype))
+        batch_dim = 0 if self.blocks_batch_first(tower) else 1
+        out = out.movedim(0, batch_dim).flatten(batch_dim, batch_dim + 1)  # (..., K * B, ...), variant-major
+        return out if tower == "vision" else (out, rest.repeat(len(weights), *[1] * (rest.dim() - 1)))
 
     def text_state(self, tokens: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(residual stream entering text block `block`, token ids)``; the steps of ``CLIP.encode_text``."""

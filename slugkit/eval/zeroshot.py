@@ -121,6 +121,8 @@ class ConceptEvaluator:
         self._states: list[torch.Tensor] = []
         self._mine = distributed.shard(len(world))  # this process's pictures (all of them in one process)
         self._forget_states: list[torch.Tensor] = []  # the same, for the forgotten class(es)' pictures alone
+        self._text_block: int | None = None  # text block whose input is cached for the attribute's prompts
+        self._text_state = None
 
     def _embed_images(self) -> torch.Tensor:
         """Image embeddings with the current model, resumed from the prepared block when there is one."""
@@ -201,6 +203,53 @@ class ConceptEvaluator:
         labels = self.world.labels(a)[self._mine][pos]
         f1, f5, n = distributed.sum_counts({"forget": hit_counts(image_emb, prompts, labels)})["forget"]
         return {"forget_top1": f1 / n if n else float("nan"), "forget_top5": f5 / n if n else float("nan")}
+
+    def batches(self, name: str, edited_tower: str | None, block: int | None) -> bool:
+        """Whether :meth:`forget_metrics_many` can measure edits of parameter ``name``, in ``block`` of
+        ``edited_tower``: the adapter runs a block with several weights at once, ``name`` is in that block, and
+        :meth:`cache` has run (and, for a vision edit, :meth:`prepare` (``"vision"``, ``block``))."""
+        if edited_tower not in ("vision", "text") or block is None or block < 0 \
+                or not self.adapter.supports_variants(edited_tower, name):
+            return False
+        if edited_tower == "text" and self._image_emb is None:
+            return False
+        if edited_tower == "vision" and not (self._prompt_emb is not None and block == self._block):
+            return False
+        param = self.adapter.parameter(name)
+        return any(p is param for p in self.adapter.blocks(edited_tower)[block].parameters())
+
+    @torch.no_grad()
+    def forget_metrics_many(self, name: str, weights: torch.Tensor, edited_tower: str,
+                            block: int) -> list[dict[str, float]]:
+        """:meth:`forget_metrics` for each of K values ``weights`` ``(K, *shape)`` of parameter ``name`` (in ``block``
+        of ``edited_tower``), in one batched pass (the step-size search's doubling phase; see :meth:`batches`):
+        the edited block runs once with the K weights side by side (the adapter's ``advance_variants``), the rest
+        of the tower once on K times the batch. A text edit re-embeds the attribute's prompts K times against the
+        cached pictures (what enters ``block`` for the prompts is computed at the first call for that block and
+        kept: blocks before the edited one must stay unedited meanwhile, as :meth:`prepare` asks for the vision
+        tower), a vision edit the forgotten pictures from the prepared block input against the cached prompts. The
+        parameter's own value is not read (the weights given replace it)."""
+        if not self.batches(name, edited_tower, block):
+            raise ValueError(f"cannot measure several weights of {name!r} at once: it must be a parameter of "
+                             f"{edited_tower} block {block}, after cache() and prepare({edited_tower!r}, {block})")
+        pos, a, k = self._forget_index(), self.attribute, len(weights)
+        labels = self.world.labels(a)[self._mine][pos]
+        if edited_tower == "text":
+            if self._text_block != block:
+                tokens = self.adapter.tokenize(zero_shot_prompts(a))
+                self._text_state, self._text_block = self.adapter.text_state(tokens, block), block
+            prompts = self.adapter.encode_text_from(
+                self.adapter.advance_variants("text", self._text_state, block, name, weights), block + 1)
+            image_emb = self._image_emb[torch.from_numpy(pos)]
+            counts = {str(i): hit_counts(image_emb, p, labels) for i, p in enumerate(prompts.chunk(k))}
+        else:
+            parts = [self.adapter.encode_image_from(self.adapter.advance_variants("vision", s, block, name, weights),
+                                                    block + 1).unflatten(0, (k, -1)) for s in self._forget_states]
+            emb = torch.cat(parts, 1) if parts else torch.empty(k, 0, self._prompt_emb[a].shape[1])
+            counts = {str(i): hit_counts(e, self._prompt_emb[a], labels) for i, e in enumerate(emb)}
+        summed = distributed.sum_counts(counts)
+        return [{"forget_top1": f1 / n if n else float("nan"), "forget_top5": f5 / n if n else float("nan")}
+                for f1, f5, n in (summed[str(i)] for i in range(k))]
 
     @torch.no_grad()
     def __call__(self, edited_tower: str | None = None, block: int | None = None) -> dict[str, float]:
