@@ -76,20 +76,17 @@ def main(argv=None) -> int:
                    help="how lambda is searched (default: the host's own, generation)")
     p.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="what the forget gradient pairs the forget pictures with (default: the host's, the name)")
-    recipe = p.add_mutually_exclusive_group()
-    recipe.add_argument("--guarded", action="store_true",
-                        help="the default with issue 25's two other rules, an option: retain guard and relaxed stop "
-                             "rule (SDHost(**GUARDED))")
-    recipe.add_argument("--plain", action="store_true",
-                        help="the default before issue 25's recipe: the generation search along the plain forget "
-                             "gradient, no step margin (SDHost(**PLAIN))")
+    p.add_argument("--recipe", choices=["default", "plain", "margin", "orthogonal", "guarded"], default="default",
+                   help="the SDHost settings (slugkit.adapters.sd.SD_RECIPES): plain = the generation search alone, "
+                        "margin = with the step margin (the default), orthogonal = and the edit orthogonal to every "
+                        "other concept's forget gradient, guarded = the margin with the retain guard and relaxed rule")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-ceiling", action="store_true",
                    help="skip the judge's test accuracy and the VAE round-trip ceiling (only the SLUG runs)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from slugkit.adapters.sd import GUARDED, PLAIN, load_toy_sd
+    from slugkit.adapters.sd import SD_RECIPES, load_toy_sd
     from slugkit.data.minicanvas import cached_split
     from slugkit.models import judge as judge_mod
     from slugkit.models import toy_sd
@@ -97,9 +94,8 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    host = load_toy_sd(seeds=tuple(range(args.seeds)), **(GUARDED if args.guarded else {}),
-                       **(PLAIN if args.plain else {}))
-    summary = {"seeds": args.seeds, "steps": host.steps, "guidance": host.guidance,
+    host = load_toy_sd(seeds=tuple(range(args.seeds)), **SD_RECIPES.get(args.recipe, {}))
+    summary = {"recipe": args.recipe, "seeds": args.seeds, "steps": host.steps, "guidance": host.guidance,
                "search": args.search or host.search, "forget_text": args.forget_text or host.forget_text,
                "guard_tolerance": host.guard_tolerance, "step_margin": host.step_margin,
                "relaxed_threshold": host.relaxed_threshold, "project_others": host.project_others,

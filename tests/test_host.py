@@ -714,32 +714,33 @@ def sd_defaults() -> dict:
 class OthersSDLikeHost(SDLikeHost):
     """:class:`SDLikeHost` that names the other concepts it generates, as :meth:`SDHost.other_concepts` does."""
 
-    project_others = SDHost.project_others
-
     def other_concepts(self, concept):
         return [n for n in FACE_NAMES if n != concept]
 
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
-def test_sd_default_edit_is_orthogonal_to_every_other_concept_and_plain_turns_it_off(folder):
-    """docs/stable-diffusion.md: SD's default run edits along the forget gradient made orthogonal to every other
-    concept's (all attributes), with a step margin; ``PLAIN`` is the earlier default, without either."""
-    from slugkit.adapters.sd import PLAIN, STEP_MARGIN
+def test_sd_recipes_are_the_documented_ones_and_the_orthogonal_option_projects_off_every_other_concept(folder):
+    """docs/stable-diffusion.md: SD's default second search keeps the step margin, without guard or projection; the
+    "orthogonal" option edits along the forget gradient made orthogonal to every other concept's (all attributes)."""
+    from slugkit.adapters.sd import GUARDED, SD_RECIPES, STEP_MARGIN
 
     assert sd_defaults() == {"guard_tolerance": None, "step_margin": STEP_MARGIN, "relaxed_threshold": None,
-                             "project_others": True}
-    assert SDHost.project_others and not Host.project_others and PLAIN == {"project_others": False, "step_margin": 1.0}
+                             "project_others": False}
+    assert SD_RECIPES == {"plain": {"step_margin": 1.0}, "margin": {}, "orthogonal": {"project_others": True},
+                          "guarded": GUARDED}
+    assert not SDHost.project_others and not Host.project_others
     sd = object.__new__(SDHost)  # other_concepts reads only the attributes
     sd.attributes, sd.name = {"object": ["star", "ring"], "style": ["Grid"]}, "toy-sd"
     assert sd.other_concepts("STAR") == ["ring", "Grid"]
     clip = hf_adapter()
     options = dict(clip=clip, data=folder, classes=FACE_NAMES[1:], target=Target("forget_top1"), progress=False)
-    radius = 0.05
-    default = unlearn_host(OthersSDLikeHost(clip, "text", radius), "Captain Zorp", **options)
-    assert default.projected_off == FACE_NAMES[1:] and default.status == "ok"
-    plain = unlearn_host(OthersSDLikeHost(clip, "text", radius), "Captain Zorp", project_others=False, **options)
-    assert plain.projected_off == [] and plain.status == "ok"  # (the projection itself: the "orthogonal" test above)
-    assert default.report()["projected_off"] == FACE_NAMES[1:]
+    host = OthersSDLikeHost(clip, "text", 0.05)
+    assert unlearn_host(host, "Captain Zorp", **options).projected_off == []  # the default: SLUG's own direction
+    host.project_others = True  # as SDHost(project_others=True)
+    orthogonal = unlearn_host(host, "Captain Zorp", **options)
+    assert orthogonal.projected_off == FACE_NAMES[1:] and orthogonal.status == "ok"
+    assert orthogonal.report()["projected_off"] == FACE_NAMES[1:]  # (the projection itself: the "orthogonal" test)
+    assert unlearn_host(host, "Captain Zorp", project_others=False, **options).projected_off == []
 
 
 class SDRecipeHost(MovedSearchHost):

@@ -209,9 +209,9 @@ def test_real_sd_path_end_to_end_on_tiny_random_configs(tmp_path):
     with pytest.warns(UserWarning, match="no picture of 'circle', 'star' in the data: the edit is not kept"):
         result = unlearn_host(host, "Captain Zorp", clip=clip, data=folder, classes=FACE_NAMES[1:], max_evals=2,
                               target=Target("forget_top1"),  # top-5 = 0 needs 6 names; the tiny data has 3
-                              progress=False)
+                              project_others=True, progress=False)  # the option: your data shows 2 of the 4 others
     report = json.loads((result.save(tmp_path / "run") / "report.json").read_text())
-    assert report["projected_off"] == FACE_NAMES[1:]  # SD's default: orthogonal to the others your data shows
+    assert report["projected_off"] == FACE_NAMES[1:]
     assert report["task"].endswith("forget captions replaced by 'Captain Zorp'")  # SD's forget text: the bare name
     assert report["search_mode"] == "generation"  # SD's default search: the chosen layer's λ again, on pictures
     if result.layer is not None:

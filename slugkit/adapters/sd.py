@@ -51,8 +51,11 @@ RELAXED_THRESHOLD = 1 / 16
 # scripts/bench_sd.py --guarded). Not the default: no better on the bar over every object and style, and where the
 # first layer is refused it costs two to three times the pictures (docs/stable-diffusion.md).
 GUARDED = {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN, "relaxed_threshold": RELAXED_THRESHOLD}
-# The search of the default before issue 25's recipe (the generation search alone): scripts/bench_sd.py --plain.
-PLAIN = {"project_others": False, "step_margin": 1.0}
+# Named variants of the toy SD's run, for scripts/bench_sd.py --recipe and docs/stable-diffusion.md (SDHost keywords):
+# "plain" = the generation search alone (the default until issue 25), "margin" = with the step margin (the default),
+# "orthogonal" = the margin and the edit orthogonal to every other concept's forget gradient, "guarded" = GUARDED.
+SD_RECIPES = {"plain": {"step_margin": 1.0}, "margin": {}, "orthogonal": {"project_others": True},
+              "guarded": GUARDED}
 
 # real pipelines by name -> the CLIP whose text tower they embed (loadable by slugkit.models.loading.load_clip)
 MATCHING_CLIP = {
@@ -132,12 +135,11 @@ class SDHost(Host):
     ``attributes``: ``{attribute: class names}`` of the concepts generated and judged; ``judge``: an object
     with ``labels(images)`` and ``features(images)`` (:class:`MiniCanvasJudge`, :class:`CLIPJudge`).
     Generation: ``steps`` DDIM steps, classifier-free ``guidance``, one picture per seed in ``seeds``.
-    The default run (slugkit's departures from the authors, who search lambda on the CLIP along the plain forget
-    gradient): ``project_others`` edits along the forget gradient made orthogonal to every other concept's (of
-    ``attributes``; :meth:`other_concepts`), and the second search returns ``step_margin`` (:data:`STEP_MARGIN`) x its
-    step when that also clears the search pictures. :data:`PLAIN` turns both off. Optional rules (see the constants
-    above; :data:`GUARDED` sets them): ``guard_tolerance`` (the retain guard, None: off) and ``relaxed_threshold``
-    (None: the stop rule only).
+    The default second search (slugkit's departure from the authors, who search lambda on the CLIP) returns
+    ``step_margin`` (:data:`STEP_MARGIN`) x its step when that also clears the search pictures (1: the smallest step
+    itself). Options (see the constants above and :data:`SD_RECIPES`): ``project_others`` (the edit orthogonal to
+    every other concept's forget gradient, :meth:`other_concepts`), ``guard_tolerance`` (the retain guard, None: off)
+    and ``relaxed_threshold`` (None: the stop rule only).
     """
 
     tower = "text"
@@ -149,16 +151,15 @@ class SDHost(Host):
     # The step size the pipeline needs is not the CLIP's (README, "Three ways to choose λ"): the default searches the
     # chosen layer's λ again on judged generations of SEARCH_SEEDS (slugkit's departure; "clip" is the authors').
     search = "generation"
-    # The edit along the forget gradient made orthogonal to every other concept's (slugkit's departure, issue 25): the
-    # neighbours the plain direction took with it (IRA, CRA) keep their pictures; one forget gradient per concept.
-    project_others = True
+    # True: the edit along the forget gradient made orthogonal to every other concept's (an option, see SD_RECIPES)
+    project_others = False
 
     def __init__(self, pipe, judge, attributes: Mapping[str, Sequence[str]], name: str = "toy-sd",
                  clip_name: str = "toy-clip-hf", seeds: Sequence[int] = DEFAULT_SEEDS, steps: int = 10,
                  guidance: float = 5.0, batch_size: int = 64, templates: Mapping[str, str] = DEFAULT_PROMPTS,
                  size: int | None = None, max_block: int | None = None,
                  guard_tolerance: float | None = None, step_margin: float = STEP_MARGIN,
-                 relaxed_threshold: float | None = None, project_others: bool = True):
+                 relaxed_threshold: float | None = None, project_others: bool = False):
         if not seeds:
             raise ValueError("seeds must list at least one seed (one generated picture per seed and prompt)")
         self.pipe, self.judge, self.attributes = pipe, judge, {a: list(n) for a, n in attributes.items()}
