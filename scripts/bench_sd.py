@@ -7,6 +7,7 @@ toy SD draws; then the bar of issue 25 is counted per attribute and a Markdown t
 
     python scripts/bench_sd.py --search generation --concepts "Captain Zorp" "Glimmer Queen" star circle Solid
     python scripts/bench_sd.py --all --out runs/sd-bench-all
+    python scripts/bench_sd.py --recipe orthogonal --threads 1 --concepts heart diamond ring   # an option's rows
 """
 from __future__ import annotations
 
@@ -76,10 +77,10 @@ def main(argv=None) -> int:
                    help="how lambda is searched (default: the host's own, generation)")
     p.add_argument("--forget-text", choices=["name", "captions"], default=None,
                    help="what the forget gradient pairs the forget pictures with (default: the host's, the name)")
-    p.add_argument("--recipe", choices=["default", "plain", "margin", "orthogonal", "guarded"], default="default",
-                   help="the SDHost settings (slugkit.adapters.sd.SD_RECIPES): plain = the generation search alone, "
-                        "margin = with the step margin (the default), orthogonal = and the edit orthogonal to every "
-                        "other concept's forget gradient, guarded = the margin with the retain guard and relaxed rule")
+    p.add_argument("--recipe", choices=["plain", "margin", "orthogonal", "guarded"], default="plain",
+                   help="the SDHost settings (slugkit.adapters.sd.SD_RECIPES): plain = the generation search alone "
+                        "(the default), margin = with the step margin, orthogonal = the edit orthogonal to every other "
+                        "concept's forget gradient, guarded = the margin, retain guard and relaxed rule")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-ceiling", action="store_true",
                    help="skip the judge's test accuracy and the VAE round-trip ceiling (only the SLUG runs)")
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    host = load_toy_sd(seeds=tuple(range(args.seeds)), **SD_RECIPES.get(args.recipe, {}))
+    host = load_toy_sd(seeds=tuple(range(args.seeds)), **SD_RECIPES[args.recipe])
     summary = {"recipe": args.recipe, "seeds": args.seeds, "steps": host.steps, "guidance": host.guidance,
                "search": args.search or host.search, "forget_text": args.forget_text or host.forget_text,
                "guard_tolerance": host.guard_tolerance, "step_margin": host.step_margin,

@@ -119,3 +119,18 @@ def test_unlearn_profile_block(tmp_path, capsys):
     assert total == pytest.approx(profile["total_seconds"], rel=0.05, abs=0.5)
     assert profile["peak_rss_mb"] >= max(v["peak_rss_mb"] for v in stages.values())
     assert "profile (" in printed and "retain_gradient" in printed
+
+
+def test_a_command_line_run_freezes_its_objects_before_the_exit_and_an_in_process_call_does_not(monkeypatch, capsys):
+    """A command-line run ends with gc.freeze(), so the interpreter's exit does not walk every object torch made
+    (docs/measurements.md); a caller that runs ``main(argv)`` in its own process keeps its collector as it was."""
+    import gc
+
+    import slugkit.cli as cli
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    assert cli.main(["concepts"]) == 0 and frozen == []
+    monkeypatch.setattr(sys, "argv", ["slugkit", "concepts"])
+    assert cli.main() == 0 and frozen == [True]
+    assert "Captain Zorp" in capsys.readouterr().out

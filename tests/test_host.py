@@ -720,13 +720,13 @@ class OthersSDLikeHost(SDLikeHost):
 
 @pytest.mark.filterwarnings("ignore:the unedited model already has")
 def test_sd_recipes_are_the_documented_ones_and_the_orthogonal_option_projects_off_every_other_concept(folder):
-    """docs/stable-diffusion.md: SD's default second search keeps the step margin, without guard or projection; the
+    """docs/stable-diffusion.md: SD's default is the plain generation search (no margin, guard or projection); the
     "orthogonal" option edits along the forget gradient made orthogonal to every other concept's (all attributes)."""
     from slugkit.adapters.sd import GUARDED, SD_RECIPES, STEP_MARGIN
 
-    assert sd_defaults() == {"guard_tolerance": None, "step_margin": STEP_MARGIN, "relaxed_threshold": None,
+    assert sd_defaults() == {"guard_tolerance": None, "step_margin": 1.0, "relaxed_threshold": None,
                              "project_others": False}
-    assert SD_RECIPES == {"plain": {"step_margin": 1.0}, "margin": {}, "orthogonal": {"project_others": True},
+    assert SD_RECIPES == {"plain": {}, "margin": {"step_margin": STEP_MARGIN}, "orthogonal": {"project_others": True},
                           "guarded": GUARDED}
     assert not SDHost.project_others and not Host.project_others
     sd = object.__new__(SDHost)  # other_concepts reads only the attributes
@@ -781,8 +781,9 @@ class SDRecipeHost(MovedSearchHost):
 def test_guarded_second_search_keeps_a_margin_over_the_smallest_step_when_the_guard_allows(folder, monkeypatch):
     from slugkit.adapters.sd import GUARD_TOLERANCE, GUARDED, RELAXED_THRESHOLD, STEP_MARGIN
 
-    # as documented (docs/stable-diffusion.md): the margin is part of the default, the guard and relaxed rule an option
-    assert (sd_defaults()["guard_tolerance"], sd_defaults()["relaxed_threshold"]) == (None, None)
+    # as documented (docs/stable-diffusion.md): the default is the plain generation search, the three rules an option
+    assert {k: sd_defaults()[k] for k in GUARDED} == {"guard_tolerance": None, "step_margin": 1.0,
+                                                      "relaxed_threshold": None}
     assert GUARDED == {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN,
                        "relaxed_threshold": RELAXED_THRESHOLD}
     assert (GUARD_TOLERANCE, STEP_MARGIN, RELAXED_THRESHOLD) == (0.08, 1.3, 1 / 16)

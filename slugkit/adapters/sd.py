@@ -38,8 +38,8 @@ SEARCH_SEEDS = tuple(range(100, 116))  # --search refine/generation: seeds of th
 GUARD_SEEDS = (100, 101)
 CROSS_GUARD_SEEDS = (100,)
 GUARD_TOLERANCE = 0.08
-# The second search's step margin (slugkit's own, part of the default since issue 25): the smallest lambda that clears
-# the 16 search pictures sits on the edge, and a report picture on the wrong side of it keeps the concept (diamond,
+# The second search's step margin (slugkit's own, an option): the smallest lambda that clears the 16 search pictures
+# sits on the edge, and a report picture on the wrong side of it keeps the concept (diamond,
 # Ada Thistle: UA 67% and 33%); the search returns STEP_MARGIN x that lambda when it clears the search pictures (and
 # the guard, when there is one) too, else the lambda.
 STEP_MARGIN = 1.3
@@ -47,14 +47,14 @@ STEP_MARGIN = 1.3
 # concept, the closest one is accepted if it leaves at most RELAXED_THRESHOLD of them (1 of 16) and passes the guard;
 # report.json says so in "relaxed_target". A step that reached 0 but broke the guard is never relaxed.
 RELAXED_THRESHOLD = 1 / 16
-# The guard and the relaxed rule over the default: the guarded second search of issue 25 (load_toy_sd(**GUARDED),
-# scripts/bench_sd.py --guarded). Not the default: no better on the bar over every object and style, and where the
-# first layer is refused it costs two to three times the pictures (docs/stable-diffusion.md).
+# The three rules together: the guarded second search of issue 25 (load_toy_sd(**GUARDED), scripts/bench_sd.py --recipe
+# guarded). Not the default: no better on the bar over every object and style, and where the first layer is refused it
+# costs two to three times the pictures (docs/stable-diffusion.md).
 GUARDED = {"guard_tolerance": GUARD_TOLERANCE, "step_margin": STEP_MARGIN, "relaxed_threshold": RELAXED_THRESHOLD}
 # Named variants of the toy SD's run, for scripts/bench_sd.py --recipe and docs/stable-diffusion.md (SDHost keywords):
-# "plain" = the generation search alone (the default until issue 25), "margin" = with the step margin (the default),
-# "orthogonal" = the margin and the edit orthogonal to every other concept's forget gradient, "guarded" = GUARDED.
-SD_RECIPES = {"plain": {"step_margin": 1.0}, "margin": {}, "orthogonal": {"project_others": True},
+# "plain" = the generation search alone (the default), "margin" = with the step margin, "orthogonal" = the edit
+# orthogonal to every other concept's forget gradient, "guarded" = GUARDED (the margin, retain guard, relaxed rule).
+SD_RECIPES = {"plain": {}, "margin": {"step_margin": STEP_MARGIN}, "orthogonal": {"project_others": True},
               "guarded": GUARDED}
 
 # real pipelines by name -> the CLIP whose text tower they embed (loadable by slugkit.models.loading.load_clip)
@@ -135,11 +135,11 @@ class SDHost(Host):
     ``attributes``: ``{attribute: class names}`` of the concepts generated and judged; ``judge``: an object
     with ``labels(images)`` and ``features(images)`` (:class:`MiniCanvasJudge`, :class:`CLIPJudge`).
     Generation: ``steps`` DDIM steps, classifier-free ``guidance``, one picture per seed in ``seeds``.
-    The default second search (slugkit's departure from the authors, who search lambda on the CLIP) returns
-    ``step_margin`` (:data:`STEP_MARGIN`) x its step when that also clears the search pictures (1: the smallest step
-    itself). Options (see the constants above and :data:`SD_RECIPES`): ``project_others`` (the edit orthogonal to
-    every other concept's forget gradient, :meth:`other_concepts`), ``guard_tolerance`` (the retain guard, None: off)
-    and ``relaxed_threshold`` (None: the stop rule only).
+    The second search's options (slugkit's own; see the constants above, :data:`SD_RECIPES` names the measured
+    combinations): ``step_margin`` (:data:`STEP_MARGIN` x the step when that also clears the search pictures; 1: the
+    smallest step itself), ``project_others`` (the edit orthogonal to every other concept's forget gradient,
+    :meth:`other_concepts`), ``guard_tolerance`` (the retain guard, None: off) and ``relaxed_threshold`` (None: the
+    stop rule only).
     """
 
     tower = "text"
@@ -158,7 +158,7 @@ class SDHost(Host):
                  clip_name: str = "toy-clip-hf", seeds: Sequence[int] = DEFAULT_SEEDS, steps: int = 10,
                  guidance: float = 5.0, batch_size: int = 64, templates: Mapping[str, str] = DEFAULT_PROMPTS,
                  size: int | None = None, max_block: int | None = None,
-                 guard_tolerance: float | None = None, step_margin: float = STEP_MARGIN,
+                 guard_tolerance: float | None = None, step_margin: float = 1.0,
                  relaxed_threshold: float | None = None, project_others: bool = False):
         if not seeds:
             raise ValueError("seeds must list at least one seed (one generated picture per seed and prompt)")
