@@ -142,6 +142,11 @@ def _prepare_and_unlearn(args, prof=None) -> int:
         return launch(args.nproc, _drop_option(args.argv, "--nproc"), "slugkit unlearn")
     with stage("imports"):  # slugkit.distributed imports torch
         from . import distributed
+        if data is None:  # the toy world: its pictures are drawn on the other core while the model loads
+            from .data.minicanvas import prefetch_splits
+            from .tasks import toy_splits
+
+            prefetch_splits(toy_splits(args.seed))
 
     distributed.init_from_env()  # under torchrun: join its process group (gloo on CPU, NCCL on GPUs)
     try:

@@ -64,6 +64,14 @@ class Task:
                                                           f"{forget.caption!r}")
 
 
+VAL_POOL = 2000  # val pictures a toy task searches among: every picture of the concept, then ``n_val`` others
+
+
+def toy_splits(seed: int = 0, n_train: int = 2000, n_test: int = 2000) -> list[tuple[int, int, str]]:
+    """The MiniCanvas splits ``(n, seed, split)`` :func:`toy_task` draws (``cached_split`` arguments): train, val, test."""
+    return [(n_train, seed, "train"), (VAL_POOL, seed, "val"), (n_test, seed, "test")]
+
+
 def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 2000, n_val: int = 500,
              n_test: int = 2000, n_retain: int | None = None) -> Task:
     """A MiniCanvas task: forget pairs are the training pairs whose caption names ``concept``.
@@ -78,13 +86,11 @@ def toy_task(adapter, concept: str, seed: int = 0, n_train: int = 2000, n_val: i
     report's — and the report is measured on the ``test`` split, which the search never saw.
     """
     name = find_concept(concept)["name"]
-    train = cached_split(n_train, seed, "train")
+    train, val_pool, test = (cached_split(*split) for split in toy_splits(seed, n_train, n_test))
     forget, retain = forget_retain_sets(train, name, n_retain=n_retain, seed=seed)
-    val_pool = cached_split(2000, seed, "val")
     shows = np.zeros(len(val_pool), bool)
     shows[val_pool.indices_of(name)] = True
     val = val_pool.take(np.sort(np.r_[np.flatnonzero(shows), np.flatnonzero(~shows)[:n_val]]))
-    test = cached_split(n_test, seed, "test")
     return Task(name, forget, retain, ConceptEvaluator(adapter, val, name), ConceptEvaluator(adapter, test, name),
                 description=f"MiniCanvas seed {seed}: {len(forget)} forget / {len(retain)} retain pairs, "
                             f"search on {len(val)} val images, report on {n_test} test images",

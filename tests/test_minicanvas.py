@@ -1,5 +1,6 @@
 """MiniCanvas: determinism, label / caption / mask consistency, the world's vocabulary."""
 import itertools
+import os
 import re
 
 import numpy as np
@@ -117,6 +118,23 @@ def test_cached_split_equals_fresh_render_and_is_read_only(tmp_path, monkeypatch
         assert world.captions() == fresh.captions()
     with pytest.raises(ValueError):
         second.images[0, 0, 0, 0] = 1
+    mc.cached_split.cache_clear()
+
+
+def test_prefetch_draws_missing_splits_in_a_child_and_cached_split_waits_for_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLUGKIT_CACHE", str(tmp_path))
+    mc.cached_split.cache_clear()
+    splits = [(25, 4, "train"), (20, 4, "test")]
+    assert mc.prefetch_splits(splits)  # nothing cached yet: one child draws both
+    child = mc._DRAWING[mc._cache_file(*splits[0])]
+    assert child is mc._DRAWING[mc._cache_file(*splits[1])] and child.pid != os.getpid()
+    worlds = [mc.cached_split(*s) for s in splits]  # each waits for the child, then reads what it stored
+    assert mc._DRAWING == {} and child.exitcode == 0
+    assert sorted(p.name for p in tmp_path.rglob("*.npz")) == ["test-seed4-n20.npz", "train-seed4-n25.npz"]
+    for world, (n, seed, split) in zip(worlds, splits):
+        fresh = MiniCanvas(n=n, seed=seed, split=split)
+        assert np.array_equal(world.images, fresh.images) and np.array_equal(world.masks, fresh.masks)
+    assert not mc.prefetch_splits(splits)  # every split cached: no child
     mc.cached_split.cache_clear()
 
 

@@ -372,15 +372,42 @@ def _cache_file(n: int, seed: int, split: str) -> Path:
     return root / "minicanvas" / version / f"{split}-seed{seed}-n{n}.npz"
 
 
+_DRAWING: dict = {}  # cache file -> the child process of prefetch_splits drawing it
+
+
+def prefetch_splits(splits) -> bool:
+    """Start drawing the splits ``(n, seed, split)`` that are not in the cache yet, in one child process, so that the
+    caller imports and loads its model meanwhile on the other core; :func:`cached_split` waits for the child before
+    reading such a split. Returns whether a child was started (not when every split is cached, or with one core)."""
+    import multiprocessing
+
+    missing = [tuple(s) for s in splits if not _cache_file(*s).exists() and _cache_file(*s) not in _DRAWING]
+    if not missing or (os.cpu_count() or 1) < 2:
+        return False
+    child = multiprocessing.get_context("fork").Process(target=_draw_splits, args=(missing,), daemon=True)
+    child.start()
+    _DRAWING.update((_cache_file(*s), child) for s in missing)
+    return True
+
+
+def _draw_splits(splits) -> None:
+    for n, seed, split in splits:
+        cached_split(n, seed, split)
+
+
 @lru_cache(maxsize=16)
 def cached_split(n: int = 2000, seed: int = 0, split: str = "test") -> MiniCanvas:
     """A read-only default :class:`MiniCanvas` split, rendered once per machine.
 
     The pixels and masks are kept in ``$SLUGKIT_CACHE/minicanvas`` (default ``~/.cache/slugkit``) and in
-    memory for the process; labels and captions are regenerated (they are cheap).
+    memory for the process; labels and captions are regenerated (they are cheap). A split that
+    :func:`prefetch_splits` is drawing is read once its child has stored it (drawn here if the child failed).
     """
     world = MiniCanvas(n=n, seed=seed, split=split, _render=False)
     path = _cache_file(n, seed, split)
+    drawing = _DRAWING.pop(path, None)
+    if drawing is not None:
+        drawing.join()
     try:
         with np.load(path) as stored:
             world.images[:], world.masks[:] = stored["images"], stored["masks"]
