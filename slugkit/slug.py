@@ -787,9 +787,10 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
       searches its lambda on the host's outputs only (the authors' LLaVA code).
     - ``forget_text`` (default ``host.forget_text``): "captions" computes the forget gradient on the forget
       pictures' own captions, "name" pairs every forget picture with the concept's bare name instead.
-    - ``project_others`` (default: the recipe's, else ``host.project_others``: True for Stable Diffusion; LLaVA's
-      "orthogonal" and "guarded" recipes) also computes the forget gradients of ``host.other_concepts(concept)``
-      (each on its own pictures, paired as the concept's are) and edits along the forget gradient minus its
+    - ``project_others`` (default: the recipe's, as in LLaVA's "orthogonal" and "guarded", else
+      ``host.project_others``, e.g. ``SDHost(project_others=True)``) also computes the forget gradients of
+      ``host.other_concepts(concept)`` (each on its own pictures, paired as the concept's are; with ``data``, a
+      concept without pictures in it is left out with a warning) and edits along the forget gradient minus its
       projection on their span (``unlearn(project_off=...)``).
     - A recipe's ``max_layers``, ``fallback`` and ``guard_stop`` go to :func:`unlearn` (LLaVA's "guarded": a walk of
       two layers with a retain and VQA guard on the search pictures).

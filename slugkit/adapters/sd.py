@@ -39,9 +39,9 @@ GUARD_SEEDS = (100, 101)
 CROSS_GUARD_SEEDS = (100,)
 GUARD_TOLERANCE = 0.08
 # The second search's step margin (slugkit's own, an option): the smallest lambda that clears the 16 search pictures
-# sits on the edge, and a report picture on the wrong side of it keeps the concept (diamond,
-# Ada Thistle: UA 67% and 33%); the search returns STEP_MARGIN x that lambda when it clears the search pictures (and
-# the guard, when there is one) too, else the lambda.
+# sits on the edge, and a report picture on the wrong side of it keeps the concept (diamond, Ada Thistle: UA 67% and
+# 33%); the search returns STEP_MARGIN x that lambda when it clears the search pictures (and the guard, when there is
+# one) too, else the lambda.
 STEP_MARGIN = 1.3
 # The relaxed stop rule (slugkit's own): when no step of the second search leaves 0 of the 16 search pictures as the
 # concept, the closest one is accepted if it leaves at most RELAXED_THRESHOLD of them (1 of 16) and passes the guard;
@@ -198,8 +198,8 @@ class SDHost(Host):
         raise ValueError(f"{self.name!r} does not know the concept {name!r}; expected one of {listed}")
 
     def other_concepts(self, concept: str) -> list[str]:
-        """Every concept this host generates but ``concept``, of every attribute: what the default edit is kept
-        orthogonal to (their judged accuracy is IRA and CRA)."""
+        """Every concept this host generates but ``concept``, of every attribute (their judged accuracy is IRA and
+        CRA): what ``project_others=True`` keeps the edit orthogonal to."""
         _, name = self.concept(concept)
         return [n for names in self.attributes.values() for n in names if n != name]
 
