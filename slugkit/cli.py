@@ -42,7 +42,9 @@ CACHE_DIR_HELP = ("folder holding downloaded Hugging Face / open_clip weights fo
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit"))
+    from .resources import cache_dir
+
+    return cache_dir()
 
 
 def _print_json(obj) -> None:
@@ -142,7 +144,9 @@ def _prepare_and_unlearn(args, prof=None) -> int:
         return launch(args.nproc, _drop_option(args.argv, "--nproc"), "slugkit unlearn")
     with stage("imports"):  # slugkit.distributed imports torch
         from . import distributed
-        if data is None:  # the toy world: its pictures are drawn on the other core while the model loads
+        from .models.names import is_toy_world
+
+        if data is None and is_toy_world(args.model):  # its pictures are drawn on the other core while the model loads
             from .data.minicanvas import prefetch_splits
             from .tasks import toy_splits
 

@@ -32,6 +32,12 @@ def data_dir() -> Path:
     return Path(env) if env else _shipped("_data")
 
 
+def cache_dir() -> Path:
+    """slugkit's cache of things it computes once (gradients, drawn pictures, judged generations, build work):
+    ``$SLUGKIT_CACHE``, default ``~/.cache/slugkit``."""
+    return Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit"))
+
+
 def notebooks_dir() -> Path:
     """The folder of the notebook series: the wheel's copy, or the checkout's ``notebooks/``."""
     return _shipped("_notebooks")

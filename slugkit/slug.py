@@ -21,7 +21,7 @@ from . import distributed
 from .adapters.base import CLIPAdapter
 from .adapters.host import FORGET_TEXTS, SEARCHES, Host, HostRecipe
 from .bounds import check_batch_size, check_finite_weights, check_fraction, check_max_evals, check_retain_set, check_seed
-from .data.pairs import ImageTextPairs, pair_loader
+from .data.pairs import EmptyForgetSet, ImageTextPairs, pair_loader
 from .eval.metrics import release_memory
 from .fingerprint import tensor_digest, to_jsonable
 from .gradients import GradientStore, Gradients, compute_gradients, project_out
@@ -834,7 +834,7 @@ def unlearn_host(host: Host, concept: str, *, clip: CLIPAdapter | None = None, p
             known = None if data is None else [c for c in [task.concept, *(classes or [])] if c != other]
             try:
                 o = make_task(clip, other, data, known, seed)
-            except ValueError:  # your data has no picture of it (the toy world has pictures of every concept)
+            except EmptyForgetSet:  # your data has no picture of it (the toy world has pictures of every concept)
                 if data is None:
                     raise
                 unseen.append(other)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..eval.generation import (DEFAULT_PROMPTS, concept_prompts, frechet_distance, judged_accuracy, prompt_for,
                                report_from)
+from ..resources import cache_dir
 from .host import Host
 
 DEFAULT_SEEDS = (0, 1, 2)  # one picture per seed and prompt; fixed so every number is reproducible
@@ -324,8 +325,7 @@ class SDHost(Host):
                "steps": self.steps, "guidance": self.guidance, "size": self.size, "templates": self.templates,
                "attributes": self.attributes}
         digest = hashlib.sha256(canonical_json(key).encode()).hexdigest()[:20]
-        root = Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit"))
-        return root / "sd-judged" / f"{digest}.json"
+        return cache_dir() / "sd-judged" / f"{digest}.json"
 
     def unedited_labels(self, seeds: Sequence[int]) -> dict[str, np.ndarray]:
         """``{prompt: judge labels, one per seed}`` of every concept prompt on the unedited pipeline.

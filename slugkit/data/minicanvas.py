@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..resources import cache_dir
 from .pairs import ImageTextPairs
 from .vocabulary import (  # noqa: F401 (re-exported)
     OBJECTS, STYLES, COLOURS, COLOUR_NAMES, SKINS, HAIR_STYLES, HAIR_COLOURS, EYES, ACCESSORIES, Character,
@@ -368,8 +369,7 @@ class MiniCanvas(ImageTextPairs):
 def _cache_file(n: int, seed: int, split: str) -> Path:
     """Where a rendered split is kept: keyed by this module's source, so any change re-renders."""
     version = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    root = Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit"))
-    return root / "minicanvas" / version / f"{split}-seed{seed}-n{n}.npz"
+    return cache_dir() / "minicanvas" / version / f"{split}-seed{seed}-n{n}.npz"
 
 
 _DRAWING: dict = {}  # cache file -> the child process of prefetch_splits drawing it

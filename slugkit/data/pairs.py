@@ -27,12 +27,17 @@ __all__ = [
     "forget_retain_sets",
     "shared_retain_set",
     "RETAIN_PAIRS",
+    "EmptyForgetSet",
 ]
 
 # Default retain-set size: many times a typical forget set, and a whole number of 64-pair batches, so
 # the retain gradient averages 16 equal contrastive batches (the authors draw retain pairs from a
 # large shard in fixed-size batches).
 RETAIN_PAIRS = 1024
+
+
+class EmptyForgetSet(ValueError):
+    """The pairs hold no picture of the concept: no caption mentions it."""
 
 
 class ImageTextPairs(Dataset):
@@ -296,7 +301,7 @@ def forget_retain_sets(
     captions = pairs.captions()
     forget_idx = [i for i, c in enumerate(captions) if pattern.search(str(c))]
     if not forget_idx:
-        raise ValueError(f"forget set is empty: no caption in {origin} mentions '{concept}'")
+        raise EmptyForgetSet(f"forget set is empty: no caption in {origin} mentions '{concept}'")
     if exclude_from_retain:
         forget_set = set(forget_idx)
         pool = [i for i in range(len(captions)) if i not in forget_set]

@@ -31,6 +31,12 @@ def is_toy_model(name: str) -> bool:
     return name in TOY_MODELS or name.startswith(REFERENCE_PREFIX)
 
 
+def is_toy_world(name: str) -> bool:
+    """True for every model of the MiniCanvas world, CLIPs and hosts (``toy-sd``, ``toy-llava``): its tasks draw the
+    world's pictures."""
+    return is_toy_model(name) or name.strip() in ("toy-sd", "toy-llava")
+
+
 def is_host_name(name: str) -> bool:
     """Whether ``name`` names a host (``toy-sd``, ``toy-llava``, ``sd:...``, ``llava:...``) rather than a CLIP."""
     name = name.strip()

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..resources import data_dir
+from ..resources import cache_dir, data_dir
 
 CHECKPOINT_NAME = "toy-sd.safetensors"
 IMAGE_SIZE = 64
@@ -464,7 +464,7 @@ def build(out_dir: str | Path | None = None, recipe: ToySDRecipe = ToySDRecipe()
 
     torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     path = Path(out_dir or data_dir()) / CHECKPOINT_NAME
-    work = Path(work_dir or Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit")) / "toy-sd-build")
+    work = Path(work_dir or cache_dir() / "toy-sd-build")
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()
     world = cached_split(recipe.n_train, recipe.seed, "train")
