@@ -89,12 +89,15 @@ def test_installed_wheel_copies_and_runs_a_notebook(wheel_install):
     shipped = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert sorted(p.name for p in (work / "course").glob("*.ipynb")) == shipped
     # run the cheapest notebook in a kernel that sees only the install, plus a cell that says where slugkit came from
+    # (the client waits for the kernel in slices: tests/kernel_poll.py)
     script = (
         "import sys, nbformat, nbclient\n"
+        "sys.path.insert(0, sys.argv[2]); import kernel_poll; kernel_poll.install()\n"
         "nb = nbformat.read(sys.argv[1], as_version=4)\n"
         "nb.cells.append(nbformat.v4.new_code_cell('import slugkit.resources as r; print(r.__file__, r.data_dir())'))\n"
         "nbclient.NotebookClient(nb, timeout=300, kernel_name='python3').execute()\n"
         "print(nb.cells[-1].outputs[0]['text'])\n")
-    out = _run([sys.executable, "-c", script, work / "course" / CHEAP_NOTEBOOK], cwd=work / "course", env=env)
+    out = _run([sys.executable, "-c", script, work / "course" / CHEAP_NOTEBOOK, ROOT / "tests"], cwd=work / "course",
+               env=env)
     module, data = out.split()
     assert Path(module).is_relative_to(site) and Path(data).is_relative_to(site), out
