@@ -5,6 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
+# the unit tests and the notebooks run on JOBS pytest-xdist workers, each torch process with the cores shared out
+# (two workers of one thread on 2 cores: 7 min instead of 12-14 for the unit tests; two workers of two threads each
+# on 2 cores ran the notebooks slower than one worker)
+JOBS    ?= 2
+THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(JOBS))); echo $$((t > 0 ? t : 1)))
+XDIST   := -n $(JOBS) --dist worksteal
 
 .PHONY: demo test unit notebooks book lab student wheel toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets bench-real browser-test compare strip lock clean
 
@@ -20,21 +26,22 @@ demo: $(STAMP)
 
 ## unit tests, every notebook executed with nbmake, the book built from them, the browser tests
 test: $(STAMP)
-	$(PY) -m pytest tests -q --durations=15
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest tests -q $(XDIST) --durations=15
 	$(MAKE) book
 	$(MAKE) browser-test
 
 ## every notebook executed once (nbmake) on a copy in runs/notebooks/: the outputs the book shows
 notebooks: $(STAMP)
 	rm -rf runs/notebooks && mkdir -p runs/notebooks && cp notebooks/*.ipynb runs/notebooks/
-	$(PY) -m pytest runs/notebooks --nbmake --nbmake-timeout=1200 --overwrite -q -p no:cacheprovider --durations=0
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest runs/notebooks --nbmake --nbmake-timeout=1200 --overwrite -q \
+	  -p no:cacheprovider --durations=0 $(XDIST)
 
 ## the offline HTML book in runs/book/ (Sphinx + MyST-NB, alabaster theme): executed notebooks + docs/ pages
 book: notebooks
 	$(PY) scripts/build_book.py --notebooks runs/notebooks --out runs/book
 
 unit: $(STAMP)
-	$(PY) -m pytest tests -q --durations=15
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest tests -q $(XDIST) --durations=15
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
