@@ -1,6 +1,8 @@
-"""The notebook runs wait for kernel messages in slices (tests/kernel_poll.py), so a missed socket wake-up costs at
-most a slice, not the cell's whole timeout."""
+"""How the test runs are set up (conftest.py): the notebook runs wait for kernel messages in slices
+(tests/kernel_poll.py), so a missed socket wake-up costs at most a slice, not the cell's whole timeout; and the
+longest notebooks start first."""
 import asyncio
+from pathlib import Path
 from queue import Empty
 
 import pytest
@@ -63,3 +65,21 @@ def test_without_a_message_the_timeout_still_ends_the_wait(clock):
     with pytest.raises(Empty):
         asyncio.run(Channel(socket).get_msg(2.5))
     assert socket.waits == [1000, 1000, 500] and clock.now == pytest.approx(2.5)
+
+
+def test_the_longest_first_notebooks_exist_and_start_first():
+    import conftest
+
+    shipped = {p.stem for p in (Path(__file__).parents[1] / "notebooks").glob("*.ipynb")}
+    assert set(conftest.LONGEST_NOTEBOOKS) <= shipped
+
+    class Item:
+        def __init__(self, name):
+            self.path = Path("runs/notebooks") / name
+
+    items = [Item(f"{stem}.ipynb") for stem in sorted(shipped)] + [Item("test_cli.py")]
+    conftest.pytest_collection_modifyitems(None, items)
+    order = [i.path.stem for i in items]
+    assert order[:len(conftest.LONGEST_NOTEBOOKS)] == list(conftest.LONGEST_NOTEBOOKS)
+    rest = [s for s in sorted(shipped) if s not in conftest.LONGEST_NOTEBOOKS] + ["test_cli"]
+    assert order[len(conftest.LONGEST_NOTEBOOKS):] == rest
