@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 # on 2 cores ran the notebooks slower than one worker)
 JOBS    ?= 2
 THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(JOBS))); echo $$((t > 0 ? t : 1)))
-XDIST   := -n $(JOBS) --dist worksteal
+XDIST   := -n $(JOBS)
 
 .PHONY: demo test unit notebooks book lab student wheel toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets bench-real browser-test compare strip lock clean
 

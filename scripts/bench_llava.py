@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from slugkit.adapters.host import load_host
 from slugkit.adapters.llava import LLAVA_RECIPES, load_toy_llava
 from slugkit.data.minicanvas import CHARACTER_NAMES
 from slugkit.models.loading import load_clip
+from slugkit.resources import cache_dir
 from slugkit.slug import unlearn_host
 
 KEYS = ("vlm_forget_rate_before", "vlm_forget_rate_after", "vlm_retain_acc_before", "vlm_retain_acc_after",
@@ -73,7 +73,7 @@ def main() -> None:
     for preset in args.presets:
         rows = []
         with tempfile.TemporaryDirectory() as fresh:
-            cache = Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit")) / "gradients" \
+            cache = cache_dir() / "gradients" \
                 if args.cache else Path(fresh)
             for name in args.characters:
                 result = unlearn_host(host, name, clip=clip, preset=preset, store=cache, progress=False)

@@ -15,7 +15,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -46,11 +45,12 @@ def main(argv=None) -> int:
     import torch
 
     import slugkit
+    from slugkit.resources import cache_dir
     from slugkit.viz.widgets import LayerHeatmap, StepSizeExplorer
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cache = Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit"))
+    cache = cache_dir()
     t0 = time.perf_counter()
     clip = slugkit.load_clip(args.model)
     result = slugkit.unlearn(clip, args.concept, store=cache / "gradients", policy="deepest", tower="vision",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from slugkit.data.pairs import pair_loader
 from slugkit.gradients import GradientStore, compute_gradients, project_out
 from slugkit.models.loading import load_clip
 from slugkit.patch import Patch, scope_fingerprint
+from slugkit.resources import cache_dir
 from slugkit.slug import make_task
 from slugkit.step_size_search import search_step_size
 
@@ -123,7 +123,7 @@ def main() -> None:
     host = load_toy_llava(args.n_eval, path=args.checkpoint) if args.checkpoint else load_host("toy-llava",
                                                                                                 n_eval=args.n_eval)
     clip = load_clip(host.clip_name)
-    store = GradientStore(Path(os.environ.get("SLUGKIT_CACHE", Path.home() / ".cache" / "slugkit")) / "gradients")
+    store = GradientStore(cache_dir() / "gradients")
     allowed = [i.name for i in clip.candidate_layers() if host.accepts(i)]
     recipe = LLAVA_RECIPES["slugkit"]
     target = dataclasses.replace(recipe.target, threshold=args.threshold)
