@@ -10,7 +10,6 @@ export TRANSFORMERS_OFFLINE ?= 1
 # on 2 cores ran the notebooks slower than one worker)
 JOBS    ?= 2
 THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(JOBS))); echo $$((t > 0 ? t : 1)))
-XDIST   := -n $(JOBS)
 
 .PHONY: demo test unit notebooks book lab student wheel toy toy-sd toy-llava bench bench-sd bench-llava bench-widgets bench-real browser-test compare strip lock clean
 
@@ -26,7 +25,7 @@ demo: $(STAMP)
 
 ## unit tests, every notebook executed with nbmake, the book built from them, the browser tests
 test: $(STAMP)
-	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest tests -q $(XDIST) --durations=15
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest tests -q -n $(JOBS) --durations=15
 	$(MAKE) book
 	$(MAKE) browser-test
 
@@ -34,14 +33,14 @@ test: $(STAMP)
 notebooks: $(STAMP)
 	rm -rf runs/notebooks && mkdir -p runs/notebooks && cp notebooks/*.ipynb runs/notebooks/
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest runs/notebooks --nbmake --nbmake-timeout=1200 --overwrite -q \
-	  -p no:cacheprovider --durations=0 $(XDIST)
+	  -p no:cacheprovider --durations=0 -n $(JOBS)
 
 ## the offline HTML book in runs/book/ (Sphinx + MyST-NB, alabaster theme): executed notebooks + docs/ pages
 book: notebooks
 	$(PY) scripts/build_book.py --notebooks runs/notebooks --out runs/book
 
 unit: $(STAMP)
-	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest tests -q $(XDIST) --durations=15
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest tests -q -n $(JOBS) --durations=15
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
