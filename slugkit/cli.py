@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .bounds import (BATCH_SIZE_MAX, BATCH_SIZE_MIN, MAX_EVALS_MAX, MAX_EVALS_MIN, SEED_MAX, SEED_MIN,
                      check_pictures)
+from .resources import cache_dir
 
 DEFAULT_MODEL = "toy-clip"
 MODEL_HELP = ("which CLIP: 'toy-clip' (default; built in, offline), 'toy-clip-hf' (the same weights as a Hugging "
@@ -39,12 +40,6 @@ MODEL_HELP = ("which CLIP: 'toy-clip' (default; built in, offline), 'toy-clip-hf
               "'sd:...', 'llava:...' (slugkit then edits the matching CLIP's tower and patches the host)")
 CACHE_DIR_HELP = ("folder holding downloaded Hugging Face / open_clip weights for real models (default: their own "
                   "caches, e.g. ~/.cache/huggingface)")
-
-
-def _cache_dir() -> Path:
-    from .resources import cache_dir
-
-    return cache_dir()
 
 
 def _print_json(obj) -> None:
@@ -175,7 +170,7 @@ def _unlearn(args, data, writer: bool, device, prof=None) -> int:
                    exclude=args.exclude, tower=args.tower, preset=args.preset, candidates=args.candidates,
                    target=target, max_evals=args.max_evals,
                    seed=args.seed, batch_size=args.batch_size, retain=args.retain, search_batch=args.search_batch,
-                   store=None if args.no_cache else _cache_dir() / "gradients", progress=writer)
+                   store=None if args.no_cache else cache_dir() / "gradients", progress=writer)
     if args.no_repair and len(args.forget) == 1:
         raise ValueError("--no-repair applies to several --forget concepts at once; one concept has no retain repair")
     if len(args.forget) > 1:  # several concepts: one layer each, one composed patch (slugkit.multi)
@@ -270,7 +265,7 @@ def cmd_layers(args) -> int:
     report = identify_layers(load_clip(args.model, cache_dir=args.cache_dir), args.forget, data=data,
                              classes=args.classes, include=args.include, exclude=args.exclude, tower=args.tower,
                              candidates=args.candidates or "default", batch_size=args.batch_size, seed=args.seed,
-                             store=None if args.no_cache else _cache_dir() / "gradients")
+                             store=None if args.no_cache else cache_dir() / "gradients")
     out = report.save(args.out, overwrite=args.overwrite)
     if args.json:
         _print_json(report.to_dict())

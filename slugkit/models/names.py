@@ -13,7 +13,8 @@ ACCEPTED_FORMS = (
     "'openclip:<arch>/<pretrained tag or local weights file>' (e.g. 'openclip:ViT-B-32/laion400m_e32')",
     "'hf:<Hugging Face repo id or local directory>' (e.g. 'hf:openai/clip-vit-base-patch32')",
 )
-TOY_MODELS = ("toy-clip", "toy-clip-hf")  # the models of the MiniCanvas world
+TOY_MODELS = ("toy-clip", "toy-clip-hf")  # the CLIPs of the MiniCanvas world
+TOY_HOSTS = ("toy-sd", "toy-llava")  # its hosts
 REFERENCE_PREFIX = "toy-clip-without:"  # + a concept: the toy CLIP retrained without it
 CLIP_PREFIXES = ("openclip:", "hf:")
 
@@ -34,7 +35,7 @@ def is_toy_model(name: str) -> bool:
 def is_toy_world(name: str) -> bool:
     """True for every model of the MiniCanvas world, CLIPs and hosts (``toy-sd``, ``toy-llava``): its tasks draw the
     world's pictures."""
-    return is_toy_model(name) or name.strip() in ("toy-sd", "toy-llava")
+    return is_toy_model(name) or name.strip() in TOY_HOSTS
 
 
 def is_host_name(name: str) -> bool:
